@@ -1,0 +1,42 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "kiln",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kiln", targets: ["kiln"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries, found through pkg-config; the providers name Debian's -dev packages.
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        .systemLibrary(name: "CGuestfs", pkgConfig: "libguestfs", providers: [.apt(["libguestfs-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // What Swift cannot import directly: libguestfs *_BITMASK macros and OpenSSL macros.
+        .target(name: "CKilnShim", dependencies: ["CGuestfs", "COpenSSL"]),
+
+        // Layer 0
+        .target(name: "KilnSupport"),
+        // Layer 1
+        .target(name: "KilnTemplate", dependencies: ["KilnSupport"]),
+        .target(name: "KilnDigest", dependencies: ["KilnSupport", "COpenSSL", "CKilnShim"]),
+        .target(name: "KilnLibvirt", dependencies: ["KilnSupport", "CLibvirt"]),
+        .target(name: "KilnGuestfs", dependencies: ["KilnSupport", "CGuestfs", "CKilnShim"]),
+        // CLI
+        .target(name: "KilnCommands", dependencies: [
+            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
+
+        .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
+        .testTarget(name: "KilnCLITests", dependencies: ["kiln"]),
+        .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,20 @@
+import CLibvirt
+import KilnSupport
+
+/// Thin Swift over libvirt's C API: errors are read on the calling thread right after the failing call.
+public enum Libvirt {
+    /// The libvirt library version, e.g. "9.0.0" (virGetVersion).
+    public static func libraryVersion() throws(KilnError) -> String {
+        var version: UInt = 0
+        guard virGetVersion(&version, nil, nil) == 0 else {
+            throw KilnError(.external, "libvirt version query failed: \(lastErrorMessage())")
+        }
+        return "\(version / 1_000_000).\((version / 1000) % 1000).\(version % 1000)"
+    }
+
+    /// The message of the last libvirt error on this thread.
+    public static func lastErrorMessage() -> String {
+        guard let error = virGetLastError(), let message = error.pointee.message else { return "unknown libvirt error" }
+        return String(cString: message)
+    }
+}

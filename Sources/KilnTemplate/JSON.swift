@@ -1,0 +1,395 @@
+/// A JSON document that remembers where each value came from, keeps object members in file order
+/// (duplicates included) and can be printed back. Foundation's parser keeps neither positions nor order,
+/// and template diagnostics need both.
+public struct SourcePosition: Sendable, Equatable, CustomStringConvertible {
+    public var line: Int
+    public var column: Int
+    public init(line: Int, column: Int) {
+        self.line = line
+        self.column = column
+    }
+    public var description: String { "line \(line), column \(column)" }
+}
+
+public struct JSONMember: Sendable, Equatable {
+    public var key: String
+    public var value: JSONNode
+    public init(key: String, value: JSONNode) {
+        self.key = key
+        self.value = value
+    }
+}
+
+public indirect enum JSONValue: Sendable, Equatable {
+    case object([JSONMember])
+    case array([JSONNode])
+    case string(String)
+    /// The number as written, so integers of any size and exact decimals survive a round trip.
+    case number(String)
+    case bool(Bool)
+    case null
+}
+
+public struct JSONNode: Sendable, Equatable {
+    public var value: JSONValue
+    public var position: SourcePosition
+
+    public init(_ value: JSONValue, at position: SourcePosition = SourcePosition(line: 0, column: 0)) {
+        self.value = value
+        self.position = position
+    }
+
+    /// Members of an object, or nil.
+    public var members: [JSONMember]? {
+        if case .object(let members) = value { return members }
+        return nil
+    }
+
+    /// The first member whose key matches `key` ignoring case (AIB accepted property names in any case before 2024).
+    public func member(_ key: String) -> JSONMember? {
+        members?.first { $0.key.caseInsensitiveEquals(key) }
+    }
+
+    public var stringValue: String? {
+        if case .string(let text) = value { return text }
+        return nil
+    }
+
+    /// Short description of the value for "found …" in diagnostics.
+    public var summary: String {
+        switch value {
+        case .object: return "an object"
+        case .array(let items): return "an array of \(items.count)"
+        case .string(let text):
+            let shown = text.count > 80 ? String(text.prefix(77)) + "..." : text
+            return "\"\(shown)\""
+        case .number(let text): return text
+        case .bool(let flag): return flag ? "true" : "false"
+        case .null: return "null"
+        }
+    }
+}
+
+extension String {
+    func caseInsensitiveEquals(_ other: String) -> Bool {
+        lowercased() == other.lowercased()
+    }
+}
+
+public struct JSONSyntaxError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var position: SourcePosition
+    public var message: String
+    public var description: String { "malformed JSON at \(position): \(message)" }
+}
+
+/// A strict RFC 8259 parser over UTF-8 bytes. Reports the line and column (1-based, in characters) of the
+/// first offending character.
+public struct JSONParser {
+    private let bytes: [UInt8]
+    private var index = 0
+    private var line = 1
+    private var lineStart = 0
+
+    public static func parse(_ text: String) throws(JSONSyntaxError) -> JSONNode {
+        var parser = JSONParser(bytes: Array(text.utf8))
+        return try parser.parseDocument()
+    }
+
+    public static func parse(bytes: [UInt8]) throws(JSONSyntaxError) -> JSONNode {
+        var parser = JSONParser(bytes: bytes)
+        return try parser.parseDocument()
+    }
+
+    private init(bytes: [UInt8]) {
+        self.bytes = bytes
+        // A UTF-8 byte order mark is tolerated, as editors on Windows write one.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) {
+            index = 3
+            lineStart = 3
+        }
+    }
+
+    private var position: SourcePosition {
+        // Column counts characters, not bytes: skip UTF-8 continuation bytes.
+        var column = 1
+        var cursor = lineStart
+        while cursor < index {
+            if bytes[cursor] & 0xC0 != 0x80 { column += 1 }
+            cursor += 1
+        }
+        return SourcePosition(line: line, column: column)
+    }
+
+    private func fail(_ message: String) -> JSONSyntaxError {
+        JSONSyntaxError(position: position, message: message)
+    }
+
+    private mutating func parseDocument() throws(JSONSyntaxError) -> JSONNode {
+        skipWhitespace()
+        guard index < bytes.count else { throw fail("the file is empty; expected a JSON object") }
+        let node = try parseValue()
+        skipWhitespace()
+        if index < bytes.count {
+            throw fail("unexpected \(describeCurrent()) after the end of the document")
+        }
+        return node
+    }
+
+    private mutating func skipWhitespace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x09, 0x0D: index += 1
+            case 0x0A:
+                index += 1
+                line += 1
+                lineStart = index
+            default: return
+            }
+        }
+    }
+
+    private func describeCurrent() -> String {
+        guard index < bytes.count else { return "end of file" }
+        let byte = bytes[index]
+        if byte >= 0x20 && byte < 0x7F { return "'\(Character(Unicode.Scalar(byte)))'" }
+        return "byte 0x\(String(byte, radix: 16))"
+    }
+
+    private mutating func parseValue() throws(JSONSyntaxError) -> JSONNode {
+        skipWhitespace()
+        let start = position
+        guard index < bytes.count else { throw fail("unexpected end of file; expected a value") }
+        switch bytes[index] {
+        case UInt8(ascii: "{"): return JSONNode(try parseObject(), at: start)
+        case UInt8(ascii: "["): return JSONNode(try parseArray(), at: start)
+        case UInt8(ascii: "\""): return JSONNode(.string(try parseString()), at: start)
+        case UInt8(ascii: "t"): try expectLiteral("true"); return JSONNode(.bool(true), at: start)
+        case UInt8(ascii: "f"): try expectLiteral("false"); return JSONNode(.bool(false), at: start)
+        case UInt8(ascii: "n"): try expectLiteral("null"); return JSONNode(.null, at: start)
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return JSONNode(.number(try parseNumber()), at: start)
+        default:
+            throw fail("unexpected \(describeCurrent()); expected a value")
+        }
+    }
+
+    private mutating func expectLiteral(_ word: String) throws(JSONSyntaxError) {
+        for expected in word.utf8 {
+            guard index < bytes.count, bytes[index] == expected else {
+                throw fail("unexpected \(describeCurrent()); expected '\(word)'")
+            }
+            index += 1
+        }
+    }
+
+    private mutating func parseObject() throws(JSONSyntaxError) -> JSONValue {
+        index += 1
+        var members: [JSONMember] = []
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
+            index += 1
+            return .object(members)
+        }
+        while true {
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
+                throw fail("unexpected \(describeCurrent()); expected a property name in double quotes")
+            }
+            let key = try parseString()
+            skipWhitespace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
+                throw fail("unexpected \(describeCurrent()); expected ':' after property name \"\(key)\"")
+            }
+            index += 1
+            let value = try parseValue()
+            members.append(JSONMember(key: key, value: value))
+            skipWhitespace()
+            guard index < bytes.count else { throw fail("unexpected end of file; expected ',' or '}'") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "}") {
+                index += 1
+                return .object(members)
+            }
+            throw fail("unexpected \(describeCurrent()); expected ',' or '}'")
+        }
+    }
+
+    private mutating func parseArray() throws(JSONSyntaxError) -> JSONValue {
+        index += 1
+        var items: [JSONNode] = []
+        skipWhitespace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
+            index += 1
+            return .array(items)
+        }
+        while true {
+            items.append(try parseValue())
+            skipWhitespace()
+            guard index < bytes.count else { throw fail("unexpected end of file; expected ',' or ']'") }
+            if bytes[index] == UInt8(ascii: ",") {
+                index += 1
+                continue
+            }
+            if bytes[index] == UInt8(ascii: "]") {
+                index += 1
+                return .array(items)
+            }
+            throw fail("unexpected \(describeCurrent()); expected ',' or ']'")
+        }
+    }
+
+    private mutating func parseString() throws(JSONSyntaxError) -> String {
+        index += 1
+        var buffer: [UInt8] = []
+        while true {
+            guard index < bytes.count else { throw fail("unexpected end of file inside a string") }
+            let byte = bytes[index]
+            switch byte {
+            case UInt8(ascii: "\""):
+                index += 1
+                return String(decoding: buffer, as: UTF8.self)
+            case UInt8(ascii: "\\"):
+                index += 1
+                guard index < bytes.count else { throw fail("unexpected end of file inside a string") }
+                let escape = bytes[index]
+                index += 1
+                switch escape {
+                case UInt8(ascii: "\""): buffer.append(0x22)
+                case UInt8(ascii: "\\"): buffer.append(0x5C)
+                case UInt8(ascii: "/"): buffer.append(0x2F)
+                case UInt8(ascii: "b"): buffer.append(0x08)
+                case UInt8(ascii: "f"): buffer.append(0x0C)
+                case UInt8(ascii: "n"): buffer.append(0x0A)
+                case UInt8(ascii: "r"): buffer.append(0x0D)
+                case UInt8(ascii: "t"): buffer.append(0x09)
+                case UInt8(ascii: "u"):
+                    var scalar = try parseHex4()
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"),
+                              bytes[index + 1] == UInt8(ascii: "u") else {
+                            throw fail("a high surrogate \\u escape must be followed by a low surrogate")
+                        }
+                        index += 2
+                        let low = try parseHex4()
+                        guard (0xDC00..<0xE000).contains(low) else { throw fail("invalid low surrogate") }
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let unicode = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
+                    buffer.append(contentsOf: Array(String(Character(unicode)).utf8))
+                default:
+                    index -= 1
+                    throw fail("invalid escape \\\(Character(Unicode.Scalar(escape)))")
+                }
+            case 0x00..<0x20:
+                throw fail("control character inside a string (a line break must be written \\n)")
+            default:
+                buffer.append(byte)
+                index += 1
+            }
+        }
+    }
+
+    private mutating func parseHex4() throws(JSONSyntaxError) -> UInt32 {
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            guard index < bytes.count else { throw fail("unexpected end of file in a \\u escape") }
+            let byte = bytes[index]
+            let digit: UInt32
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = UInt32(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = UInt32(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = UInt32(byte - UInt8(ascii: "A") + 10)
+            default: throw fail("invalid hex digit in a \\u escape")
+            }
+            value = value * 16 + digit
+            index += 1
+        }
+        return value
+    }
+
+    private mutating func parseNumber() throws(JSONSyntaxError) -> String {
+        let start = index
+        func digits(_ parser: inout JSONParser) -> Int {
+            var count = 0
+            while parser.index < parser.bytes.count,
+                  (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(parser.bytes[parser.index]) {
+                parser.index += 1
+                count += 1
+            }
+            return count
+        }
+        if bytes[index] == UInt8(ascii: "-") { index += 1 }
+        guard digits(&self) > 0 else { throw fail("expected a digit") }
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            guard digits(&self) > 0 else { throw fail("expected a digit after the decimal point") }
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") {
+                index += 1
+            }
+            guard digits(&self) > 0 else { throw fail("expected a digit in the exponent") }
+        }
+        return String(decoding: bytes[start..<index], as: UTF8.self)
+    }
+}
+
+/// Prints JSON with two-space indentation, members in the order given.
+public enum JSONPrinter {
+    public static func print(_ node: JSONNode) -> String {
+        var output = ""
+        write(node.value, indent: 0, into: &output)
+        return output
+    }
+
+    public static func quote(_ text: String) -> String {
+        var output = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": output += "\\\""
+            case "\\": output += "\\\\"
+            case "\n": output += "\\n"
+            case "\r": output += "\\r"
+            case "\t": output += "\\t"
+            case let control where control.value < 0x20:
+                let hex = String(control.value, radix: 16)
+                output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: output.unicodeScalars.append(scalar)
+            }
+        }
+        return output + "\""
+    }
+
+    private static func write(_ value: JSONValue, indent: Int, into output: inout String) {
+        let pad = String(repeating: "  ", count: indent + 1)
+        let closePad = String(repeating: "  ", count: indent)
+        switch value {
+        case .object(let members):
+            if members.isEmpty { output += "{}"; return }
+            output += "{\n"
+            for (offset, member) in members.enumerated() {
+                output += pad + quote(member.key) + ": "
+                write(member.value.value, indent: indent + 1, into: &output)
+                output += offset == members.count - 1 ? "\n" : ",\n"
+            }
+            output += closePad + "}"
+        case .array(let items):
+            if items.isEmpty { output += "[]"; return }
+            output += "[\n"
+            for (offset, item) in items.enumerated() {
+                output += pad
+                write(item.value, indent: indent + 1, into: &output)
+                output += offset == items.count - 1 ? "\n" : ",\n"
+            }
+            output += closePad + "]"
+        case .string(let text): output += quote(text)
+        case .number(let text): output += text
+        case .bool(let flag): output += flag ? "true" : "false"
+        case .null: output += "null"
+        }
+    }
+}

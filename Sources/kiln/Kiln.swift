@@ -1,0 +1,8 @@
+import KilnCommands
+
+@main
+enum Kiln {
+    static func main() async {
+        await KilnCommand.main()
+    }
+}

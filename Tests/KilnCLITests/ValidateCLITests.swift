@@ -1,0 +1,115 @@
+import Foundation
+import Testing
+
+/// Runs the built `kiln` executable, as a user would.
+enum KilnExecutable {
+    static var path: String {
+        // The test bundle sits beside the products in .build/<triple>/debug.
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        var directory = bundle
+        while directory.path != "/" {
+            let candidate = directory.appendingPathComponent("kiln").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory.deleteLastPathComponent()
+        }
+        return bundle.appendingPathComponent("kiln").path
+    }
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func run(_ arguments: [String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                      stderr: String(decoding: stderr, as: UTF8.self))
+    }
+}
+
+enum TemplateFiles {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/templates")
+
+    static func write(_ text: String) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-cli-\(UUID().uuidString).json").path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
+
+@Suite("kiln validate")
+struct ValidateCLITests {
+    @Test("a valid template exits 0 and names its templates")
+    func valid() throws {
+        let file = TemplateFiles.fixtures.appendingPathComponent("valid/user-linux-debian-vhd.json").path
+        let result = try KilnExecutable.run(["validate", file])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("valid"))
+    }
+
+    @Test("--print shows the effective template with defaults")
+    func printEffective() throws {
+        let path = try TemplateFiles.write("""
+        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "westus2",
+         "properties": {"buildTimeoutInMinutes": 0,
+           "source": {"type": "PlatformImage", "publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2019-Datacenter", "version": "latest"},
+           "customize": [{"type": "WindowsRestart"}, {"type": "WindowsUpdate"}],
+           "distribute": [{"type": "VHD", "runOutputName": "v"}]}}
+        """)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try KilnExecutable.run(["validate", path, "--print"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        let properties = try #require(json?["properties"] as? [String: Any])
+        #expect(properties["buildTimeoutInMinutes"] as? Int == 240)
+        #expect((properties["vmProfile"] as? [String: Any])?["vmSize"] as? String == "Standard_D1_v2")
+        let steps = try #require(properties["customize"] as? [[String: Any]])
+        #expect(steps[0]["restartTimeout"] as? String == "5m")
+        #expect(steps[0]["restartCommand"] as? String == #"shutdown /r /f /t 0 /c "packer restart""#)
+        #expect(steps[1]["updateLimit"] as? Int == 1000)
+    }
+
+    @Test("an invalid template exits 1 with one line per problem, each naming its path")
+    func invalid() throws {
+        let file = TemplateFiles.fixtures.appendingPathComponent("invalid/69-several-problems.json").path
+        let result = try KilnExecutable.run(["validate", file])
+        #expect(result.status == 1)
+        let lines = result.stderr.split(separator: "\n").filter { $0.contains(": error: ") }
+        #expect(lines.count >= 3)
+        for line in lines { #expect(line.contains("properties."), "\(line)") }
+    }
+
+    @Test("malformed JSON names line and column")
+    func malformed() throws {
+        let path = try TemplateFiles.write("{\n  \"type\": \"x\"\n  \"apiVersion\": \"2020-02-14\"\n}")
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try KilnExecutable.run(["validate", path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("\(path):3:3: error: malformed JSON"), "\(result.stderr)")
+    }
+
+    @Test("a missing file and a bad --parameter are clear errors")
+    func usage() throws {
+        let missing = try KilnExecutable.run(["validate", "/nonexistent/template.json"])
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("no such file"))
+        let file = TemplateFiles.fixtures.appendingPathComponent("valid/arm-parameters.json").path
+        let bad = try KilnExecutable.run(["validate", file, "--parameter", "novalue"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("key=value"))
+        let override = try KilnExecutable.run(["validate", file, "--parameter", "imageTemplateName=fromCLI", "--print"])
+        #expect(override.status == 0, "\(override.stderr)")
+        #expect(override.stdout.contains("\"fromCLI\""))
+    }
+}
