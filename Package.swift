@@ -6,10 +6,14 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "kiln", targets: ["kiln"]),
+        .executable(name: "kiln-bench", targets: ["kiln-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssh", from: "0.15.1"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // C libraries, found through pkg-config; the providers name Debian's -dev packages.
@@ -26,16 +30,32 @@ let package = Package(
         .target(name: "KilnDigest", dependencies: ["KilnSupport", "COpenSSL", "CKilnShim"]),
         .target(name: "KilnLibvirt", dependencies: ["KilnSupport", "CLibvirt"]),
         .target(name: "KilnGuestfs", dependencies: ["KilnSupport", "CGuestfs", "CKilnShim"]),
+        .target(name: "KilnSSH", dependencies: [
+            "KilnSupport",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSH", package: "swift-nio-ssh"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Layer 2
+        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest",
+                                                    .product(name: "Logging", package: "swift-log")]),
+        // Layer 3
+        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest"]),
         // CLI
         .target(name: "KilnCommands", dependencies: [
-            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs",
+            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnMachine", "KilnBuild",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
+        // Benchmarks: programs that print figures (README, "Benchmarks").
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnMachine", "KilnSSH", "KilnSupport"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
         .testTarget(name: "KilnCLITests", dependencies: ["kiln"]),
+        .testTarget(name: "KilnVMTests", dependencies: ["KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],
     swiftLanguageModes: [.v6]

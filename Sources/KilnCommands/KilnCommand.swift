@@ -1,4 +1,5 @@
 import ArgumentParser
+import KilnLibvirt
 
 /// The `kiln` command tree. The executable only calls `KilnCommand.main()`.
 public struct KilnCommand: AsyncParsableCommand {
@@ -6,10 +7,16 @@ public struct KilnCommand: AsyncParsableCommand {
         commandName: "kiln",
         abstract: "Run Azure Image Builder templates on your own host, with real VMs.",
         version: KilnVersion.current,
-        subcommands: [ValidateCommand.self, VersionCommand.self]
+        subcommands: [ValidateCommand.self, BuildCommand.self, VMCommand.self, ImageCommand.self, DoctorCommand.self, VersionCommand.self]
     )
 
     public init() {}
+
+    /// Process-wide set-up that must happen before libvirt initialises: its warnings (taint notices and the
+    /// like, meaningless to a Kiln user) stay off the terminal; errors reach the user through Kiln's messages.
+    public static func prepareProcess() {
+        EmbeddedDriver.routeLogging(reexec: true)
+    }
 }
 
 public enum KilnVersion {

@@ -1,0 +1,227 @@
+import Foundation
+import KilnDigest
+import KilnSSH
+import KilnSupport
+import KilnTemplate
+
+/// A step that failed: names the customizer, its index, what happened and the last lines of its output.
+public struct StepFailure: Error, Sendable {
+    public var message: String
+}
+
+/// The guest connection a build holds, renewed when a step reboots the guest.
+public final class GuestConnection: @unchecked Sendable {
+    private(set) var session: any GuestSession
+    private let reconnect: @Sendable () async throws(KilnError) -> any GuestSession
+
+    init(session: any GuestSession, reconnect: @escaping @Sendable () async throws(KilnError) -> any GuestSession) {
+        self.session = session
+        self.reconnect = reconnect
+    }
+
+    func renew() async throws(KilnError) {
+        await session.close()
+        session = try await reconnect()
+    }
+
+    public func close() async { await session.close() }
+}
+
+/// Runs Linux customizers (Shell, File, PowerShell through pwsh) against a guest session, as Packer's provisioners
+/// that AIB is built on do: scripts are uploaded to /tmp and run as the build user.
+struct StepRunner {
+    /// nil while prefetching, before the VM exists.
+    let connection: GuestConnection?
+    let log: CustomizationLog
+    let events: @Sendable (BuildEvent) -> Void
+    let downloads: String
+    let guestOS: OSType
+
+    /// The label used in logs: the step's name, or `customize[2] (Shell)` for an unnamed one.
+    static func label(_ step: Customizer, index: Int, list: String = "customize") -> String {
+        step.name ?? "\(list)[\(index)] \(step.typeName)"
+    }
+
+    /// Downloads and verifies what a step needs, before anything boots.
+    func prefetch(_ step: Customizer, index: Int, path: String) async throws {
+        let label = StepRunner.label(step, index: index)
+        switch step {
+        case .shell(let shell):
+            if case .scriptUri(let uri) = shell.script {
+                _ = try await fetchVerified(uri, checksum: shell.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).sh")
+            }
+        case .powerShell(let ps):
+            if case .scriptUri(let uri) = ps.script {
+                _ = try await fetchVerified(uri, checksum: ps.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).ps1")
+            }
+        case .file(let file):
+            if guestOS == .linux, let problem = GuestRules.linuxFileDestinationProblem(file.destination) {
+                throw StepFailure(message: "\(path).destination (\(label)): \(problem)")
+            }
+            let fetched = try await fetchVerified(file.sourceUri, checksum: file.sha256Checksum, label: label, path: path + ".sourceUri", name: "file_\(index)")
+            if fetched.sizeBytes > 20 * 1024 * 1024 {
+                let warning = "\(label): \(file.sourceUri) is \(fetched.sizeBytes / (1024 * 1024)) MB; AIB recommends File customizer files under 20 MB"
+                log.write(label, "warning: " + warning)
+                events(.warning(warning))
+            }
+        case .windowsRestart, .windowsUpdate:
+            break
+        }
+    }
+
+    private var session: any GuestSession {
+        get throws {
+            guard let connection else { throw KilnError(.invalidState, "no guest connection") }
+            return connection.session
+        }
+    }
+
+    func run(_ step: Customizer, index: Int, path: String) async throws {
+        let label = StepRunner.label(step, index: index)
+        switch step {
+        case .shell(let shell):
+            let script = try await materialize(shell.script, checksum: shell.sha256Checksum, label: label, path: path, index: index, fileExtension: "sh")
+            try await execute(script: script, runner: { "chmod +x \($0) && \($0)" }, validExitCodes: [0], label: label, index: index, path: path)
+        case .powerShell(let ps):
+            let check = try await session.exec("command -v pwsh")
+            guard check.succeeded else {
+                throw StepFailure(message: "\(path) (\(label)): expected PowerShell (pwsh) in the Linux guest to run a PowerShell customizer, found none; install it in an earlier Shell step")
+            }
+            let script = try await materialize(ps.script, checksum: ps.sha256Checksum, label: label, path: path, index: index, fileExtension: "ps1")
+            let elevate = ps.runElevated ? "sudo -n " : ""
+            try await execute(script: script, runner: { "\(elevate)pwsh -NoProfile -NonInteractive -ExecutionPolicy Bypass -File \($0)" },
+                              validExitCodes: ps.validExitCodes, label: label, index: index, path: path)
+        case .file(let file):
+            try await upload(file, label: label, path: path, index: index)
+        case .windowsRestart, .windowsUpdate:
+            throw StepFailure(message: "\(path) (\(label)): \(step.typeName) needs a Windows guest; this guest is \(guestOS.rawValue)")
+        }
+    }
+
+    /// A local script file for an inline or scriptUri step, checksum-verified.
+    private func materialize(_ source: ScriptSource, checksum: String?, label: String, path: String, index: Int,
+                             fileExtension: String) async throws -> String {
+        let local = downloads + "/script_\(index).\(fileExtension)"
+        switch source {
+        case .inline(let lines):
+            let body = fileExtension == "sh" ? "#!/bin/sh -e\n" + lines.joined(separator: "\n") + "\n"
+                                             : "$ErrorActionPreference = 'Stop'\n" + lines.joined(separator: "\n") + "\nexit $LASTEXITCODE\n"
+            guard FileManager.default.createFile(atPath: local, contents: Data(body.utf8)) else {
+                throw KilnError(.io, "cannot write \(local)")
+            }
+            log.write(label, "inline script (\(lines.count) line\(lines.count == 1 ? "" : "s")):\n" + lines.map { "  " + $0 }.joined(separator: "\n"))
+        case .scriptUri(let uri):
+            if !FileManager.default.fileExists(atPath: local) {
+                _ = try await fetchVerified(uri, checksum: checksum, label: label, path: path + ".scriptUri", name: "script_\(index).\(fileExtension)")
+            }
+            log.write(label, "script from \(uri)")
+        }
+        return local
+    }
+
+    func fetchVerified(_ uri: String, checksum: String?, label: String, path: String, name: String) async throws -> FetchedFile {
+        log.write(label, "downloading \(uri)")
+        let fetched: FetchedFile
+        do {
+            fetched = try await Fetcher.fetch(uri, into: downloads, name: name)
+        } catch {
+            throw StepFailure(message: "\(path) (\(label)): \(error.message)")
+        }
+        log.write(label, "downloaded \(fetched.sizeBytes) bytes, sha256 \(fetched.sha256)")
+        if let checksum {
+            guard ChecksumCheck.matches(expected: checksum, actual: fetched.sha256) else {
+                log.write(label, "checksum mismatch: expected \(checksum.lowercased()), actual \(fetched.sha256)")
+                try? FileManager.default.removeItem(atPath: fetched.localPath)
+                let checksumPath = path.split(separator: ".").dropLast().joined(separator: ".") + ".sha256Checksum"
+                throw StepFailure(message: "\(checksumPath) (\(label)): sha256 checksum mismatch for \(uri): expected \(checksum.lowercased()), actual \(fetched.sha256); nothing was run or uploaded")
+            }
+            log.write(label, "checksum verified: \(fetched.sha256)")
+        } else {
+            log.write(label, "no sha256Checksum given; content sha256 is \(fetched.sha256)")
+        }
+        return fetched
+    }
+
+    /// Uploads the script to /tmp and runs it; a dropped connection is a reboot if the guest's boot ID changed.
+    private func execute(script local: String, runner: (String) -> String, validExitCodes: [Int], label: String, index: Int, path: String) async throws {
+        let remote = "/tmp/script_\(index)_\(UInt32.random(in: 0...UInt32.max)).\(URL(fileURLWithPath: local).pathExtension)"
+        try await session.upload(localPath: local, remotePath: remote)
+        let bootID = try await session.run("cat /proc/sys/kernel/random/boot_id").trimmingCharacters(in: .whitespacesAndNewlines)
+        let command = runner(remote)
+        log.write(label, "running: \(command)")
+        let tail = OutputTail(lines: 20)
+        let splitter = LineSplitter()
+        let log = self.log, events = self.events
+        let result = try await session.exec(command) { chunk in
+            for line in splitter.feed(chunk.stream.rawValue, chunk.bytes) {
+                tail.append(line)
+                log.write(label, line)
+                events(.output(customizer: label, stream: chunk.stream.rawValue, line: line))
+            }
+        }
+        for (stream, rest) in splitter.flush() {
+            tail.append(rest)
+            log.write(label, rest)
+            events(.output(customizer: label, stream: stream, line: rest))
+        }
+        switch result.outcome {
+        case .exited(let code):
+            log.write(label, "exit status \(code)")
+            guard validExitCodes.contains(Int(code)) else {
+                throw StepFailure(message: "\(path) (\(label)) failed with exit status \(code)"
+                                  + (validExitCodes == [0] ? "" : " (valid: \(validExitCodes.map(String.init).joined(separator: ", ")))")
+                                  + ". Last output:\n" + tail.text)
+            }
+        case .signaled(let signal):
+            log.write(label, "killed by signal \(signal)")
+            throw StepFailure(message: "\(path) (\(label)) was killed by signal \(signal). Last output:\n" + tail.text)
+        case .disconnected(let reason):
+            log.write(label, "connection lost (\(reason)); waiting for the guest to come back")
+            events(.message("\(label): connection lost; waiting for the guest (a reboot?)"))
+            try await connection?.renew()
+            let newBootID = try await session.run("cat /proc/sys/kernel/random/boot_id").trimmingCharacters(in: .whitespacesAndNewlines)
+            guard newBootID != bootID else {
+                throw StepFailure(message: "\(path) (\(label)): the SSH connection was lost but the guest did not restart (same boot ID); the step's outcome is unknown. Last output:\n" + tail.text)
+            }
+            log.write(label, "the guest restarted (boot ID \(bootID) → \(newBootID)); continuing with the next step")
+            events(.message("\(label): the guest restarted; reconnected"))
+        }
+    }
+
+    private func upload(_ file: FileCustomizer, label: String, path: String, index: Int) async throws {
+        let local = downloads + "/file_\(index)"
+        if !FileManager.default.fileExists(atPath: local) {
+            try await prefetch(.file(file), index: index, path: path)
+        }
+        let directory = (file.destination as NSString).deletingLastPathComponent
+        let exists = try await session.exec("test -d \(ShellQuote.quote(directory.isEmpty ? "/" : directory))")
+        guard exists.succeeded else {
+            throw StepFailure(message: "\(path).destination (\(label)): expected the directory \(directory) to exist in the guest (AIB does not create it), found none")
+        }
+        log.write(label, "uploading \(file.sourceUri) to \(file.destination)")
+        try await session.upload(localPath: local, remotePath: file.destination)
+        log.write(label, "uploaded to \(file.destination)")
+    }
+}
+
+/// The last N lines of a step's output, for failure messages.
+final class OutputTail: @unchecked Sendable {
+    private let limit: Int
+    private var lines: [String] = []
+    private let lock = NSLock()
+
+    init(lines: Int) { limit = lines }
+
+    func append(_ line: String) {
+        lock.lock()
+        lines.append(line)
+        if lines.count > limit { lines.removeFirst(lines.count - limit) }
+        lock.unlock()
+    }
+
+    var text: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines.isEmpty ? "  (no output)" : lines.map { "  " + $0 }.joined(separator: "\n")
+    }
+}

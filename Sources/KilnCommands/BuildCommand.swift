@@ -1,0 +1,108 @@
+import ArgumentParser
+import Foundation
+import KilnBuild
+import KilnMachine
+import KilnSupport
+import KilnTemplate
+
+extension ErrorAction: ExpressibleByArgument {}
+
+struct BuildCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build",
+        abstract: "Run an image template end to end: boot, customize, deprovision, distribute.",
+        discussion: """
+        The run's directory (under the state directory's runs/) keeps run.json (runState, runSubState, times, \
+        message, runOutputs), customization.log and the outputs. Exit status 0 when the run Succeeded, 1 otherwise.
+        """
+    )
+
+    @Argument(help: "The template JSON file (an imageTemplates resource or an ARM deployment template).")
+    var template: String
+
+    @Option(help: "Which image template, when an ARM template holds several.")
+    var name: String?
+
+    @OptionGroup var parameterOptions: ParameterOptions
+
+    @OptionGroup var machine: MachineFlags
+
+    @Option(help: "On a customizer or validation failure: cleanup (default) or abort (keep the VM for inspection).")
+    var onError: ErrorAction?
+
+    @Option(help: "How long to wait for SSH after boot and after restarts.")
+    var sshTimeout = "20m"
+
+    @Flag(help: "Print only the result.")
+    var quiet = false
+
+    @Flag(help: "Print one JSON object per line: phases, customizer start/end, output, result.")
+    var json = false
+
+    func validate() throws {
+        guard DurationText.parse(sshTimeout) != nil else { throw ValidationError("--ssh-timeout expects a duration such as 20m, found \"\(sshTimeout)\"") }
+    }
+
+    func run() async throws {
+        let request = BuildRequest(templatePath: template, name: name, parameters: parameterOptions.parameters, state: machine.state,
+                                   accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: onError,
+                                   sshTimeout: DurationText.parse(sshTimeout) ?? .seconds(1200))
+        let printer = BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human))
+        let engine = BuildEngine(request) { printer.print($0) }
+        let result = try await Interruptible.run { await engine.run() }
+        if let kept = result.keptVM {
+            printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  \(kept.sshCommand)\nPress Ctrl-C to tear it down.")
+            // The embedded driver lives in this process: keep it alive until the user is done.
+            _ = try? await Interruptible.run { () async throws -> Void in
+                while true { try await Task.sleep(for: .seconds(3600)) }
+            }
+            await engine.releaseKeptVM()
+        }
+        if result.record.runState != .succeeded { throw ExitCode.failure }
+    }
+}
+
+/// Prints build events for people (one line each, with the customizer's name and elapsed time) or as JSON lines.
+final class BuildPrinter: Sendable {
+    enum Mode { case human, quiet, json }
+    let mode: Mode
+    let start = ContinuousClock.now
+
+    init(mode: Mode) { self.mode = mode }
+
+    func print(_ event: BuildEvent) {
+        switch mode {
+        case .json:
+            if let data = try? JSONSerialization.data(withJSONObject: event.json, options: [.sortedKeys]) {
+                FileHandle.standardOutput.write(data + Data("\n".utf8))
+            }
+        case .quiet:
+            if case .finished(let record) = event { summary(record) }
+        case .human:
+            let elapsed = ContinuousClock.now - start
+            let stamp = String(format: "[%6.1fs]", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            switch event {
+            case .phase(let subState, let name): printError("\(stamp) == \(name) (\(subState.rawValue))")
+            case .message(let text): printError("\(stamp) \(text)")
+            case .warning(let text): printError("\(stamp) warning: \(text)")
+            case .customizerStarted(let index, let name, let type): printError("\(stamp) --> [\(index)] \(name) (\(type))")
+            case .output(let customizer, _, let line): printError("\(stamp)     \(customizer): \(line)")
+            case .customizerFinished(let index, let name, let seconds, let outcome):
+                printError("\(stamp) <-- [\(index)] \(name) \(outcome) in \(String(format: "%.1f", seconds))s")
+            case .finished(let record): summary(record)
+            }
+        }
+    }
+
+    private func summary(_ record: RunRecord) {
+        Swift.print("runState: \(record.runState.rawValue) (\(record.runSubState.rawValue))")
+        Swift.print("message: \(record.message)")
+        for phase in record.phases {
+            Swift.print("  " + phase.name.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: " %7.1fs", phase.seconds))
+        }
+        for output in record.runOutputs {
+            Swift.print("  output \(output.runOutputName) (\(output.type)): \(output.provisioningState) \(output.path ?? output.error ?? "")")
+        }
+        Swift.print("run: \(record.runID)")
+    }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import KilnMachine
+import KilnSupport
+
+extension AcceleratorChoice: ExpressibleByArgument {}
+extension CredentialInjection: ExpressibleByArgument {}
+
+/// Where state lives and how VMs run: shared by every command that boots something.
+struct MachineFlags: ParsableArguments {
+    @Option(help: "State directory (default: $KILN_STATE_DIR, else $XDG_DATA_HOME/kiln).")
+    var stateDir: String?
+
+    @Option(help: "Accelerator: auto probes KVM by booting a kernel and falls back to TCG.")
+    var accel: AcceleratorChoice = .auto
+
+    @Option(name: .customLong("connect"), help: "A libvirt URI (qemu:///system, qemu:///session). Default: the embedded QEMU driver, no daemon.")
+    var libvirtURI: String?
+
+    var state: StateDirectory { StateDirectory(explicit: stateDir) }
+}
+
+/// Prints progress lines on standard error, prefixed with the elapsed time.
+final class ConsoleEvents: Sendable {
+    let quiet: Bool
+    let start = ContinuousClock.now
+
+    init(quiet: Bool) { self.quiet = quiet }
+
+    func callAsFunction(_ message: String) {
+        guard !quiet else { return }
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        printError(String(format: "[%6.1fs] ", seconds) + message)
+    }
+}
+
+/// Runs `body` in a task that SIGINT and SIGTERM cancel, so that teardown code runs before the process exits.
+enum Interruptible {
+    static func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let task = Task { try await body() }
+        let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                printError("kiln: \(number == SIGINT ? "interrupted" : "terminated"); tearing down")
+                task.cancel()
+            }
+            source.resume()
+            return source
+        }
+        defer {
+            for source in signals { source.cancel() }
+        }
+        return try await task.value
+    }
+}
+
+/// A short random run ID (8 hex digits).
+func newRunID() -> String {
+    String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+}
+
+/// Reports a KilnError and exits with failure.
+func fail(_ error: KilnError) -> ExitCode {
+    printError("kiln: error: \(error)")
+    return ExitCode.failure
+}

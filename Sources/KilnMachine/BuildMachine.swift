@@ -1,0 +1,303 @@
+import Foundation
+import KilnLibvirt
+import KilnSSH
+import KilnSupport
+
+public enum CredentialInjection: String, Sendable, CaseIterable {
+    /// cloud-init NoCloud when the image has cloud-init, otherwise offline through libguestfs.
+    case auto
+    case cloudInit = "cloud-init"
+    case offline
+}
+
+public struct MachineOptions: Sendable {
+    public var runID: String
+    public var source: SourceImage
+    public var size: VMSize
+    /// 0: the source's size. Never shrinks.
+    public var osDiskSizeGB: Int
+    public var accelerator: Accelerator
+    /// Overlay, console log, seed, key: all here.
+    public var runDirectory: String
+    /// nil: the embedded QEMU driver under the state directory.
+    public var libvirtURI: String?
+    public var stateDirectory: StateDirectory
+    /// nil: a free port on 127.0.0.1.
+    public var sshPort: Int?
+    public var injection: CredentialInjection
+    public var username: String
+
+    public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
+                libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,
+                username: String = "packer") {
+        self.runID = runID
+        self.source = source
+        self.size = size
+        self.osDiskSizeGB = osDiskSizeGB
+        self.accelerator = accelerator
+        self.runDirectory = runDirectory
+        self.libvirtURI = libvirtURI
+        self.stateDirectory = stateDirectory
+        self.sshPort = sshPort
+        self.injection = injection
+        self.username = username
+    }
+
+    public var domainName: String { "kiln-\(runID)" }
+}
+
+/// The build VM: a qcow2 overlay on the untouched source, a transient libvirt domain, an SSH port on 127.0.0.1.
+/// `boot` rolls back whatever it started when a later step fails; `teardown` is idempotent and safe whether
+/// or not boot got far.
+public final class BuildMachine: @unchecked Sendable {
+    public let options: MachineOptions
+    public let keyPair = SSHKeyPair()
+    public let hostKeyPin = HostKeyPin()
+    public private(set) var sshPort: Int = 0
+    public private(set) var inspection: OfflineInspection?
+    public private(set) var credentialsInjectedOffline = false
+    private let events: @Sendable (String) -> Void
+    private var connection: LibvirtConnection?
+    private var domain: LibvirtDomain?
+    private let lock = NSLockLike()
+    private var tornDown = false
+
+    public var overlayPath: String { options.runDirectory + "/disk.qcow2" }
+    public var consolePath: String { options.runDirectory + "/console.log" }
+    public var seedPath: String { options.runDirectory + "/seed.iso" }
+    public var nvramPath: String { options.runDirectory + "/nvram.fd" }
+    public var privateKeyPath: String { options.runDirectory + "/id_ed25519" }
+    public var username: String { options.username }
+
+    private init(options: MachineOptions, events: @escaping @Sendable (String) -> Void) {
+        self.options = options
+        self.events = events
+    }
+
+    public var endpoint: SSHEndpoint {
+        SSHEndpoint(port: sshPort, username: options.username, keyPair: keyPair, hostKeyPin: hostKeyPin)
+    }
+
+    /// Creates the overlay, gives the guest its credentials and starts the domain.
+    public static func boot(_ options: MachineOptions, events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> BuildMachine {
+        let machine = BuildMachine(options: options, events: events)
+        do {
+            try await machine.start()
+        } catch {
+            await machine.teardown(keepFiles: false)
+            throw error
+        }
+        return machine
+    }
+
+    private func start() async throws(KilnError) {
+        let fileManager = FileManager.default
+        do {
+            try fileManager.createDirectory(atPath: options.runDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
+        }
+        sshPort = try PortAllocator.reserve(options.sshPort)
+        try await createOverlay()
+        try writePrivateKey()
+        let credentials = BuildCredentials(username: options.username, authorizedKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"))
+        var useSeed = false
+        switch options.injection {
+        case .cloudInit:
+            useSeed = true
+        case .offline:
+            try await provisionOffline(credentials, force: true)
+        case .auto:
+            if options.source.hasCloudInit == true {
+                useSeed = true
+            } else {
+                // Unknown or no cloud-init: one libguestfs launch inspects and, if needed, injects.
+                try await provisionOffline(credentials, force: false)
+                useSeed = inspection?.hasCloudInit == true && !credentialsInjectedOffline
+            }
+        }
+        if useSeed {
+            try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
+        }
+        try await startDomain(withSeed: useSeed)
+    }
+
+    private func createOverlay() async throws(KilnError) {
+        let source = options.source
+        var arguments = ["create", "-q", "-f", "qcow2", "-F", source.format, "-b", source.path, overlayPath]
+        if options.osDiskSizeGB > 0 {
+            let requested = UInt64(options.osDiskSizeGB) << 30
+            guard requested >= source.virtualSizeBytes else {
+                let sourceGiB = Double(source.virtualSizeBytes) / Double(1 << 30)
+                throw KilnError(.invalidArgument, "expected osDiskSizeGB of at least the source's size (\(String(format: "%.1f", sourceGiB)) GiB), found \(options.osDiskSizeGB): a disk can only grow")
+            }
+            if requested > source.virtualSizeBytes { arguments.append(String(requested)) }
+        }
+        events("overlay \(overlayPath) on \(source.displayName) (the source is opened read-only)")
+        try await Subprocess.check("qemu-img", arguments, timeout: .seconds(120))
+    }
+
+    private func writePrivateKey() throws(KilnError) {
+        let contents = keyPair.openSSHPrivateKeyFile(comment: "kiln-\(options.runID)")
+        guard FileManager.default.createFile(atPath: privateKeyPath, contents: Data(contents.utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw KilnError(.io, "cannot write the build key \(privateKeyPath)")
+        }
+    }
+
+    private func provisionOffline(_ credentials: BuildCredentials, force: Bool) async throws(KilnError) {
+        events("inspecting the image with libguestfs (one appliance launch)")
+        let result = try await OfflineProvisioner.inspectAndProvision(disk: overlayPath, format: "qcow2", accelerator: options.accelerator,
+                                                                      credentials: credentials, forceOffline: force)
+        inspection = result
+        credentialsInjectedOffline = result.injectedCredentials
+        events("image: \(result.productName) (\(result.osType)), cloud-init \(result.hasCloudInit ? "present" : "absent")"
+               + (result.injectedCredentials ? "; build user \(credentials.username) written offline" : ""))
+    }
+
+    private func startDomain(withSeed: Bool) async throws(KilnError) {
+        let uri: String
+        if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
+        let connection = try await LibvirtConnection.open(uri)
+        self.connection = connection
+        var disks = [DomainSpec.Disk(path: overlayPath, format: "qcow2", readOnly: false, device: .virtioDisk(target: "vda"))]
+        if withSeed {
+            // A virtio disk, not a CD-ROM: cloud-init's ds-identify runs before udev loads CD-ROM drivers, and
+            // the reference images' initramfs carries virtio only.
+            disks.append(DomainSpec.Disk(path: seedPath, format: "raw", readOnly: true, device: .virtioDisk(target: "vdb")))
+        }
+        let hostCores = ProcessInfo.processInfo.activeProcessorCount
+        let vCPUs = options.accelerator == .tcg ? min(options.size.vCPUs, hostCores) : options.size.vCPUs
+        let spec = DomainSpec(name: options.domainName, accelerator: options.accelerator, vCPUs: vCPUs, memoryMiB: options.size.memoryMiB,
+                              firmware: options.source.firmware, nvramPath: options.source.firmware == .uefi ? nvramPath : nil,
+                              disks: disks, serialLogPath: consolePath,
+                              portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: 22)])
+        try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
+        events("booting \(options.domainName): \(options.size.name) (\(vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), ssh 127.0.0.1:\(sshPort)")
+        do {
+            domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
+        } catch {
+            if error.message.contains("host forwarding") || error.message.contains("hostfwd") {
+                throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)
+            }
+            throw error
+        }
+    }
+
+    /// Whether the domain's QEMU process is still there.
+    public func isRunning() async -> Bool {
+        guard let domain else { return false }
+        return await domain.state().isActive
+    }
+
+    /// Waits for SSH (tolerating refused and reset connections while the guest boots), failing at once if the
+    /// VM stops.
+    public func waitForSSH(timeout: Duration) async throws(KilnError) -> SSHSession {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let reported = Locked(ContinuousClock.now)
+        let events = self.events
+        let port = sshPort
+        return try await SSHSession.waitForConnection(endpoint, timeout: timeout, progress: { attempt, elapsed, error in
+            let due = reported.withLock { last -> Bool in
+                guard ContinuousClock.now - last >= .seconds(15) else { return false }
+                last = .now
+                return true
+            }
+            if due { events("waiting for SSH on 127.0.0.1:\(port): \(DurationText.format(elapsed)) of \(DurationText.format(timeout)) (\(error.message))") }
+        }, abort: { [weak self] in
+            guard let self else { return KilnError(.cancelled, "machine gone") }
+            guard await self.isRunning() else {
+                return KilnError(.external, "the VM stopped while waiting for SSH after \(DurationText.format(clock.now - start)); last console lines:\n\(self.consoleTail(lines: 15))")
+            }
+            return nil
+        })
+    }
+
+    /// The last lines of the serial console, without terminal escapes.
+    public func consoleTail(lines: Int) -> String {
+        guard let data = FileManager.default.contents(atPath: consolePath) else { return "(no console output)" }
+        let text = String(decoding: data.suffix(64 * 1024), as: UTF8.self)
+        let cleaned = text.replacingOccurrences(of: "\u{1B}\\[[0-9;?]*[A-Za-z]", with: "", options: .regularExpression)
+            .replacingOccurrences(of: "\r", with: "")
+        return cleaned.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines).joined(separator: "\n")
+    }
+
+    /// Asks the guest to power off (through `session` if given, else ACPI), waits up to `timeout`, then forces it.
+    /// Returns true when the guest stopped by itself.
+    @discardableResult
+    public func shutdown(session: (any GuestSession)?, timeout: Duration) async -> Bool {
+        guard let domain, await domain.state().isActive else { return true }
+        if let session {
+            events("asking the guest to power off")
+            _ = try? await session.exec("sudo -n systemctl poweroff || sudo -n poweroff || sudo -n shutdown -h now")
+            await session.close()
+        } else {
+            events("asking the guest to power off (ACPI)")
+            try? await domain.requestShutdown()
+        }
+        let clock = ContinuousClock()
+        let start = clock.now
+        var lastACPI = start
+        while clock.now - start < timeout {
+            if !(await domain.state().isActive) {
+                events("the guest powered off after \(DurationText.format(clock.now - start))")
+                return true
+            }
+            // ACPI may arrive before the guest listens: repeat it now and then.
+            if clock.now - lastACPI > .seconds(20) {
+                try? await domain.requestShutdown()
+                lastACPI = clock.now
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        events("the guest did not power off within \(DurationText.format(timeout)); forcing it off")
+        await domain.destroy()
+        return false
+    }
+
+    /// Destroys the domain, closes libvirt and, unless kept, removes the run's files.
+    /// Idempotent; runs on success, failure, timeout and cancellation.
+    public func teardown(keepFiles: Bool) async {
+        let first = lock.withLock { () -> Bool in
+            defer { tornDown = true }
+            return !tornDown
+        }
+        guard first else { return }
+        if let domain { await domain.destroy() }
+        domain = nil
+        await connection?.close()
+        connection = nil
+        if !keepFiles {
+            for path in [overlayPath, seedPath, nvramPath, privateKeyPath, options.runDirectory + "/domain.xml"] {
+                try? FileManager.default.removeItem(atPath: path)
+            }
+        }
+    }
+}
+
+/// Picks a free TCP port on 127.0.0.1, or checks that an explicit one is free.
+public enum PortAllocator {
+    public static func reserve(_ explicit: Int?) throws(KilnError) -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw KilnError(.io, "cannot create a socket to find a free port") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(explicit ?? 0).bigEndian)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            if let explicit {
+                throw KilnError(.invalidArgument, "expected a free port for SSH, found port \(explicit) on 127.0.0.1 already in use")
+            }
+            throw KilnError(.io, "cannot find a free port on 127.0.0.1")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

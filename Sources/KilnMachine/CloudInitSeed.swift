@@ -1,0 +1,53 @@
+import Foundation
+import KilnSupport
+
+/// The build user and key, given to the guest at first boot.
+public struct BuildCredentials: Sendable {
+    public var username: String
+    public var authorizedKey: String
+
+    public init(username: String, authorizedKey: String) {
+        self.username = username
+        self.authorizedKey = authorizedKey
+    }
+}
+
+/// A cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` holding `meta-data` and `user-data`.
+public enum CloudInitSeed {
+    public static func userData(_ credentials: BuildCredentials) -> String {
+        """
+        #cloud-config
+        users:
+          - default
+          - name: \(credentials.username)
+            gecos: Kiln build user
+            shell: /bin/bash
+            sudo: "ALL=(ALL) NOPASSWD:ALL"
+            lock_passwd: true
+            ssh_authorized_keys:
+              - \(credentials.authorizedKey)
+        ssh_pwauth: false
+
+        """
+    }
+
+    public static func metaData(instanceID: String, hostname: String) -> String {
+        "instance-id: \(instanceID)\nlocal-hostname: \(hostname)\n"
+    }
+
+    /// Writes the seed ISO to `path`.
+    public static func write(to path: String, credentials: BuildCredentials, instanceID: String, hostname: String) async throws(KilnError) {
+        let directory = path + ".d"
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try userData(credentials).write(toFile: directory + "/user-data", atomically: true, encoding: .utf8)
+            try metaData(instanceID: instanceID, hostname: hostname).write(toFile: directory + "/meta-data", atomically: true, encoding: .utf8)
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw KilnError(.io, "cannot write the cloud-init seed files in \(directory): \(error.localizedDescription)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try await Subprocess.check("xorriso", ["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output", path, directory],
+                                   timeout: .seconds(60))
+    }
+}

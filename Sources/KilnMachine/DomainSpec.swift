@@ -1,0 +1,122 @@
+import KilnSupport
+
+/// A typed description of the build VM, rendered to libvirt domain XML.
+public struct DomainSpec: Sendable, Equatable {
+    public struct Disk: Sendable, Equatable {
+        public var path: String
+        public var format: String
+        public var readOnly: Bool
+        /// virtio for the OS disk; the NoCloud seed goes on a CD-ROM.
+        public var device: Device
+
+        public enum Device: Sendable, Equatable {
+            case virtioDisk(target: String)
+            case cdrom(target: String)
+        }
+    }
+
+    public struct PortForward: Sendable, Equatable {
+        public var hostPort: Int
+        public var guestPort: Int
+        public init(hostPort: Int, guestPort: Int) {
+            self.hostPort = hostPort
+            self.guestPort = guestPort
+        }
+    }
+
+    public var name: String
+    public var accelerator: Accelerator
+    public var vCPUs: Int
+    public var memoryMiB: Int
+    public var firmware: Firmware
+    /// UEFI only: a per-VM copy of the OVMF variable store.
+    public var nvramPath: String?
+    public var disks: [Disk]
+    public var serialLogPath: String
+    /// Forwards from 127.0.0.1 on the host to the guest, over QEMU user-mode networking.
+    public var portForwards: [PortForward]
+
+    public static let ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    public static let ovmfVarsTemplate = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+    public var xml: String {
+        var lines: [String] = []
+        let type = accelerator == .kvm ? "kvm" : "qemu"
+        lines.append("<domain type='\(type)' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>")
+        lines.append("  <name>\(XML.escape(name))</name>")
+        lines.append("  <memory unit='MiB'>\(memoryMiB)</memory>")
+        lines.append("  <vcpu>\(vCPUs)</vcpu>")
+        lines.append("  <os>")
+        lines.append("    <type arch='x86_64' machine='pc'>hvm</type>")
+        if firmware == .uefi {
+            lines.append("    <loader readonly='yes' type='pflash'>\(DomainSpec.ovmfCode)</loader>")
+            if let nvramPath {
+                lines.append("    <nvram template='\(DomainSpec.ovmfVarsTemplate)'>\(XML.escape(nvramPath))</nvram>")
+            }
+        }
+        lines.append("    <boot dev='hd'/>")
+        lines.append("  </os>")
+        lines.append("  <features><acpi/><apic/></features>")
+        // TCG: the most capable emulated CPU; KVM: the host's.
+        lines.append(accelerator == .kvm ? "  <cpu mode='host-passthrough'/>" : "  <cpu mode='maximum'/>")
+        lines.append("  <clock offset='utc'/>")
+        lines.append("  <on_poweroff>destroy</on_poweroff>")
+        lines.append("  <on_reboot>restart</on_reboot>")
+        lines.append("  <on_crash>destroy</on_crash>")
+        lines.append("  <devices>")
+        for disk in disks {
+            switch disk.device {
+            case .virtioDisk(let target):
+                // cache=unsafe: a build VM's disk is disposable until shutdown, and fsync-heavy package installs
+                // run much faster; discard=unmap lets fstrim in the guest keep the overlay sparse.
+                lines.append("    <disk type='file' device='disk'>")
+                lines.append(disk.readOnly ? "      <driver name='qemu' type='\(disk.format)'/>"
+                                           : "      <driver name='qemu' type='\(disk.format)' cache='unsafe' discard='unmap'/>")
+                lines.append("      <source file='\(XML.escape(disk.path))'/>")
+                lines.append("      <target dev='\(target)' bus='virtio'/>")
+            case .cdrom(let target):
+                lines.append("    <disk type='file' device='cdrom'>")
+                lines.append("      <driver name='qemu' type='\(disk.format)'/>")
+                lines.append("      <source file='\(XML.escape(disk.path))'/>")
+                lines.append("      <target dev='\(target)' bus='ide'/>")
+            }
+            if disk.readOnly { lines.append("      <readonly/>") }
+            lines.append("    </disk>")
+        }
+        lines.append("    <serial type='file'>")
+        lines.append("      <source path='\(XML.escape(serialLogPath))'/>")
+        lines.append("      <target port='0'/>")
+        lines.append("    </serial>")
+        lines.append("    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
+        lines.append("    <memballoon model='none'/>")
+        lines.append("  </devices>")
+        // libvirt 9.0 has no port forwarding for user-mode networking (passt is rejected), so the NIC is given to
+        // QEMU directly. The explicit PCI address keeps it from colliding with libvirt's own devices.
+        let forwards = portForwards.map { "hostfwd=tcp:127.0.0.1:\($0.hostPort)-:\($0.guestPort)" }.joined(separator: ",")
+        lines.append("  <qemu:commandline>")
+        lines.append("    <qemu:arg value='-netdev'/>")
+        lines.append("    <qemu:arg value='user,id=kilnnet0\(forwards.isEmpty ? "" : "," + forwards)'/>")
+        lines.append("    <qemu:arg value='-device'/>")
+        lines.append("    <qemu:arg value='virtio-net-pci,netdev=kilnnet0,bus=pci.0,addr=0x1f'/>")
+        lines.append("  </qemu:commandline>")
+        lines.append("</domain>")
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+enum XML {
+    static func escape(_ text: String) -> String {
+        var output = ""
+        for character in text {
+            switch character {
+            case "&": output += "&amp;"
+            case "<": output += "&lt;"
+            case ">": output += "&gt;"
+            case "'": output += "&apos;"
+            case "\"": output += "&quot;"
+            default: output.append(character)
+            }
+        }
+        return output
+    }
+}

@@ -1,0 +1,243 @@
+import Foundation
+import KilnSupport
+
+/// A bootable source disk and what Kiln knows about it.
+public struct SourceImage: Sendable, Equatable {
+    public var path: String
+    public var format: String
+    public var virtualSizeBytes: UInt64
+    public var firmware: Firmware
+    /// "Linux" or "Windows", when known.
+    public var osType: String?
+    /// Whether the image runs cloud-init at boot; nil when unknown (Kiln then inspects it).
+    public var hasCloudInit: Bool?
+    /// `Publisher:Offer:Sku:Version` with the version resolved, for catalog and imported images.
+    public var urn: String?
+
+    public var displayName: String { urn ?? path }
+}
+
+/// One image in the catalog or the local store, as `kiln image list` shows it.
+public struct ImageRecord: Sendable, Codable, Equatable {
+    public var publisher: String
+    public var offer: String
+    public var sku: String
+    public var version: String
+    public var path: String
+    public var format: String
+    public var firmware: Firmware
+    public var osType: String?
+    public var hasCloudInit: Bool?
+    public var origin: String
+    public var virtualSizeBytes: UInt64
+
+    public var urn: String { "\(publisher):\(offer):\(sku):\(version)" }
+
+    public var source: SourceImage {
+        SourceImage(path: path, format: format, virtualSizeBytes: virtualSizeBytes, firmware: firmware, osType: osType,
+                    hasCloudInit: hasCloudInit, urn: urn)
+    }
+}
+
+/// Versions like 0.20261126.1622 or 1.2.3, compared number by number.
+func compareVersions(_ lhs: String, _ rhs: String) -> Bool {
+    let left = lhs.split(separator: ".").map { Int($0) ?? 0 }
+    let right = rhs.split(separator: ".").map { Int($0) ?? 0 }
+    for index in 0..<max(left.count, right.count) {
+        let a = index < left.count ? left[index] : 0
+        let b = index < right.count ? right[index] : 0
+        if a != b { return a < b }
+    }
+    return false
+}
+
+/// The reference catalog (images/catalog.json: URNs → recipes built by scripts/build-image) plus images users
+/// imported with `kiln image import`.
+public struct ImageCatalog: Sendable {
+    public struct Entry: Sendable, Codable {
+        public var publisher: String
+        public var offer: String
+        public var sku: String
+        public var recipe: String
+        public var firmware: Firmware
+        public var hyperVGeneration: String?
+        public var osType: String?
+    }
+
+    struct Manifest: Codable {
+        var name: String
+        var version: String
+        var firmware: Firmware
+        var osType: String?
+        var virtualSizeBytes: UInt64?
+        var format: String?
+    }
+
+    public var catalogPath: String?
+    public var entries: [Entry]
+    public var buildCacheDirectory: String
+    public var importedDirectory: String
+
+    /// Finds images/catalog.json: `KILN_CATALOG`, else beside the executable's checkout, else above the current directory.
+    public static func locate(state: StateDirectory, environment: [String: String] = ProcessInfo.processInfo.environment) throws(KilnError) -> ImageCatalog {
+        var catalogPath = environment["KILN_CATALOG"]
+        if catalogPath == nil {
+            let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath()
+            for start in [executable.deletingLastPathComponent(), URL(fileURLWithPath: FileManager.default.currentDirectoryPath)] {
+                var directory = start
+                while directory.path != "/" {
+                    let candidate = directory.appendingPathComponent("images/catalog.json").path
+                    if FileManager.default.fileExists(atPath: candidate) {
+                        catalogPath = candidate
+                        break
+                    }
+                    directory.deleteLastPathComponent()
+                }
+                if catalogPath != nil { break }
+            }
+        }
+        var entries: [Entry] = []
+        if let catalogPath {
+            guard let data = FileManager.default.contents(atPath: catalogPath) else {
+                throw KilnError(.io, "cannot read the image catalog \(catalogPath)")
+            }
+            struct File: Codable { var images: [Entry] }
+            do {
+                entries = try JSONDecoder().decode(File.self, from: data).images
+            } catch {
+                throw KilnError(.invalidArgument, "the image catalog \(catalogPath) is not valid: \(error)")
+            }
+        }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        let cache = environment["KILN_IMAGE_CACHE"] ?? ((environment["XDG_CACHE_HOME"] ?? home + "/.cache") + "/kiln/images")
+        return ImageCatalog(catalogPath: catalogPath, entries: entries, buildCacheDirectory: cache,
+                            importedDirectory: state.imagesPath + "/imported")
+    }
+
+    public var buildScript: String? {
+        guard let catalogPath else { return nil }
+        let script = URL(fileURLWithPath: catalogPath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("scripts/build-image").path
+        return FileManager.default.isExecutableFile(atPath: script) ? script : nil
+    }
+
+    /// Every image that can be booted now: built catalog images and imported ones.
+    public func records() -> [ImageRecord] {
+        var records: [ImageRecord] = []
+        for entry in entries {
+            let directory = buildCacheDirectory + "/" + entry.recipe
+            for hash in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
+                let folder = directory + "/" + hash
+                guard let data = FileManager.default.contents(atPath: folder + "/manifest.json"),
+                      let manifest = try? JSONDecoder().decode(Manifest.self, from: data),
+                      FileManager.default.fileExists(atPath: folder + "/disk.qcow2") else { continue }
+                records.append(ImageRecord(publisher: entry.publisher, offer: entry.offer, sku: entry.sku, version: manifest.version,
+                                           path: folder + "/disk.qcow2", format: manifest.format ?? "qcow2", firmware: manifest.firmware,
+                                           osType: manifest.osType ?? entry.osType, hasCloudInit: true,
+                                           origin: "catalog recipe \(entry.recipe)", virtualSizeBytes: manifest.virtualSizeBytes ?? 0))
+            }
+        }
+        for file in (try? FileManager.default.contentsOfDirectory(atPath: importedDirectory)) ?? [] where file.hasSuffix(".json") {
+            guard let data = FileManager.default.contents(atPath: importedDirectory + "/" + file),
+                  let record = try? JSONDecoder().decode(ImageRecord.self, from: data) else { continue }
+            records.append(record)
+        }
+        return records.sorted { ($0.publisher, $0.offer, $0.sku) == ($1.publisher, $1.offer, $1.sku) ? compareVersions($0.version, $1.version) : $0.urn < $1.urn }
+    }
+
+    /// Resolves a PlatformImage reference. `latest` picks the newest version. A catalog image that has not been
+    /// built yet is built now with scripts/build-image (a few minutes, once).
+    public func resolve(publisher: String, offer: String, sku: String, version: String,
+                        progress: @Sendable (String) -> Void = { _ in }) async throws(KilnError) -> SourceImage {
+        func matching() -> [ImageRecord] {
+            records().filter {
+                $0.publisher.lowercased() == publisher.lowercased() && $0.offer.lowercased() == offer.lowercased()
+                    && $0.sku.lowercased() == sku.lowercased()
+            }
+        }
+        var candidates = matching()
+        let entry = entries.first {
+            $0.publisher.lowercased() == publisher.lowercased() && $0.offer.lowercased() == offer.lowercased() && $0.sku.lowercased() == sku.lowercased()
+        }
+        if candidates.isEmpty, let entry {
+            try await build(entry, progress: progress)
+            candidates = matching()
+        }
+        let urn = "\(publisher):\(offer):\(sku):\(version)"
+        guard !candidates.isEmpty else {
+            let known = Set(records().map { "\($0.publisher):\($0.offer):\($0.sku)" } + entries.map { "\($0.publisher):\($0.offer):\($0.sku)" })
+            throw KilnError(.notFound, "expected a source image in the catalog or the local store, found none for \(urn) (available: \(known.sorted().joined(separator: ", ")); add one with kiln image import FILE --urn \(urn))")
+        }
+        if version.lowercased() == "latest" {
+            return candidates.sorted { compareVersions($0.version, $1.version) }.last.unsafelyUnwrapped.source
+        }
+        guard let exact = candidates.first(where: { $0.version == version }) else {
+            throw KilnError(.notFound, "expected version \(version) of \(publisher):\(offer):\(sku), found only \(candidates.map(\.version).joined(separator: ", "))")
+        }
+        return exact.source
+    }
+
+    func build(_ entry: Entry, progress: @Sendable (String) -> Void) async throws(KilnError) {
+        guard let script = buildScript else {
+            throw KilnError(.notFound, "the source image \(entry.recipe) is not built and scripts/build-image was not found beside \(catalogPath ?? "the catalog")")
+        }
+        progress("building source image \(entry.recipe) with \(script) (first use only)")
+        let result = try await Subprocess.run(script, [entry.recipe], timeout: .seconds(3600),
+                                              environment: ["KILN_IMAGE_CACHE": buildCacheDirectory])
+        guard result.succeeded else {
+            throw KilnError(.external, "building source image \(entry.recipe) failed (exit \(result.status)): \(result.stderrText.suffix(2000))")
+        }
+    }
+
+    /// Resolves what a user typed: `Publisher:Offer:Sku[:Version]` or a disk image file.
+    public func resolve(reference: String, progress: @Sendable (String) -> Void = { _ in }) async throws(KilnError) -> SourceImage {
+        let parts = reference.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        if !reference.contains("/"), parts.count == 3 || parts.count == 4, parts.allSatisfy({ !$0.isEmpty }) {
+            return try await resolve(publisher: parts[0], offer: parts[1], sku: parts[2], version: parts.count == 4 ? parts[3] : "latest",
+                                     progress: progress)
+        }
+        let path = reference.hasPrefix("/") ? reference : FileManager.default.currentDirectoryPath + "/" + reference
+        let info = try await DiskImageProbe.inspect(path)
+        return SourceImage(path: path, format: info.format, virtualSizeBytes: info.virtualSizeBytes, firmware: info.firmware,
+                           osType: nil, hasCloudInit: nil, urn: nil)
+    }
+
+    /// Registers a user's qcow2/VHD under a URN. The file stays where it is and is never written.
+    public func importImage(_ file: String, urn: String, osType: String?, hasCloudInit: Bool?) async throws(KilnError) -> ImageRecord {
+        let parts = urn.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 4, parts.allSatisfy({ !$0.isEmpty && !$0.contains("/") }) else {
+            throw KilnError(.invalidArgument, "expected --urn Publisher:Offer:Sku:Version, found \"\(urn)\"")
+        }
+        let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
+        let info = try await DiskImageProbe.inspect(path)
+        if records().contains(where: { $0.urn.lowercased() == urn.lowercased() }) {
+            throw KilnError(.invalidArgument, "an image with URN \(urn) already exists; remove it first with kiln image remove \(urn)")
+        }
+        let record = ImageRecord(publisher: parts[0], offer: parts[1], sku: parts[2], version: parts[3], path: path, format: info.format,
+                                 firmware: info.firmware, osType: osType, hasCloudInit: hasCloudInit, origin: "imported",
+                                 virtualSizeBytes: info.virtualSizeBytes)
+        do {
+            try FileManager.default.createDirectory(atPath: importedDirectory, withIntermediateDirectories: true)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let target = importedDirectory + "/" + ImageCatalog.fileName(for: urn)
+            try AtomicFile.write(try encoder.encode(record), to: target)
+        } catch {
+            throw KilnError(.io, "cannot record the imported image: \(error.localizedDescription)")
+        }
+        return record
+    }
+
+    /// Forgets an imported image (the disk file itself is left alone).
+    public func removeImported(urn: String) throws(KilnError) {
+        let target = importedDirectory + "/" + ImageCatalog.fileName(for: urn)
+        guard FileManager.default.fileExists(atPath: target) else {
+            throw KilnError(.notFound, "expected an imported image \(urn), found none (kiln image list shows what exists)")
+        }
+        try? FileManager.default.removeItem(atPath: target)
+    }
+
+    static func fileName(for urn: String) -> String {
+        urn.lowercased().replacingOccurrences(of: ":", with: "_") + ".json"
+    }
+}

@@ -1,0 +1,496 @@
+import Crypto
+import Foundation
+import KilnSupport
+import NIOCore
+import NIOPosix
+import NIOSSH
+
+/// A fresh ed25519 key for one build: the private half authenticates Kiln, the public half goes into the guest.
+public struct SSHKeyPair: Sendable {
+    public let privateKey: Curve25519.Signing.PrivateKey
+
+    public init() {
+        privateKey = Curve25519.Signing.PrivateKey()
+    }
+
+    public init(rawRepresentation: [UInt8]) throws(KilnError) {
+        do {
+            privateKey = try Curve25519.Signing.PrivateKey(rawRepresentation: rawRepresentation)
+        } catch {
+            throw KilnError(.invalidArgument, "not an ed25519 private key")
+        }
+    }
+
+    /// `ssh-ed25519 AAAA… comment`, for authorized_keys.
+    public func openSSHPublicKey(comment: String) -> String {
+        String(openSSHPublicKey: NIOSSHPrivateKey(ed25519Key: privateKey).publicKey) + " " + comment
+    }
+
+    /// The private key in OpenSSH's own file format, so that `ssh -i` works against a kept VM.
+    public func openSSHPrivateKeyFile(comment: String) -> String {
+        let publicKey = Array(privateKey.publicKey.rawRepresentation)
+        let seed = Array(privateKey.rawRepresentation)
+        func string(_ bytes: [UInt8]) -> [UInt8] {
+            let count = UInt32(bytes.count)
+            return [UInt8(count >> 24), UInt8((count >> 16) & 0xFF), UInt8((count >> 8) & 0xFF), UInt8(count & 0xFF)] + bytes
+        }
+        let publicBlob = string(Array("ssh-ed25519".utf8)) + string(publicKey)
+        let check = UInt32.random(in: 0...UInt32.max)
+        let checkBytes = [UInt8(check >> 24), UInt8((check >> 16) & 0xFF), UInt8((check >> 8) & 0xFF), UInt8(check & 0xFF)]
+        var privateBlock = checkBytes + checkBytes + string(Array("ssh-ed25519".utf8)) + string(publicKey)
+            + string(seed + publicKey) + string(Array(comment.utf8))
+        var padding: UInt8 = 1
+        while privateBlock.count % 8 != 0 {
+            privateBlock.append(padding)
+            padding += 1
+        }
+        let body = Array("openssh-key-v1".utf8) + [0] + string(Array("none".utf8)) + string(Array("none".utf8)) + string([])
+            + [0, 0, 0, 1] + string(publicBlob) + string(privateBlock)
+        let base64 = Data(body).base64EncodedString()
+        var lines = ["-----BEGIN OPENSSH PRIVATE KEY-----"]
+        var index = base64.startIndex
+        while index < base64.endIndex {
+            let end = base64.index(index, offsetBy: 70, limitedBy: base64.endIndex) ?? base64.endIndex
+            lines.append(String(base64[index..<end]))
+            index = end
+        }
+        lines.append("-----END OPENSSH PRIVATE KEY-----")
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+/// The host key a build first saw. Later connections (after a reboot) must present the same key.
+public final class HostKeyPin: @unchecked Sendable {
+    private let state = Locked<NIOSSHPublicKey?>(nil)
+    public init() {}
+
+    public var pinnedKey: String? { state.current.map { String(openSSHPublicKey: $0) } }
+
+    /// nil if accepted; otherwise why not.
+    func check(_ key: NIOSSHPublicKey) -> String? {
+        state.withLock { pinned in
+            guard let existing = pinned else {
+                pinned = key
+                return nil
+            }
+            guard existing == key else {
+                return "the guest presented host key \(String(openSSHPublicKey: key)), not the key \(String(openSSHPublicKey: existing)) pinned when the build first connected"
+            }
+            return nil
+        }
+    }
+}
+
+public struct SSHEndpoint: Sendable {
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var keyPair: SSHKeyPair
+    public var hostKeyPin: HostKeyPin
+
+    public init(host: String = "127.0.0.1", port: Int, username: String, keyPair: SSHKeyPair, hostKeyPin: HostKeyPin = HostKeyPin()) {
+        self.host = host
+        self.port = port
+        self.username = username
+        self.keyPair = keyPair
+        self.hostKeyPin = hostKeyPin
+    }
+}
+
+/// An SSH connection to a guest, on swift-nio-ssh.
+public final class SSHSession: GuestSession, @unchecked Sendable {
+    public let endpoint: SSHEndpoint
+    private let channel: Channel
+    private let lastActivity = Locked<ContinuousClock.Instant>(.now)
+    private var keepalive: Task<Void, Never>?
+
+    private init(endpoint: SSHEndpoint, channel: Channel) {
+        self.endpoint = endpoint
+        self.channel = channel
+    }
+
+    /// Connects and authenticates once. Fails fast (refused, reset, rejected key) so that a caller can retry.
+    public static func connect(_ endpoint: SSHEndpoint, timeout: Duration = .seconds(30)) async throws(KilnError) -> SSHSession {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let ready = group.next().makePromise(of: Void.self)
+        let userAuth = KeyAuthDelegate(username: endpoint.username, key: NIOSSHPrivateKey(ed25519Key: endpoint.keyPair.privateKey))
+        let serverAuth = PinningHostKeyDelegate(pin: endpoint.hostKeyPin)
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.seconds(Int64(min(timeout.components.seconds, 30))))
+            .channelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_TCP), TCP_NODELAY), value: 1)
+            .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_KEEPALIVE), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ssh = NIOSSHHandler(role: .client(.init(userAuthDelegate: userAuth, serverAuthDelegate: serverAuth)),
+                                            allocator: channel.allocator, inboundChildChannelInitializer: nil)
+                    try channel.pipeline.syncOperations.addHandler(ssh)
+                    try channel.pipeline.syncOperations.addHandler(ReadinessHandler(ready: ready))
+                }
+            }
+        let channel: Channel
+        do {
+            channel = try await bootstrap.connect(host: endpoint.host, port: endpoint.port).get()
+        } catch {
+            ready.fail(error)
+            throw KilnError(.io, "cannot connect to \(endpoint.host):\(endpoint.port): \(error)")
+        }
+        let timeoutTask = Task {
+            try? await Task.sleep(for: timeout)
+            ready.fail(KilnError(.timeout, "SSH handshake with \(endpoint.host):\(endpoint.port) did not finish within \(DurationText.format(timeout))"))
+        }
+        defer { timeoutTask.cancel() }
+        do {
+            try await ready.futureResult.get()
+        } catch {
+            try? await channel.close()
+            if let kiln = error as? KilnError { throw kiln }
+            throw KilnError(.io, "SSH handshake with \(endpoint.host):\(endpoint.port) failed: \(error)")
+        }
+        let session = SSHSession(endpoint: endpoint, channel: channel)
+        session.startKeepalive()
+        return session
+    }
+
+    /// Retries `connect` until it succeeds or `timeout` passes (the AIB SSH timeout is 20 minutes), tolerating
+    /// refused and reset connections while the guest boots. `progress` is told about each failed attempt;
+    /// `abort` is asked between attempts whether waiting still makes sense (the VM may have died).
+    public static func waitForConnection(_ endpoint: SSHEndpoint, timeout: Duration, pollInterval: Duration = .milliseconds(500),
+                                         progress: @Sendable (Int, Duration, KilnError) -> Void = { _, _, _ in },
+                                         abort: @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> SSHSession {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var attempt = 0
+        while true {
+            attempt += 1
+            if Task.isCancelled { throw KilnError(.cancelled, "cancelled while waiting for SSH") }
+            let remaining = timeout - (clock.now - start)
+            do {
+                // QEMU's user-mode network accepts the TCP connection before the guest can answer it, so an attempt
+                // can hang rather than be refused: keep attempts short while booting, longer later (a loaded guest).
+                let attemptTimeout: Duration = attempt < 10 ? .seconds(8) : .seconds(30)
+                return try await connect(endpoint, timeout: min(attemptTimeout, max(remaining, .seconds(5))))
+            } catch {
+                // A different host key is not a guest still booting: stop at once.
+                if error.message.contains("host key mismatch") { throw error }
+                if let fatal = await abort() { throw fatal }
+                let elapsed = clock.now - start
+                if elapsed >= timeout {
+                    throw KilnError(.timeout, "Timeout waiting for SSH: no SSH login on \(endpoint.host):\(endpoint.port) within \(DurationText.format(timeout)) (\(attempt) attempts; last: \(error.message))")
+                }
+                progress(attempt, elapsed, error)
+                do { try await Task.sleep(for: pollInterval) } catch { throw KilnError(.cancelled, "cancelled while waiting for SSH") }
+            }
+        }
+    }
+
+    private func startKeepalive() {
+        let channel = self.channel
+        keepalive = Task { [weak self] in
+            // OpenSSH-style liveness: when nothing has arrived for a while, open and close a session channel; a
+            // guest that rebooted or hung cannot answer, and the connection is closed so running commands end.
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(10))
+                guard let self, channel.isActive else { return }
+                guard ContinuousClock.now - self.lastActivity.current > .seconds(20) else { continue }
+                let probe = channel.eventLoop.makePromise(of: Channel.self)
+                channel.pipeline.handler(type: NIOSSHHandler.self).whenSuccess { handler in
+                    handler.createChannel(probe, channelType: .session) { child, _ in child.eventLoop.makeSucceededVoidFuture() }
+                }
+                let answered = await withTaskGroup(of: Bool.self) { group in
+                    group.addTask {
+                        guard let opened = try? await probe.futureResult.get() else { return false }
+                        try? await opened.close()
+                        return true
+                    }
+                    group.addTask { try? await Task.sleep(for: .seconds(45)); return false }
+                    let first = await group.next() ?? false
+                    group.cancelAll()
+                    return first
+                }
+                if answered {
+                    self.touch()
+                } else {
+                    probe.fail(KilnError(.timeout, "keepalive"))
+                    try? await channel.close()
+                    return
+                }
+            }
+        }
+    }
+
+    func touch() { lastActivity.withLock { $0 = .now } }
+
+    public var isConnected: Bool { channel.isActive }
+
+    public func exec(_ command: String, stdin: [UInt8]?, output: @escaping @Sendable (OutputChunk) -> Void) async throws(KilnError) -> ExecResult {
+        let child = try await openExecChannel(command, output: output)
+        if let stdin {
+            try await writeStdin(child.channel, chunks: [stdin])
+        }
+        return await waitForOutcome(child)
+    }
+
+    public func upload(localPath: String, remotePath: String) async throws(KilnError) {
+        guard let handle = FileHandle(forReadingAtPath: localPath) else {
+            throw KilnError(.io, "cannot read \(localPath) to upload it")
+        }
+        defer { try? handle.close() }
+        let errors = OutputCollector()
+        let quoted = ShellQuote.quote(remotePath)
+        let child = try await openExecChannel("cat > \(quoted)", output: { errors.append($0) })
+        do {
+            while true {
+                let data = try handle.read(upToCount: 256 * 1024) ?? Data()
+                if data.isEmpty { break }
+                try await write(child.channel, Array(data))
+            }
+            try await child.channel.close(mode: .output).get()
+        } catch {
+            try? await child.channel.close()
+            _ = await waitForOutcome(child)
+            throw KilnError(.io, "upload of \(localPath) to \(remotePath) failed: \(error)")
+        }
+        let result = await waitForOutcome(child)
+        guard result.succeeded else {
+            throw KilnError(.external, "upload of \(localPath) to \(remotePath) failed: \(result): \(errors.stderrText.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+    }
+
+    private struct ExecChannel {
+        var channel: Channel
+        var outcome: EventLoopFuture<ExecResult>
+    }
+
+    private func openExecChannel(_ command: String, output: @escaping @Sendable (OutputChunk) -> Void) async throws(KilnError) -> ExecChannel {
+        guard channel.isActive else {
+            throw KilnError(.io, "the SSH connection to \(endpoint.host):\(endpoint.port) is closed")
+        }
+        let eventLoop = channel.eventLoop
+        let outcome = eventLoop.makePromise(of: ExecResult.self)
+        let started = eventLoop.makePromise(of: Void.self)
+        let childPromise = eventLoop.makePromise(of: Channel.self)
+        let touch: @Sendable () -> Void = { [weak self] in self?.touch() }
+        do {
+            let handlerLookup = channel.pipeline.handler(type: NIOSSHHandler.self)
+            handlerLookup.whenSuccess { handler in
+                handler.createChannel(childPromise, channelType: .session) { child, _ in
+                    child.eventLoop.makeCompletedFuture {
+                        try child.pipeline.syncOperations.addHandler(
+                            ExecChannelHandler(command: command, output: output, activity: touch, started: started, outcome: outcome))
+                    }
+                }
+            }
+            handlerLookup.whenFailure { childPromise.fail($0) }
+            let child = try await childPromise.futureResult.get()
+            try await started.futureResult.get()
+            return ExecChannel(channel: child, outcome: outcome.futureResult)
+        } catch {
+            childPromise.fail(error)
+            started.fail(error)
+            outcome.fail(error)
+            if !channel.isActive {
+                throw KilnError(.io, "the SSH connection closed before `\(command)` started")
+            }
+            throw KilnError(.external, "cannot start `\(command)` over SSH: \(error)")
+        }
+    }
+
+    private func write(_ child: Channel, _ bytes: [UInt8]) async throws {
+        var buffer = child.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        try await child.writeAndFlush(SSHChannelData(type: .channel, data: .byteBuffer(buffer))).get()
+        touch()
+    }
+
+    private func writeStdin(_ child: Channel, chunks: [[UInt8]]) async throws(KilnError) {
+        do {
+            for chunk in chunks where !chunk.isEmpty { try await write(child, chunk) }
+            try await child.close(mode: .output).get()
+        } catch {
+            throw KilnError(.io, "cannot write standard input over SSH: \(error)")
+        }
+    }
+
+    /// Waits for the command to end. Cancelling the task closes the channel, which ends the command.
+    private func waitForOutcome(_ child: ExecChannel) async -> ExecResult {
+        let channel = child.channel
+        return await withTaskCancellationHandler {
+            do {
+                return try await child.outcome.get()
+            } catch {
+                return ExecResult(.disconnected("\(error)"))
+            }
+        } onCancel: {
+            channel.close(promise: nil)
+        }
+    }
+
+    public func close() async {
+        keepalive?.cancel()
+        try? await channel.close()
+    }
+}
+
+/// Offers the build's private key once.
+private final class KeyAuthDelegate: NIOSSHClientUserAuthenticationDelegate, @unchecked Sendable {
+    private let username: String
+    private let key: NIOSSHPrivateKey
+    private var offered = false
+
+    init(username: String, key: NIOSSHPrivateKey) {
+        self.username = username
+        self.key = key
+    }
+
+    func nextAuthenticationType(availableMethods: NIOSSHAvailableUserAuthenticationMethods,
+                                nextChallengePromise: EventLoopPromise<NIOSSHUserAuthenticationOffer?>) {
+        guard !offered, availableMethods.contains(.publicKey) else {
+            nextChallengePromise.fail(KilnError(.external, "the guest rejected the build key for user \(username)"))
+            return
+        }
+        offered = true
+        nextChallengePromise.succeed(NIOSSHUserAuthenticationOffer(username: username, serviceName: "", offer: .privateKey(.init(privateKey: key))))
+    }
+}
+
+private final class PinningHostKeyDelegate: NIOSSHClientServerAuthenticationDelegate, @unchecked Sendable {
+    private let pin: HostKeyPin
+    init(pin: HostKeyPin) { self.pin = pin }
+
+    func validateHostKey(hostKey: NIOSSHPublicKey, validationCompletePromise: EventLoopPromise<Void>) {
+        if let problem = pin.check(hostKey) {
+            validationCompletePromise.fail(KilnError(.external, "SSH host key mismatch: \(problem)"))
+        } else {
+            validationCompletePromise.succeed(())
+        }
+    }
+}
+
+/// Succeeds `ready` once user authentication succeeded; fails it on any error or close before that.
+private final class ReadinessHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Any
+    private let ready: EventLoopPromise<Void>
+    private var done = false
+
+    init(ready: EventLoopPromise<Void>) { self.ready = ready }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is UserAuthSuccessEvent, !done {
+            done = true
+            ready.succeed(())
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if !done {
+            done = true
+            ready.fail(error)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            ready.fail(KilnError(.io, "the connection closed during the SSH handshake"))
+        }
+        context.fireChannelInactive()
+    }
+}
+
+/// One exec request on a session channel: streams output, records exit status or signal, completes on close.
+private final class ExecChannelHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = SSHChannelData
+    typealias OutboundIn = SSHChannelData
+    typealias OutboundOut = SSHChannelData
+
+    private let command: String
+    private let output: @Sendable (OutputChunk) -> Void
+    private let activity: @Sendable () -> Void
+    private let started: EventLoopPromise<Void>
+    private let outcome: EventLoopPromise<ExecResult>
+    private var exitStatus: Int32?
+    private var exitSignal: String?
+    private var failure: String?
+
+    init(command: String, output: @escaping @Sendable (OutputChunk) -> Void, activity: @escaping @Sendable () -> Void,
+         started: EventLoopPromise<Void>, outcome: EventLoopPromise<ExecResult>) {
+        self.command = command
+        self.output = output
+        self.activity = activity
+        self.started = started
+        self.outcome = outcome
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        context.channel.setOption(ChannelOptions.allowRemoteHalfClosure, value: true).whenFailure { [started] error in
+            started.fail(error)
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let request = SSHChannelRequestEvent.ExecRequest(command: command, wantReply: true)
+        context.triggerUserOutboundEvent(request).whenFailure { [started] error in
+            started.fail(error)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let message = unwrapInboundIn(data)
+        guard case .byteBuffer(let buffer) = message.data else { return }
+        activity()
+        let bytes = Array(buffer.readableBytesView)
+        switch message.type {
+        case .channel: output(OutputChunk(stream: .stdout, bytes: bytes))
+        case .stdErr: output(OutputChunk(stream: .stderr, bytes: bytes))
+        default: break
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        activity()
+        switch event {
+        case is ChannelSuccessEvent:
+            started.succeed(())
+        case is ChannelFailureEvent:
+            started.fail(KilnError(.external, "the guest's SSH server refused to run `\(command)`"))
+            context.close(promise: nil)
+        case let status as SSHChannelRequestEvent.ExitStatus:
+            exitStatus = Int32(truncatingIfNeeded: status.exitStatus)
+        case let signal as SSHChannelRequestEvent.ExitSignal:
+            exitSignal = signal.signalName
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        failure = "\(error)"
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        started.fail(KilnError(.io, "the SSH channel closed before `\(command)` started"))
+        if let exitSignal {
+            outcome.succeed(ExecResult(.signaled(exitSignal)))
+        } else if let exitStatus {
+            outcome.succeed(ExecResult(.exited(exitStatus)))
+        } else {
+            outcome.succeed(ExecResult(.disconnected(failure ?? "the channel closed without an exit status")))
+        }
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        outcome.succeed(ExecResult(.disconnected(failure ?? "the channel was removed")))
+    }
+}
+
+/// POSIX shell single-quoting.
+public enum ShellQuote {
+    public static func quote(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}

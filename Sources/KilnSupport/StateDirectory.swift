@@ -1,0 +1,37 @@
+import Foundation
+
+/// Where Kiln keeps its state: `--state-dir`, else `KILN_STATE_DIR`, else `$XDG_DATA_HOME/kiln`
+/// (`~/.local/share/kiln`). Runs, the embedded libvirt roots and the image store live below it.
+public struct StateDirectory: Sendable {
+    public let path: String
+
+    public init(explicit: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        if let explicit, !explicit.isEmpty {
+            path = StateDirectory.absolute(explicit)
+        } else if let fromEnvironment = environment["KILN_STATE_DIR"], !fromEnvironment.isEmpty {
+            path = StateDirectory.absolute(fromEnvironment)
+        } else if let xdg = environment["XDG_DATA_HOME"], !xdg.isEmpty {
+            path = StateDirectory.absolute(xdg) + "/kiln"
+        } else {
+            path = (environment["HOME"] ?? NSHomeDirectory()) + "/.local/share/kiln"
+        }
+    }
+
+    public var runsPath: String { path + "/runs" }
+    public var imagesPath: String { path + "/images" }
+    public var cachePath: String { path + "/cache" }
+
+    public func create(_ subpath: String = "") throws(KilnError) -> String {
+        let target = subpath.isEmpty ? path : path + "/" + subpath
+        do {
+            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+        } catch {
+            throw KilnError(.io, "cannot create the state directory \(target): \(error.localizedDescription)")
+        }
+        return target
+    }
+
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+}

@@ -1,0 +1,92 @@
+import Foundation
+import KilnMachine
+import KilnSSH
+import KilnSupport
+
+/// Boot-to-SSH: how long Kiln takes from start to the first command in the guest, against the guest's own boot
+/// time as systemd reports it. Kiln's overhead is the difference.
+struct BootBenchmark {
+    var urn: String
+    var runs: Int
+    var size: String
+
+    func run() async throws(KilnError) {
+        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let catalog = try ImageCatalog.locate(state: state)
+        let image = try await catalog.resolve(reference: urn)
+        let cacheDirectory = (ProcessInfo.processInfo.environment["HOME"] ?? "/root") + "/.cache/kiln"
+        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: cacheDirectory)
+        print("boot benchmark: \(image.displayName), \(size), \(decision.accelerator.rawValue) (\(decision.evidence))")
+        print("run  prepare  to-ssh  guest-kernel  guest-userspace  guest-total  ssh.service-active  overhead-vs-ssh-active  libguestfs-launches")
+        var overheads: [Double] = []
+        for index in 1...runs {
+            let clock = ContinuousClock()
+            let start = clock.now
+            let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+            let options = MachineOptions(runID: runID, source: image, size: try VMSize.named(size), accelerator: decision.accelerator,
+                                         runDirectory: state.runsPath + "/" + runID, stateDirectory: state)
+            let vm = try await BuildMachine.boot(options) { _ in }
+            let prepared = clock.now - start
+            do throws(KilnError) {
+                let session = try await vm.waitForSSH(timeout: .seconds(1200))
+                _ = try await session.exec("true")
+                let toFirstExec = clock.now - start
+                // The guest's view, once boot has finished.
+                _ = try await session.exec("systemctl is-system-running --wait")
+                let analyze = try await session.run("systemd-analyze")
+                let sshActive = try await session.run("systemctl show ssh.service -p ActiveEnterTimestampMonotonic --value")
+                let times = SystemdAnalyze.parse(analyze)
+                let sshActiveSeconds = (Double(sshActive.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) / 1_000_000
+                let firstExec = seconds(toFirstExec)
+                let overhead = firstExec - sshActiveSeconds
+                overheads.append(overhead)
+                let launches = vm.inspection == nil ? 0 : 1
+                print(String(format: "%3d  %6.2fs  %6.1fs  %11.1fs  %15.1fs  %10.1fs  %17.1fs  %22.1fs  %d", index, seconds(prepared), firstExec,
+                             times.kernel, times.userspace, times.total, sshActiveSeconds, overhead, launches))
+                await session.close()
+            } catch {
+                await vm.teardown(keepFiles: false)
+                throw error
+            }
+            await vm.teardown(keepFiles: false)
+        }
+        let mean = overheads.reduce(0, +) / Double(overheads.count)
+        print(String(format: "mean overhead (start to first exec, minus the guest's time to ssh.service active): %.1fs (target < 3s)", mean))
+        print("notes: the guest's clock starts at its kernel; firmware and GRUB time before it counts as overhead here.")
+    }
+}
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+}
+
+/// "Startup finished in 2.1s (kernel) + 20.0s (userspace) = 22.1s" (also with firmware/loader, and minutes).
+enum SystemdAnalyze {
+    struct Times { var kernel = 0.0, userspace = 0.0, total = 0.0 }
+
+    static func parse(_ text: String) -> Times {
+        var times = Times()
+        guard let line = text.split(separator: "\n").first(where: { $0.contains("Startup finished") }) else { return times }
+        let parts = line.replacingOccurrences(of: "Startup finished in ", with: "").split(separator: "=")
+        for term in parts.first?.split(separator: "+") ?? [] {
+            let words = term.trimmingCharacters(in: .whitespaces)
+            let value = duration(String(words.split(separator: " ").first ?? ""))
+            if words.contains("(kernel)") { times.kernel = value }
+            if words.contains("(userspace)") { times.userspace = value }
+        }
+        times.total = duration(parts.last.map { String($0).trimmingCharacters(in: .whitespaces) } ?? "")
+        return times
+    }
+
+    /// "1min 2.5s", "22.1s", "850ms".
+    static func duration(_ text: String) -> Double {
+        var total = 0.0
+        for token in text.split(separator: " ") {
+            if token.hasSuffix("ms"), let value = Double(token.dropLast(2)) { total += value / 1000 }
+            else if token.hasSuffix("min"), let value = Double(token.dropLast(3)) { total += value * 60 }
+            else if token.hasSuffix("s"), let value = Double(token.dropLast()) { total += value }
+        }
+        return total
+    }
+}

@@ -1,0 +1,35 @@
+import Foundation
+import KilnSupport
+
+/// Benchmarks print figures; they are not tests. `kiln-bench boot [URN] [--runs N]`.
+@main
+enum KilnBench {
+    static func main() async {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        guard let command = arguments.first else {
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE]")
+            exit(2)
+        }
+        arguments.removeFirst()
+        func option(_ name: String) -> String? {
+            guard let index = arguments.firstIndex(of: name), index + 1 < arguments.count else { return nil }
+            let value = arguments[index + 1]
+            arguments.removeSubrange(index...index + 1)
+            return value
+        }
+        do throws(KilnError) {
+            switch command {
+            case "boot":
+                let runs = Int(option("--runs") ?? "3") ?? 3
+                let size = option("--size") ?? "Standard_D2s_v3"
+                try await BootBenchmark(urn: arguments.first ?? "Debian:debian-12:12", runs: runs, size: size).run()
+            default:
+                print("unknown benchmark \(command); known: boot")
+                exit(2)
+            }
+        } catch {
+            print("kiln-bench: error: \(error)")
+            exit(1)
+        }
+    }
+}

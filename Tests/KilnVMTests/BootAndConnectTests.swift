@@ -1,0 +1,140 @@
+import Foundation
+import KilnDigest
+import KilnMachine
+import KilnSSH
+import KilnSupport
+import Testing
+
+@Suite("Boot and connect (real VMs)", .serialized, .enabled(if: VMTestEnvironment.enabled))
+struct BootAndConnectTests {
+    /// One boot per reference image exercising exec, exit codes and signals, a 50 MB upload, a reboot with
+    /// reconnect, and shutdown; afterwards nothing is left and the source is unchanged.
+    @Test("a VM boots, runs commands, takes uploads, survives a reboot and shuts down", arguments: ["Debian:debian-12:12", "Debian:debian-12:12-gen2"])
+    func fullLifecycle(urn: String) async throws {
+        let state = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let events = EventLog()
+        let image = try await VMTestEnvironment.catalog(state).resolve(reference: urn)
+        let sourceSumBefore = try SHA256Digest.hex(ofFile: image.path)
+        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let options = MachineOptions(runID: runID, source: image, size: try VMSize.named("Standard_D2s_v3"), osDiskSizeGB: 6,
+                                     accelerator: await VMTestEnvironment.accelerator(), runDirectory: state.runsPath + "/" + runID,
+                                     stateDirectory: state)
+        let vm = try await BuildMachine.boot(options) { events($0) }
+        do {
+            let session = try await vm.waitForSSH(timeout: .seconds(600))
+
+            // exec: streamed output, exit status, stderr, sudo, the grown disk.
+            let collector = OutputCollector()
+            let result = try await session.exec("echo out; echo err >&2; id -un; sudo -n id -u; lsblk -b -dn -o SIZE /dev/vda; exit 7") { collector.append($0) }
+            #expect(result.outcome == .exited(7))
+            #expect(collector.stdoutText == "out\n\(vm.username)\n0\n\(6 << 30)\n")
+            #expect(collector.stderrText == "err\n")
+            #expect(try await session.exec("true").outcome == .exited(0))
+            #expect(try await session.exec("exit 255").outcome == .exited(255))
+            #expect(try await session.exec("kill -TERM $$").outcome == .signaled("TERM"))
+            #expect(try await session.exec("kill -KILL $$").outcome == .signaled("KILL"))
+            let firmware = try await session.run("test -d /sys/firmware/efi && echo uefi || echo bios")
+            #expect(firmware == (image.firmware == .uefi ? "uefi\n" : "bios\n"))
+            // stdin reaches the command.
+            let echoed = OutputCollector()
+            _ = try await session.exec("cat", stdin: Array("piped input".utf8)) { echoed.append($0) }
+            #expect(echoed.stdoutText == "piped input")
+
+            // upload: 50 MB, byte for byte.
+            let local = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-upload-\(runID)").path
+            defer { try? FileManager.default.removeItem(atPath: local) }
+            var bytes = [UInt8](repeating: 0, count: 50 * 1024 * 1024)
+            for index in stride(from: 0, to: bytes.count, by: 4096) { bytes[index] = UInt8(truncatingIfNeeded: index / 4096 &* 7) }
+            #expect(FileManager.default.createFile(atPath: local, contents: Data(bytes)))
+            try await session.upload(localPath: local, remotePath: "/tmp/upload.bin")
+            let remoteSum = try await session.run("sha256sum /tmp/upload.bin | cut -d' ' -f1")
+            #expect(remoteSum.trimmingCharacters(in: .whitespacesAndNewlines) == (try SHA256Digest.hex(ofFile: local)))
+
+            // reboot: the connection drops, a new one gets in with the same pinned host key and a new boot ID.
+            let bootBefore = try await session.run("cat /proc/sys/kernel/random/boot_id")
+            let reboot = try await session.exec("sudo -n systemctl reboot; sleep 600")
+            if case .disconnected = reboot.outcome {} else { Issue.record("expected the reboot to drop the connection, got \(reboot)") }
+            await session.close()
+            let again = try await vm.waitForSSH(timeout: .seconds(600))
+            let bootAfter = try await again.run("cat /proc/sys/kernel/random/boot_id")
+            #expect(bootAfter != bootBefore)
+            #expect(vm.hostKeyPin.pinnedKey != nil)
+
+            // shutdown: the guest powers itself off in time.
+            let graceful = await vm.shutdown(session: again, timeout: .seconds(180))
+            #expect(graceful)
+            #expect(await vm.isRunning() == false)
+        } catch {
+            Issue.record("events:\n\(events.all.joined(separator: "\n"))\nconsole:\n\(vm.consoleTail(lines: 30))")
+            await vm.teardown(keepFiles: false)
+            throw error
+        }
+        await vm.teardown(keepFiles: false)
+        #expect(VMTestEnvironment.qemuProcesses(named: options.domainName).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: vm.overlayPath))
+        #expect(!FileManager.default.fileExists(atPath: vm.seedPath))
+        #expect(!FileManager.default.fileExists(atPath: vm.privateKeyPath))
+        #expect(try SHA256Digest.hex(ofFile: image.path) == sourceSumBefore)
+    }
+
+    @Test("a disk with nothing listening on SSH fails the wait clearly and is torn down")
+    func noSSHServer() async throws {
+        let state = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        // A disk with an MBR signature and no boot code: the firmware starts it, nothing ever answers.
+        let disk = state.path + "/nossh.raw"
+        var bytes = [UInt8](repeating: 0, count: 16 << 20)
+        bytes[510] = 0x55
+        bytes[511] = 0xAA
+        #expect(FileManager.default.createFile(atPath: disk, contents: Data(bytes)))
+        let image = try await VMTestEnvironment.catalog(state).resolve(reference: disk)
+        #expect(image.format == "raw")
+        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let options = MachineOptions(runID: runID, source: image, size: try VMSize.named("Standard_B1s"), accelerator: await VMTestEnvironment.accelerator(),
+                                     runDirectory: state.runsPath + "/" + runID, stateDirectory: state, injection: .cloudInit)
+        let vm = try await BuildMachine.boot(options) { _ in }
+        let clock = ContinuousClock()
+        let start = clock.now
+        do {
+            _ = try await vm.waitForSSH(timeout: .seconds(20))
+            Issue.record("expected the SSH wait to fail")
+        } catch {
+            #expect(error.code == .timeout)
+            #expect(error.message.contains("Timeout waiting for SSH"))
+            #expect(error.message.contains("127.0.0.1:\(vm.sshPort)"))
+        }
+        #expect(clock.now - start < .seconds(60))
+        await vm.teardown(keepFiles: false)
+        #expect(VMTestEnvironment.qemuProcesses(named: options.domainName).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: vm.overlayPath))
+    }
+
+    @Test("a port already in use is refused before anything boots")
+    func portInUse() async throws {
+        let state = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(bound == 0)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let image = try await VMTestEnvironment.catalog(state).resolve(reference: "Debian:debian-12:12")
+        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let options = MachineOptions(runID: runID, source: image, size: try VMSize.named("Standard_B1s"), accelerator: .tcg,
+                                     runDirectory: state.runsPath + "/" + runID, stateDirectory: state, sshPort: port)
+        await #expect(throws: KilnError.self) { _ = try await BuildMachine.boot(options) { _ in } }
+        do {
+            _ = try await BuildMachine.boot(options) { _ in }
+        } catch {
+            #expect(error.message.contains("port \(port) on 127.0.0.1 already in use"))
+        }
+        #expect(VMTestEnvironment.qemuProcesses(named: options.domainName).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: state.runsPath + "/" + runID + "/disk.qcow2"))
+    }
+}
