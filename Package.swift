@@ -51,11 +51,14 @@ let package = Package(
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
-        .executableTarget(name: "kiln-bench", dependencies: ["KilnMachine", "KilnSSH", "KilnSupport"]),
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
-        .testTarget(name: "KilnCLITests", dependencies: ["kiln"]),
-        .testTarget(name: "KilnVMTests", dependencies: ["KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport"]),
+        .target(name: "KilnTestSupport", path: "Tests/KilnTestSupport"),
+        .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport"]),
+        .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
+                                                    .product(name: "NIOSSH", package: "swift-nio-ssh")]),
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -171,7 +171,7 @@ public final class BuildEngine: @unchecked Sendable {
     private func endPhase() {
         if let currentPhase {
             let elapsed = ContinuousClock.now - phaseStart
-            record.phases.append(.init(name: currentPhase, seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+            record.phases.append(.init(name: currentPhase, seconds: elapsed.inSeconds))
         }
         currentPhase = nil
     }
@@ -297,7 +297,9 @@ public final class BuildEngine: @unchecked Sendable {
         log.write("kiln", "removing the build user \(machine.username), its key and home, and the SSH host keys; powering off")
         _ = try? await connection.session.exec(LinuxDeprovisioner.finalCleanup(username: machine.username))
         await connection.close()
-        let clean = await machine.shutdown(session: nil, timeout: .seconds(300))
+        // The cleanup powers the guest off itself; ACPI only if it does not.
+        let stopped = await machine.waitForStop(timeout: .seconds(180))
+        let clean = stopped ? true : await machine.shutdown(session: nil, timeout: .seconds(120))
         guard clean else {
             throw Outcome.failed("the guest did not power off within 5m0s after deprovisioning; it was forced off and its disk may be inconsistent")
         }
@@ -316,12 +318,12 @@ public final class BuildEngine: @unchecked Sendable {
             try await runner.run(step, index: index, path: path)
             let elapsed = clock.now - start
             log?.write(label, "finished in \(DurationText.format(elapsed))")
-            events(.customizerFinished(index: index, name: label, seconds: seconds(elapsed), outcome: "succeeded"))
+            events(.customizerFinished(index: index, name: label, seconds: elapsed.inSeconds, outcome: "succeeded"))
         } catch {
             let elapsed = clock.now - start
             let message = (error as? StepFailure)?.message ?? "\(path) (\(label)): \(error)"
             log?.write(label, "failed after \(DurationText.format(elapsed)): \(message)")
-            events(.customizerFinished(index: index, name: label, seconds: seconds(elapsed), outcome: "failed"))
+            events(.customizerFinished(index: index, name: label, seconds: elapsed.inSeconds, outcome: "failed"))
             if onError == .abort { keepVMOnError = true }
             if error is CancellationError || (error as? KilnError)?.code == .cancelled { throw error }
             throw StepFailure(message: message)
@@ -412,8 +414,4 @@ public final class BuildEngine: @unchecked Sendable {
     public func releaseKeptVM() async {
         await machine?.teardown(keepFiles: false)
     }
-}
-
-func seconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }

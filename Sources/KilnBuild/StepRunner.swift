@@ -146,7 +146,7 @@ struct StepRunner {
     private func execute(script local: String, runner: (String) -> String, validExitCodes: [Int], label: String, index: Int, path: String) async throws {
         let remote = "/tmp/script_\(index)_\(UInt32.random(in: 0...UInt32.max)).\(URL(fileURLWithPath: local).pathExtension)"
         try await session.upload(localPath: local, remotePath: remote)
-        let bootID = try await session.run("cat /proc/sys/kernel/random/boot_id").trimmingCharacters(in: .whitespacesAndNewlines)
+        let bootID = try await currentBootID()
         let command = runner(remote)
         log.write(label, "running: \(command)")
         let tail = OutputTail(lines: 20)
@@ -172,6 +172,7 @@ struct StepRunner {
                                   + (validExitCodes == [0] ? "" : " (valid: \(validExitCodes.map(String.init).joined(separator: ", ")))")
                                   + ". Last output:\n" + tail.text)
             }
+            try await settle(afterBootID: bootID, label: label)
         case .signaled(let signal):
             log.write(label, "killed by signal \(signal)")
             throw StepFailure(message: "\(path) (\(label)) was killed by signal \(signal). Last output:\n" + tail.text)
@@ -179,12 +180,55 @@ struct StepRunner {
             log.write(label, "connection lost (\(reason)); waiting for the guest to come back")
             events(.message("\(label): connection lost; waiting for the guest (a reboot?)"))
             try await connection?.renew()
-            let newBootID = try await session.run("cat /proc/sys/kernel/random/boot_id").trimmingCharacters(in: .whitespacesAndNewlines)
-            guard newBootID != bootID else {
-                throw StepFailure(message: "\(path) (\(label)): the SSH connection was lost but the guest did not restart (same boot ID); the step's outcome is unknown. Last output:\n" + tail.text)
+            let newBootID = try await currentBootID()
+            if newBootID == bootID {
+                // The connection may have raced a shutdown that is still under way.
+                guard try await isShuttingDown() else {
+                    throw StepFailure(message: "\(path) (\(label)): the SSH connection was lost but the guest did not restart (same boot ID); the step's outcome is unknown. Last output:\n" + tail.text)
+                }
+                try await waitForNewBoot(after: bootID, label: label)
+            } else {
+                log.write(label, "the guest restarted (boot ID \(bootID) → \(newBootID)); continuing with the next step")
+                events(.message("\(label): the guest restarted; reconnected"))
             }
-            log.write(label, "the guest restarted (boot ID \(bootID) → \(newBootID)); continuing with the next step")
-            events(.message("\(label): the guest restarted; reconnected"))
+        }
+    }
+
+    private func currentBootID() async throws -> String {
+        try await session.run("cat /proc/sys/kernel/random/boot_id").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// True when systemd is taking the guest down (or the connection is already gone).
+    private func isShuttingDown() async throws -> Bool {
+        let output = OutputCollector()
+        guard let result = try? await session.exec("systemctl is-system-running 2>/dev/null || true", output: { output.append($0) }),
+              result.exitCode != nil else { return true }
+        return output.stdoutText.contains("stopping")
+    }
+
+    /// `sudo reboot` and `shutdown -r now` return before the guest goes down: a step that exited 0 may have left
+    /// a restart under way. If so, wait for the guest to come back with a new boot ID before the next step.
+    private func settle(afterBootID bootID: String, label: String) async throws {
+        guard try await isShuttingDown() else { return }
+        log.write(label, "the guest is restarting; waiting for it to come back")
+        events(.message("\(label): the guest is restarting; waiting for SSH"))
+        try await waitForNewBoot(after: bootID, label: label)
+    }
+
+    private func waitForNewBoot(after bootID: String, label: String) async throws {
+        let clock = ContinuousClock()
+        let start = clock.now
+        while true {
+            try await connection?.renew()
+            if let newBootID = try? await currentBootID(), newBootID != bootID {
+                log.write(label, "the guest restarted (boot ID \(bootID) → \(newBootID)); continuing with the next step")
+                events(.message("\(label): the guest restarted; reconnected"))
+                return
+            }
+            guard clock.now - start < .seconds(20 * 60) else {
+                throw StepFailure(message: "\(label): the guest began to restart but did not come back within 20m0s")
+            }
+            try await Task.sleep(for: .seconds(2))
         }
     }
 

@@ -34,6 +34,15 @@ public enum VHDWriter {
         defer { if source != disk { try? FileManager.default.removeItem(atPath: source) } }
         try await Subprocess.check("qemu-img", ["convert", "-q", "-f", sourceFormat, "-O", "vpc", "-o", "subformat=fixed,force_size", source, temporary],
                                    timeout: .seconds(6 * 3600))
+        // Check what Azure will check before the file gets its final name.
+        let fileSize = (try? FileManager.default.attributesOfItem(atPath: temporary)[.size] as? NSNumber)?.uint64Value ?? 0
+        let footer = try VHDFooter.read(temporary)
+        if let problem = footer.azureProblem(fileSize: fileSize) {
+            throw KilnError(.external, "qemu-img wrote a VHD Azure would reject: \(problem)")
+        }
+        guard footer.currentSize == size else {
+            throw KilnError(.external, "the VHD's virtual size is \(footer.currentSize) bytes, expected \(size)")
+        }
         try AtomicFile.rename(temporary, to: destination)
     }
 }

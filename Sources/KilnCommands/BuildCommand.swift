@@ -80,7 +80,7 @@ final class BuildPrinter: Sendable {
             if case .finished(let record) = event { summary(record) }
         case .human:
             let elapsed = ContinuousClock.now - start
-            let stamp = String(format: "[%6.1fs]", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+            let stamp = String(format: "[%6.1fs]", elapsed.inSeconds)
             switch event {
             case .phase(let subState, let name): printError("\(stamp) == \(name) (\(subState.rawValue))")
             case .message(let text): printError("\(stamp) \(text)")

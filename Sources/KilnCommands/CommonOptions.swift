@@ -30,8 +30,7 @@ final class ConsoleEvents: Sendable {
     func callAsFunction(_ message: String) {
         guard !quiet else { return }
         let elapsed = ContinuousClock.now - start
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        printError(String(format: "[%6.1fs] ", seconds) + message)
+        printError(String(format: "[%6.1fs] ", elapsed.inSeconds) + message)
     }
 }
 

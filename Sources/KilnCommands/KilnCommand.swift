@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import KilnLibvirt
 
 /// The `kiln` command tree. The executable only calls `KilnCommand.main()`.
@@ -15,6 +16,8 @@ public struct KilnCommand: AsyncParsableCommand {
     /// Process-wide set-up that must happen before libvirt initialises: its warnings (taint notices and the
     /// like, meaningless to a Kiln user) stay off the terminal; errors reach the user through Kiln's messages.
     public static func prepareProcess() {
+        // A closed pipe on standard output must not kill Kiln before it tears its VM down.
+        signal(SIGPIPE, SIG_IGN)
         EmbeddedDriver.routeLogging(reexec: true)
     }
 }

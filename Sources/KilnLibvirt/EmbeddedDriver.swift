@@ -12,6 +12,7 @@ public enum EmbeddedDriver {
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where entry.hasPrefix("kiln-libvirt-") {
             guard let pid = Int32(entry.dropFirst("kiln-libvirt-".count)), pid != getpid() else { continue }
             if kill(pid, 0) != 0 && errno == ESRCH {
+                killOrphanedGuests(root: directory + "/" + entry)
                 try? FileManager.default.removeItem(atPath: directory + "/" + entry)
             }
         }
@@ -41,6 +42,18 @@ public enum EmbeddedDriver {
     }
 
     static var rootPath: String { FileManager.default.temporaryDirectory.path + "/kiln-libvirt-" + String(getpid()) }
+
+    /// A Kiln process killed outright (SIGKILL, a crash) cannot tear its VMs down, and the embedded driver has no
+    /// daemon to do it: QEMU processes whose sockets live under a dead process's root are killed here.
+    static func killOrphanedGuests(root: String) {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let commandLine = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            if commandLine.contains("qemu-system") && commandLine.contains(root + "/") {
+                kill(pid, SIGKILL)
+            }
+        }
+    }
 
     /// The connection URI of this process's embedded driver, preparing its root on first use.
     public static func processURI() throws(KilnError) -> String {

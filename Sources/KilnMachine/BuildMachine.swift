@@ -222,6 +222,21 @@ public final class BuildMachine: @unchecked Sendable {
         return cleaned.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines).joined(separator: "\n")
     }
 
+    /// Waits for a guest that is powering itself off. False if it is still running after `timeout`.
+    public func waitForStop(timeout: Duration) async -> Bool {
+        guard let domain else { return true }
+        let clock = ContinuousClock()
+        let start = clock.now
+        while clock.now - start < timeout {
+            if !(await domain.state().isActive) {
+                events("the guest powered off after \(DurationText.format(clock.now - start))")
+                return true
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        return false
+    }
+
     /// Asks the guest to power off (through `session` if given, else ACPI), waits up to `timeout`, then forces it.
     /// Returns true when the guest stopped by itself.
     @discardableResult

@@ -42,3 +42,10 @@ public enum DurationText {
         return hours > 0 ? "\(hours)h\(minutes)m\(secs)s" : "\(minutes)m\(secs)s"
     }
 }
+
+extension Duration {
+    /// The duration in seconds, as a Double (for printing figures and JSON).
+    public var inSeconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

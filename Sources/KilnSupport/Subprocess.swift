@@ -75,7 +75,7 @@ public enum Subprocess {
         }
         let timedOut = LockedFlag()
         if let timeout {
-            let seconds = Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18
+            let seconds = timeout.inSeconds
             DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [process] in
                 guard process.isRunning else { return }
                 timedOut.set()

@@ -38,11 +38,11 @@ struct BootBenchmark {
                 let sshActive = try await session.run("systemctl show ssh.service -p ActiveEnterTimestampMonotonic --value")
                 let times = SystemdAnalyze.parse(analyze)
                 let sshActiveSeconds = (Double(sshActive.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) / 1_000_000
-                let firstExec = seconds(toFirstExec)
+                let firstExec = toFirstExec.inSeconds
                 let overhead = firstExec - sshActiveSeconds
                 overheads.append(overhead)
                 let launches = vm.inspection == nil ? 0 : 1
-                print(String(format: "%3d  %6.2fs  %6.1fs  %11.1fs  %15.1fs  %10.1fs  %17.1fs  %22.1fs  %d", index, seconds(prepared), firstExec,
+                print(String(format: "%3d  %6.2fs  %6.1fs  %11.1fs  %15.1fs  %10.1fs  %17.1fs  %22.1fs  %d", index, prepared.inSeconds, firstExec,
                              times.kernel, times.userspace, times.total, sshActiveSeconds, overhead, launches))
                 await session.close()
             } catch {
@@ -57,9 +57,6 @@ struct BootBenchmark {
     }
 }
 
-func seconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-}
 
 /// "Startup finished in 2.1s (kernel) + 20.0s (userspace) = 22.1s" (also with firmware/loader, and minutes).
 enum SystemdAnalyze {

@@ -7,7 +7,7 @@ enum KilnBench {
     static func main() async {
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -23,8 +23,10 @@ enum KilnBench {
                 let runs = Int(option("--runs") ?? "3") ?? 3
                 let size = option("--size") ?? "Standard_D2s_v3"
                 try await BootBenchmark(urn: arguments.first ?? "Debian:debian-12:12", runs: runs, size: size).run()
+            case "build-vs-packer":
+                try await PackerBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2).run()
             default:
-                print("unknown benchmark \(command); known: boot")
+                print("unknown benchmark \(command); known: boot, build-vs-packer")
                 exit(2)
             }
         } catch {

@@ -1,41 +1,6 @@
 import Foundation
+import KilnTestSupport
 import Testing
-
-/// Runs the built `kiln` executable, as a user would.
-enum KilnExecutable {
-    static var path: String {
-        // The test bundle sits beside the products in .build/<triple>/debug.
-        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        var directory = bundle
-        while directory.path != "/" {
-            let candidate = directory.appendingPathComponent("kiln").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            directory.deleteLastPathComponent()
-        }
-        return bundle.appendingPathComponent("kiln").path
-    }
-
-    struct Result {
-        var status: Int32
-        var stdout: String
-        var stderr: String
-    }
-
-    static func run(_ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
-                      stderr: String(decoding: stderr, as: UTF8.self))
-    }
-}
 
 enum TemplateFiles {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -111,5 +76,30 @@ struct ValidateCLITests {
         let override = try KilnExecutable.run(["validate", file, "--parameter", "imageTemplateName=fromCLI", "--print"])
         #expect(override.status == 0, "\(override.stderr)")
         #expect(override.stdout.contains("\"fromCLI\""))
+    }
+}
+
+@Suite("kiln doctor and image list")
+struct DoctorCLITests {
+    @Test("doctor runs every check and says what it found")
+    func doctor() throws {
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-doctor-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let result = try KilnExecutable.run(["doctor", "--skip-guestfs", "--state-dir", state])
+        for check in ["libvirt:", "libvirt connection:", "qemu:", "accelerator:", "OVMF", "disk space:"] {
+            #expect(result.stdout.contains(check), "\(result.stdout)")
+        }
+        #expect(result.stdout.contains("checks passed") || result.stdout.contains("checks failed"))
+        #expect(result.status == (result.stdout.contains("FAIL") ? 1 : 0))
+    }
+
+    @Test("image list shows the catalog's URNs")
+    func imageList() throws {
+        let catalog = TemplateFiles.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("images/catalog.json").path
+        let result = try KilnExecutable.run(["image", "list"], environment: ["KILN_CATALOG": catalog])
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout.contains("Debian:debian-12:12:"))
+        #expect(result.stdout.contains("Debian:debian-12:12-gen2:"))
     }
 }

@@ -3,6 +3,7 @@ import KilnDigest
 import KilnMachine
 import KilnSSH
 import KilnSupport
+import KilnTestSupport
 import Testing
 
 @Suite("Boot and connect (real VMs)", .serialized, .enabled(if: VMTestEnvironment.enabled))
@@ -76,6 +77,21 @@ struct BootAndConnectTests {
         #expect(!FileManager.default.fileExists(atPath: vm.seedPath))
         #expect(!FileManager.default.fileExists(atPath: vm.privateKeyPath))
         #expect(try SHA256Digest.hex(ofFile: image.path) == sourceSumBefore)
+    }
+
+    @Test("kiln vm exec streams the command's output and exits with its status; offline credentials need no cloud-init seed")
+    func vmExecOffline() async throws {
+        let state = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let result = try KilnExecutable.run(
+            ["vm", "exec", "Debian:debian-12:12", "--state-dir", state.path, "--inject", "offline", "--",
+             "echo hello from $(id -un); sudo -n true && echo sudo-ok; test -e /dev/vdb || echo no-seed; exit 42"],
+            environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])
+        #expect(result.status == 42, "\(result.stderr)")
+        #expect(result.stdout == "hello from packer\nsudo-ok\nno-seed\n")
+        #expect(result.stderr.contains("written offline"))
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: state.runsPath)) ?? []).isEmpty)
+        #expect(!result.stderr.contains("warning :"), "libvirt's own log stays off the terminal")
     }
 
     @Test("a disk with nothing listening on SSH fails the wait clearly and is torn down")

@@ -1,0 +1,220 @@
+import Foundation
+import KilnDigest
+import KilnGuestfs
+import KilnSupport
+import KilnTestSupport
+import Testing
+
+/// `kiln build` for real: one rich end-to-end build, then failures that must leave nothing behind.
+@Suite("kiln build (real VMs)", .serialized, .enabled(if: VMTestEnvironment.enabled))
+struct BuildTests {
+    struct Workspace {
+        let state: StateDirectory
+        let files: String
+
+        init() throws {
+            state = VMTestEnvironment.makeStateDirectory()
+            files = state.path + "/files"
+            try FileManager.default.createDirectory(atPath: files, withIntermediateDirectories: true)
+        }
+
+        func write(_ name: String, _ text: String) throws -> String {
+            let path = files + "/" + name
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+
+        func template(_ customize: String, timeout: Int = 60) throws -> String {
+            try write("template-\(UUID().uuidString).json", """
+            {
+              "type": "Microsoft.VirtualMachineImages/imageTemplates",
+              "apiVersion": "2022-07-01",
+              "location": "westus2",
+              "properties": {
+                "buildTimeoutInMinutes": \(timeout),
+                "vmProfile": {"vmSize": "Standard_D2s_v3"},
+                "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
+                "customize": \(customize),
+                "distribute": [{"type": "VHD", "runOutputName": "debianVhd"}]
+              }
+            }
+            """)
+        }
+
+        func build(_ template: String, _ extra: [String] = []) throws -> KilnExecutable.Result {
+            try KilnExecutable.run(["build", template, "--json", "--state-dir", state.path] + extra,
+                                   environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])
+        }
+
+        /// The JSON events a `--json` build printed.
+        func events(_ result: KilnExecutable.Result) -> [[String: Any]] {
+            result.stdout.split(separator: "\n").compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+
+        func runDirectories() -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: state.runsPath)) ?? []).map { state.runsPath + "/" + $0 }
+        }
+
+        /// Nothing of a finished build is left but its record, log and outputs.
+        func expectNothingLeftBehind(_ result: [String: Any]?) {
+            let runID = result?["runID"] as? String ?? "?"
+            #expect(VMTestEnvironment.qemuProcesses(named: "kiln-\(runID)").isEmpty)
+            for run in runDirectories() {
+                let names = Set((try? FileManager.default.contentsOfDirectory(atPath: run)) ?? [])
+                for leftover in ["disk.qcow2", "seed.iso", "id_ed25519", "nvram.fd", "downloads", "domain.xml"] {
+                    #expect(!names.contains(leftover), "\(run) still has \(leftover)")
+                }
+                #expect(!names.contains { $0.contains(".partial") }, "\(run) has a partial file: \(names)")
+            }
+        }
+    }
+
+    @Test("a Linux template runs end to end: inline, scriptUri over HTTP, file://, File, a reboot, an override deprovisioning script")
+    func endToEnd() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let served = work.files + "/served"
+        try FileManager.default.createDirectory(atPath: served, withIntermediateDirectories: true)
+        let setup = "#!/bin/sh\nset -e\necho from-http | sudo tee /opt/kiln/from-http\necho \"http script ran as $(id -un)\"\n"
+        try setup.write(toFile: served + "/setup.sh", atomically: true, encoding: .utf8)
+        try "payload \(UUID().uuidString)\n".write(toFile: served + "/payload.txt", atomically: true, encoding: .utf8)
+        let payloadSum = try SHA256Digest.hex(ofFile: served + "/payload.txt")
+        let setupSum = try SHA256Digest.hex(ofFile: served + "/setup.sh").uppercased()  // AIB users write either case
+        let local = try work.write("local.sh", "#!/bin/sh\nset -e\nsudo mv /tmp/payload.txt /opt/kiln/payload.txt\ncat /proc/sys/kernel/random/boot_id | sudo tee /opt/kiln/boot-before\n")
+        let server = try LoopbackHTTPServer(directory: served)
+        defer { server.stop() }
+        let template = try work.template("""
+        [
+          {"type": "Shell", "name": "inline-array", "inline": ["echo one | sudo tee /var/lib/kiln-one", "sudo mkdir -p /opt/kiln"]},
+          {"type": "Shell", "name": "inline-string", "inline": "echo two | sudo tee /opt/kiln/two"},
+          {"type": "Shell", "name": "http-script", "scriptUri": "\(server.url("setup.sh"))", "sha256Checksum": "\(setupSum)"},
+          {"type": "File", "name": "payload", "sourceUri": "\(server.url("payload.txt"))", "destination": "/tmp/payload.txt", "sha256Checksum": "\(payloadSum)"},
+          {"type": "Shell", "name": "file-script", "scriptUri": "file://\(local)"},
+          {"type": "Shell", "name": "reboot", "inline": ["sudo reboot"]},
+          {"type": "Shell", "name": "after-reboot", "inline": ["cat /proc/sys/kernel/random/boot_id | sudo tee /opt/kiln/boot-after"]},
+          {"type": "Shell", "name": "deprovision-override", "inline": [
+            "printf '#!/bin/sh\\\\necho override > /var/lib/kiln-deprovisioned\\\\n' > /tmp/DeprovisioningScript.sh"
+          ]}
+        ]
+        """, timeout: 60)
+        let result = try work.build(template)
+        let events = work.events(result)
+        let final = events.last { $0["event"] as? String == "result" }
+        #expect(result.status == 0, "stderr:\n\(result.stderr.suffix(3000))\nstdout:\n\(result.stdout.suffix(3000))")
+        #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])")
+
+        // Events: phases, each customizer's start and end, output lines with the customizer's name.
+        let started = events.filter { $0["event"] as? String == "customizerStart" }.compactMap { $0["name"] as? String }
+        #expect(started == ["inline-array", "inline-string", "http-script", "payload", "file-script", "reboot", "after-reboot", "deprovision-override"])
+        #expect(events.contains { $0["event"] as? String == "output" && $0["customizer"] as? String == "http-script" && ($0["line"] as? String)?.contains("http script ran as packer") == true })
+        #expect(Set(events.compactMap { $0["runSubState"] as? String }).isSuperset(of: ["Building", "Customizing", "Distributing"]))
+
+        // The run directory: record, log, the VHD.
+        let runID = try #require(final?["runID"] as? String)
+        let run = work.state.runsPath + "/" + runID
+        let log = try String(contentsOfFile: run + "/customization.log", encoding: .utf8)
+        #expect(log.contains("[http-script] checksum verified: \(setupSum.lowercased())"))
+        #expect(log.contains("[payload] checksum verified: \(payloadSum)"))
+        #expect(log.contains("[reboot] the guest restarted"))
+        #expect(log.contains("[deprovision] running the template's /tmp/DeprovisioningScript.sh"))
+        let record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/run.json"))) as? [String: Any])
+        #expect(record["runState"] as? String == "Succeeded")
+        let outputs = try #require(record["runOutputs"] as? [[String: Any]])
+        let vhd = try #require(outputs.first?["path"] as? String)
+        #expect(vhd == run + "/debianVhd.vhd")
+        work.expectNothingLeftBehind(final)
+
+        // The image itself, opened with libguestfs: the steps' effects, the override's marker, no build user.
+        let handle = try GuestfsHandle()
+        defer { handle.close() }
+        if await VMTestEnvironment.accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
+        try handle.setBackend("direct")
+        try handle.addDrive(vhd, format: "vpc", readOnly: true)
+        try handle.launch()
+        let os = try #require(try handle.inspectOperatingSystems().first)
+        try handle.mountAll(os, readOnly: true)
+        func read(_ path: String) throws -> String { String(decoding: try handle.readFile(path), as: UTF8.self) }
+        #expect(try read("/var/lib/kiln-one") == "one\n")
+        #expect(try read("/opt/kiln/two") == "two\n")
+        #expect(try read("/opt/kiln/from-http") == "from-http\n")
+        #expect(try SHA256Digest.hex(of: handle.readFile("/opt/kiln/payload.txt")) == payloadSum)
+        #expect(try read("/opt/kiln/boot-before") != (try read("/opt/kiln/boot-after")))
+        #expect(try read("/var/lib/kiln-deprovisioned") == "override\n")
+        #expect(try !read("/etc/passwd").contains("packer:"))
+        #expect(try !handle.exists("/home/packer"))
+        #expect(try !handle.exists("/etc/sudoers.d/90-cloud-init-users"))
+        #expect(try !handle.exists("/etc/ssh/ssh_host_ed25519_key"))
+        #expect(try !handle.exists("/etc/ssh/ssh_host_ecdsa_key"))
+    }
+
+    @Test("a checksum mismatch fails before anything boots and prints both sums")
+    func checksumMismatch() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let script = try work.write("script.sh", "#!/bin/sh\necho should-not-run\n")
+        let actual = try SHA256Digest.hex(ofFile: script)
+        let wrong = String(repeating: "ab", count: 32)
+        let template = try work.template(#"[{"type": "Shell", "name": "checked", "scriptUri": "file://\#(script)", "sha256Checksum": "\#(wrong)"}]"#)
+        let result = try work.build(template)
+        let final = work.events(result).last { $0["event"] as? String == "result" }
+        #expect(result.status == 1)
+        #expect(final?["runState"] as? String == "Failed")
+        let message = final?["message"] as? String ?? ""
+        #expect(message.contains("properties.customize[0].sha256Checksum"), "\(message)")
+        #expect(message.contains(wrong) && message.contains(actual), "\(message)")
+        #expect(!work.events(result).contains { $0["event"] as? String == "customizerStart" })
+        #expect(!result.stdout.contains("should-not-run"))
+        #expect(!work.events(result).contains { ($0["detail"] as? String) == "boot" })
+        work.expectNothingLeftBehind(final)
+    }
+
+    @Test("a File destination outside /tmp is rejected before boot")
+    func fileOutsideTmp() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let payload = try work.write("payload.txt", "x\n")
+        let template = try work.template(#"[{"type": "File", "name": "etc", "sourceUri": "file://\#(payload)", "destination": "/etc/payload.txt"}]"#)
+        let result = try work.build(template)
+        let final = work.events(result).last { $0["event"] as? String == "result" }
+        #expect(result.status == 1)
+        let message = final?["message"] as? String ?? ""
+        #expect(message.contains("properties.customize[0].destination"), "\(message)")
+        #expect(message.contains("/tmp"))
+        #expect(work.runDirectories().isEmpty, "validation failures create no run directory")
+    }
+
+    @Test("a failing inline line fails its step with the exit status and the last output")
+    func failingLine() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let template = try work.template(#"[{"type": "Shell", "name": "ok", "inline": ["true"]}, {"type": "Shell", "name": "breaks", "inline": ["echo before", "false", "echo never"]}]"#)
+        let result = try work.build(template)
+        let final = work.events(result).last { $0["event"] as? String == "result" }
+        #expect(result.status == 1)
+        let message = final?["message"] as? String ?? ""
+        #expect(message.contains("properties.customize[1] (breaks) failed with exit status 1"), "\(message)")
+        #expect(message.contains("before"))
+        #expect(!message.contains("never"))
+        #expect(message.contains("customization.log"))
+        #expect(!result.stdout.contains("\"line\":\"never\""))
+        work.expectNothingLeftBehind(final)
+    }
+
+    @Test("a build that outlives buildTimeoutInMinutes fails with AIB's message and leaves nothing")
+    func timeout() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let template = try work.template(#"[{"type": "Shell", "name": "slow", "inline": ["sleep 600"]}]"#, timeout: 1)
+        let clock = ContinuousClock()
+        let start = clock.now
+        let result = try work.build(template)
+        let final = work.events(result).last { $0["event"] as? String == "result" }
+        #expect(result.status == 1)
+        #expect(final?["runState"] as? String == "Failed")
+        #expect((final?["message"] as? String ?? "").contains("[ERROR] Failed while waiting for packerizer: Timeout waiting for microservice to complete: 'context deadline exceeded'"))
+        #expect(clock.now - start < .seconds(120))
+        work.expectNothingLeftBehind(final)
+    }
+}

@@ -1,0 +1,39 @@
+import Foundation
+import KilnSupport
+import NIOSSH
+import Testing
+@testable import KilnSSH
+
+@Suite("SSH keys")
+struct SSHKeyTests {
+    @Test("the build key's OpenSSH private key file is one ssh-keygen reads, and gives the same public key")
+    func privateKeyFile() async throws {
+        let pair = SSHKeyPair()
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-key-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(pair.openSSHPrivateKeyFile(comment: "kiln-test").utf8),
+                                               attributes: [.posixPermissions: 0o600]))
+        let derived = try await Subprocess.check("ssh-keygen", ["-y", "-f", path])
+        let expected = pair.openSSHPublicKey(comment: "kiln-test").split(separator: " ").prefix(2).joined(separator: " ")
+        #expect(derived.stdoutText.split(separator: " ").prefix(2).joined(separator: " ") == expected)
+    }
+
+    @Test("the first host key is pinned and a different one is rejected")
+    func hostKeyPinning() {
+        let pin = HostKeyPin()
+        let first = NIOSSHPrivateKey(ed25519Key: .init()).publicKey
+        let second = NIOSSHPrivateKey(ed25519Key: .init()).publicKey
+        #expect(pin.check(first) == nil)
+        #expect(pin.check(first) == nil)
+        let problem = pin.check(second)
+        #expect(problem?.contains("pinned") == true)
+        #expect(pin.pinnedKey == String(openSSHPublicKey: first))
+    }
+
+    @Test("shell quoting survives quotes, dollars and spaces")
+    func quoting() async throws {
+        let tricky = "it's a $HOME `x` \"y\" path"
+        let result = try await Subprocess.check("/bin/sh", ["-c", "printf %s " + ShellQuote.quote(tricky)])
+        #expect(result.stdoutText == tricky)
+    }
+}
