@@ -152,35 +152,73 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
     }
 
     /// Retries `connect` until it succeeds or `timeout` passes (the AIB SSH timeout is 20 minutes), tolerating
-    /// refused and reset connections while the guest boots. `progress` is told about each failed attempt;
-    /// `abort` is asked between attempts whether waiting still makes sense (the VM may have died).
+    /// refused and reset connections while the guest boots. `progress` is told about failed attempts; `abort` is
+    /// asked between attempts whether waiting still makes sense (the VM may have died).
+    ///
+    /// QEMU's user-mode network accepts a TCP connection before the guest can answer it, so an attempt made while
+    /// the guest's network is still down hangs instead of being refused. Attempts therefore overlap: a new one
+    /// starts every `pollInterval` while fewer than `maxInFlight` are pending, and the first login wins. The wait
+    /// after sshd starts is one poll interval, not the rest of a hung attempt.
     public static func waitForConnection(_ endpoint: SSHEndpoint, timeout: Duration, pollInterval: Duration = .milliseconds(500),
-                                         progress: @Sendable (Int, Duration, KilnError) -> Void = { _, _, _ in },
-                                         abort: @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> SSHSession {
+                                         maxInFlight: Int = 12, attemptTimeout: Duration = .seconds(15),
+                                         progress: @escaping @Sendable (Int, Duration, KilnError) -> Void = { _, _, _ in },
+                                         abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> SSHSession {
+        enum Attempt: Sendable {
+            case connected(SSHSession)
+            case failed(KilnError)
+            case tick
+        }
         let clock = ContinuousClock()
         let start = clock.now
-        var attempt = 0
-        while true {
-            attempt += 1
-            if Task.isCancelled { throw KilnError(.cancelled, "cancelled while waiting for SSH") }
-            let remaining = timeout - (clock.now - start)
-            do {
-                // QEMU's user-mode network accepts the TCP connection before the guest can answer it, so an attempt
-                // can hang rather than be refused: keep attempts short while booting, longer later (a loaded guest).
-                let attemptTimeout: Duration = attempt < 10 ? .seconds(8) : .seconds(30)
-                return try await connect(endpoint, timeout: min(attemptTimeout, max(remaining, .seconds(5))))
-            } catch {
-                // A different host key is not a guest still booting: stop at once.
-                if error.message.contains("host key mismatch") { throw error }
-                if let fatal = await abort() { throw fatal }
-                let elapsed = clock.now - start
-                if elapsed >= timeout {
-                    throw KilnError(.timeout, "Timeout waiting for SSH: no SSH login on \(endpoint.host):\(endpoint.port) within \(DurationText.format(timeout)) (\(attempt) attempts; last: \(error.message))")
+        let outcome: Result<SSHSession, KilnError> = await withTaskGroup(of: Attempt.self) { group in
+            var attempts = 1
+            var inFlight = 1
+            var lastError = KilnError(.io, "no attempt finished yet")
+            let attempt: @Sendable () async -> Attempt = {
+                do throws(KilnError) {
+                    return .connected(try await connect(endpoint, timeout: attemptTimeout))
+                } catch {
+                    return .failed(error)
                 }
-                progress(attempt, elapsed, error)
-                do { try await Task.sleep(for: pollInterval) } catch { throw KilnError(.cancelled, "cancelled while waiting for SSH") }
             }
+            /// Closes sessions that logged in after the winner.
+            func finish(_ result: Result<SSHSession, KilnError>) async -> Result<SSHSession, KilnError> {
+                group.cancelAll()
+                while let late = await group.next() {
+                    if case .connected(let extra) = late { await extra.close() }
+                }
+                return result
+            }
+            group.addTask(operation: attempt)
+            group.addTask { try? await Task.sleep(for: pollInterval); return .tick }
+            while let next = await group.next() {
+                switch next {
+                case .connected(let session):
+                    return await finish(.success(session))
+                case .failed(let error):
+                    inFlight -= 1
+                    lastError = error
+                    // A different host key is not a guest still booting: stop at once.
+                    if error.message.contains("host key mismatch") { return await finish(.failure(error)) }
+                case .tick:
+                    if Task.isCancelled { return await finish(.failure(KilnError(.cancelled, "cancelled while waiting for SSH"))) }
+                    if let fatal = await abort() { return await finish(.failure(fatal)) }
+                    let elapsed = clock.now - start
+                    if elapsed >= timeout {
+                        return await finish(.failure(KilnError(.timeout, "Timeout waiting for SSH: no SSH login on \(endpoint.host):\(endpoint.port) within \(DurationText.format(timeout)) (\(attempts) attempts; last: \(lastError.message))")))
+                    }
+                    if attempts > 1 { progress(attempts, elapsed, lastError) }
+                    if inFlight < maxInFlight {
+                        attempts += 1
+                        inFlight += 1
+                        group.addTask(operation: attempt)
+                    }
+                    group.addTask { try? await Task.sleep(for: pollInterval); return .tick }
+                }
+            }
+            return .failure(lastError)
         }
+        return try outcome.get()
     }
 
     private func startKeepalive() {

@@ -1,10 +1,12 @@
 import Foundation
+import KilnLibvirt
 import KilnSupport
 
 /// Benchmarks print figures; they are not tests. `kiln-bench boot [URN] [--runs N]`.
 @main
 enum KilnBench {
     static func main() async {
+        EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
             print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N]")
