@@ -168,8 +168,8 @@ public struct ImageCatalog: Sendable {
             let known = Set(records().map { "\($0.publisher):\($0.offer):\($0.sku)" } + entries.map { "\($0.publisher):\($0.offer):\($0.sku)" })
             throw KilnError(.notFound, "expected a source image in the catalog or the local store, found none for \(urn) (available: \(known.sorted().joined(separator: ", ")); add one with kiln image import FILE --urn \(urn))")
         }
-        if version.lowercased() == "latest" {
-            return candidates.sorted { compareVersions($0.version, $1.version) }.last.unsafelyUnwrapped.source
+        if version.lowercased() == "latest", let newest = candidates.max(by: { compareVersions($0.version, $1.version) }) {
+            return newest.source
         }
         guard let exact = candidates.first(where: { $0.version == version }) else {
             throw KilnError(.notFound, "expected version \(version) of \(publisher):\(offer):\(sku), found only \(candidates.map(\.version).joined(separator: ", "))")

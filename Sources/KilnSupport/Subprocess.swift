@@ -73,12 +73,12 @@ public enum Subprocess {
             stdin.fileHandleForWriting.write(Data(stdinText.utf8))
             try? stdin.fileHandleForWriting.close()
         }
-        let timedOut = LockedFlag()
+        let timedOut = Locked(false)
         if let timeout {
             let seconds = timeout.inSeconds
             DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { [process] in
                 guard process.isRunning else { return }
-                timedOut.set()
+                timedOut.withLock { $0 = true }
                 process.terminate()
                 DispatchQueue.global().asyncAfter(deadline: .now() + 5) {
                     if process.isRunning { kill(process.processIdentifier, SIGKILL) }
@@ -86,33 +86,20 @@ public enum Subprocess {
             }
         }
         // Drain stderr on another thread so neither pipe can fill up and block the child.
-        let errorData = LockedData()
+        let errorData = Locked(Data())
         let group = DispatchGroup()
         group.enter()
         DispatchQueue.global().async {
-            errorData.set(stderr.fileHandleForReading.readDataToEndOfFile())
+            let data = stderr.fileHandleForReading.readDataToEndOfFile()
+            errorData.withLock { $0 = data }
             group.leave()
         }
         let outputData = stdout.fileHandleForReading.readDataToEndOfFile()
         group.wait()
         process.waitUntilExit()
-        if timedOut.isSet, let timeout {
+        if timedOut.current, let timeout {
             return .failure(KilnError(.timeout, "\(executable) \(arguments.joined(separator: " ")) did not finish within \(DurationText.format(timeout))"))
         }
-        return .success(Result(status: process.terminationStatus, stdout: outputData, stderr: errorData.get()))
+        return .success(Result(status: process.terminationStatus, stdout: outputData, stderr: errorData.current))
     }
-}
-
-final class LockedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    func set() { lock.lock(); value = true; lock.unlock() }
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
-}
-
-final class LockedData: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = Data()
-    func set(_ data: Data) { lock.lock(); value = data; lock.unlock() }
-    func get() -> Data { lock.lock(); defer { lock.unlock() }; return value }
 }

@@ -157,11 +157,9 @@ final class ObjectReader {
 
     /// Warns about members nobody read: AIB since 2024-05-21 rejects unknown properties, and a typo here
     /// would silently do nothing.
-    func reportUnknown(knownHint: [String] = []) {
+    func reportUnknown() {
         for member in members where !readKeys.contains(member.key.lowercased()) {
-            var message = "unknown property \"\(member.key)\"; Kiln ignores it"
-            if !knownHint.isEmpty { message += " (known here: \(knownHint.joined(separator: ", ")))" }
-            sink.warning(path.appending(member.key), message, at: member.value)
+            sink.warning(path.appending(member.key), "unknown property \"\(member.key)\"; Kiln ignores it", at: member.value)
         }
     }
 }

@@ -102,7 +102,7 @@ struct PackerBenchmark {
         let clock = ContinuousClock()
         let start = clock.now
         let result = try await Subprocess.run("packer", ["build", "-force", configPath], timeout: .seconds(3600),
-                                              environment: ["PACKER_LOG": "0", "CHECKPOINT_DISABLE": "1"])
+                                              environment: ["PACKER_LOG": "0", "CHECKPOINT_DISABLE": "1", "PACKER_CACHE_DIR": work + "/packer_cache"])
         guard result.succeeded else {
             throw KilnError(.external, "packer build failed: \(result.stdoutText.suffix(1500)) \(result.stderrText.suffix(500))")
         }
