@@ -57,8 +57,17 @@ struct BootAndConnectTests {
             let reboot = try await session.exec("sudo -n systemctl reboot; sleep 600")
             if case .disconnected = reboot.outcome {} else { Issue.record("expected the reboot to drop the connection, got \(reboot)") }
             await session.close()
-            let again = try await vm.waitForSSH(timeout: .seconds(600))
-            let bootAfter = try await again.run("cat /proc/sys/kernel/random/boot_id")
+            // A login can still reach the old boot's sshd while the guest goes down: retry until the boot ID changes,
+            // as the build does after a step that reboots.
+            var again = try await vm.waitForSSH(timeout: .seconds(600))
+            var bootAfter = (try? await again.run("cat /proc/sys/kernel/random/boot_id")) ?? bootBefore
+            let deadline = ContinuousClock.now + .seconds(600)
+            while bootAfter == bootBefore && ContinuousClock.now < deadline {
+                await again.close()
+                try await Task.sleep(for: .seconds(2))
+                again = try await vm.waitForSSH(timeout: .seconds(600))
+                bootAfter = (try? await again.run("cat /proc/sys/kernel/random/boot_id")) ?? bootBefore
+            }
             #expect(bootAfter != bootBefore)
             #expect(vm.hostKeyPin.pinnedKey != nil)
 
