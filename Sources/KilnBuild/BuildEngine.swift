@@ -1,6 +1,7 @@
 import Foundation
 import KilnMachine
 import KilnSSH
+import KilnStore
 import KilnSupport
 import KilnTemplate
 
@@ -15,10 +16,15 @@ public struct BuildRequest: Sendable {
     /// Overrides errorHandling.onCustomizerError / onValidationError.
     public var onError: ErrorAction?
     public var sshTimeout: Duration
+    /// The created template this run belongs to (`kiln template run`); nil for a one-shot `kiln build`, whose run is
+    /// recorded under the template's own name.
+    public var createdTemplateName: String?
+    /// A run ID chosen by the caller (`template run --no-wait` prints it before the build starts).
+    public var runID: String?
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
-                sshTimeout: Duration = .seconds(20 * 60)) {
+                sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil) {
         self.templatePath = templatePath
         self.name = name
         self.parameters = parameters
@@ -27,6 +33,13 @@ public struct BuildRequest: Sendable {
         self.libvirtURI = libvirtURI
         self.onError = onError
         self.sshTimeout = sshTimeout
+        self.createdTemplateName = createdTemplateName
+        self.runID = runID
+    }
+
+    /// A new run ID: 8 hex digits.
+    public static func newRunID() -> String {
+        String(format: "%08x", UInt32.random(in: 0...UInt32.max))
     }
 }
 
@@ -63,11 +76,12 @@ public final class BuildEngine: @unchecked Sendable {
     private var machine: BuildMachine?
     private var phaseStart = ContinuousClock.now
     private var currentPhase: String?
+    private var store: StateStore?
 
     public init(_ request: BuildRequest, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.request = request
         self.events = events
-        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let runID = request.runID ?? BuildRequest.newRunID()
         record = RunRecord(runID: runID, templateName: "", templatePath: request.templatePath)
         runDirectory = request.state.runsPath + "/" + runID
     }
@@ -96,7 +110,12 @@ public final class BuildEngine: @unchecked Sendable {
                                                         : "expected an image template named \(request.name ?? "") in \(request.templatePath), found \(names)"))
         }
         let template = chosen.template
-        record.templateName = template.name
+        record.templateName = request.createdTemplateName ?? template.name
+        do {
+            store = try StateStore.open(request.state)
+        } catch {
+            return finishEarly(.failed("\(error)"))
+        }
         do {
             try FileManager.default.createDirectory(atPath: runDirectory + "/downloads", withIntermediateDirectories: true)
         } catch {
@@ -176,7 +195,14 @@ public final class BuildEngine: @unchecked Sendable {
         currentPhase = nil
     }
 
-    private func persist() { record.write(to: runDirectory + "/run.json") }
+    private func persist() {
+        record.write(to: runDirectory + "/run.json")
+        do {
+            try store?.saveRun(record, runDirectory: runDirectory, fromCreatedTemplate: request.createdTemplateName != nil)
+        } catch {
+            events(.warning("cannot record the run in the state database: \(error)"))
+        }
+    }
 
     private var keepVMOnError = false
 
@@ -192,9 +218,23 @@ public final class BuildEngine: @unchecked Sendable {
                 events(.message($0))
             }
         case .managedImage(let id):
-            throw Outcome.failed("properties.source.imageId: expected a managed image in the local store, found none for \(id)")
+            guard let image = try storeOrFail().managedImage(id: id) else {
+                throw Outcome.failed("properties.source.imageId: expected a managed image \(id) in the local store, found none (kiln image list shows the store)")
+            }
+            source = try SourceImage(stored: image.disk, reference: image.id, version: nil, path: "properties.source.imageId")
         case .sharedImageVersion(let id):
-            throw Outcome.failed("properties.source.imageVersionId: expected a gallery image version in the local store, found none for \(id)")
+            let version: GalleryVersionRecord
+            do {
+                version = try storeOrFail().resolveGalleryVersion(id)
+            } catch {
+                throw Outcome.failed("properties.source.imageVersionId: \(error.message)")
+            }
+            if version.id.lowercased() != id.lowercased() {
+                log.write("kiln", "\(id) resolved to \(version.id)")
+                events(.message("source \(id) is \(version.id)"))
+            }
+            source = try SourceImage(stored: version.disk, reference: version.id, version: version.version.description,
+                                     path: "properties.source.imageVersionId")
         }
         record.source = source.displayName
         log.write("kiln", "source: \(source.displayName) (\(source.path), \(source.format), \(source.firmware.rawValue))")
@@ -305,7 +345,7 @@ public final class BuildEngine: @unchecked Sendable {
         }
 
         enterPhase(.distributing, "distribute")
-        try await distribute(template, machine: machine, source: source, log: log)
+        try await distribute(template, machine: machine, source: source, guestOS: guestOS, log: log)
     }
 
     private func runStep(_ runner: StepRunner, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
@@ -330,49 +370,26 @@ public final class BuildEngine: @unchecked Sendable {
         }
     }
 
-    private func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, log: CustomizationLog) async throws {
+    private func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
+                            log: CustomizationLog) async throws {
         let info = try await DiskImageProbe.inspect(machine.overlayPath)
-        var failures = 0
-        for target in template.properties.distribute {
-            var output = RunOutput(runOutputName: target.runOutputName, type: target.typeName, provisioningState: "Failed")
-            do {
-                switch target.target {
-                case .vhd(let vhd):
-                    let destination = vhdDestination(vhd.uri, runOutputName: target.runOutputName)
-                    log.write("distribute", "writing fixed VHD \(destination)")
-                    events(.message("\(target.runOutputName): writing fixed VHD \(destination)"))
-                    try await VHDWriter.write(disk: machine.overlayPath, format: "qcow2", virtualSizeBytes: info.virtualSizeBytes, to: destination)
-                    output.path = destination
-                    output.artifactUri = URL(fileURLWithPath: destination).absoluteString
-                    if let uri = vhd.uri, uri.lowercased().hasPrefix("http") { output.artifactUri = uri }
-                    output.provisioningState = "Succeeded"
-                case .managedImage, .sharedImage:
-                    throw KilnError(.unsupported, "\(target.typeName) targets need the local image store, which this build of Kiln does not include")
-                }
-                log.write("distribute", "\(target.runOutputName): \(output.path ?? "")")
-            } catch {
-                failures += 1
-                output.error = "\(error)"
-                log.write("distribute", "\(target.runOutputName) failed: \(error)")
-                events(.warning("\(target.runOutputName) failed: \(error)"))
-            }
-            record.runOutputs.append(output)
-            persist()
+        let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,
+                                        templateLocation: template.location, source: source, guestOS: guestOS, log: log, events: events)
+        let outputs = await distribution.run(template.properties.distribute, disk: machine.overlayPath, virtualSizeBytes: info.virtualSizeBytes)
+        record.runOutputs = outputs
+        persist()
+        let failures = outputs.filter { $0.provisioningState != "Succeeded" }
+        if !outputs.isEmpty, failures.count == outputs.count {
+            throw Outcome.failed("every distribution target failed: " + failures.compactMap(\.error).joined(separator: "; "))
         }
-        if failures == template.properties.distribute.count {
-            throw Outcome.failed("every distribution target failed: " + record.runOutputs.compactMap(\.error).joined(separator: "; "))
-        }
-        if failures > 0 { partiallySucceeded = true }
+        if !failures.isEmpty { partiallySucceeded = true }
     }
 
     private var partiallySucceeded = false
 
-    private func vhdDestination(_ uri: String?, runOutputName: String) -> String {
-        if let uri {
-            if uri.hasPrefix("/") { return uri }
-            if uri.lowercased().hasPrefix("file://"), let url = URL(string: uri) { return url.path }
-        }
-        return runDirectory + "/" + runOutputName + ".vhd"
+    private func storeOrFail() throws(KilnError) -> StateStore {
+        guard let store else { throw KilnError(.internalError, "the state database is not open") }
+        return store
     }
 
     private func finish(_ outcome: Result<Void, Outcome>, template: ImageTemplate) async -> BuildResult {

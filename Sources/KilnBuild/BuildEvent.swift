@@ -1,4 +1,5 @@
 import Foundation
+import KilnStore
 
 /// What a build reports while it runs. The CLI prints these for people, or as one JSON object per line.
 public enum BuildEvent: Sendable {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KilnBuild
 import KilnMachine
+import KilnStore
 import KilnSupport
 import KilnTemplate
 
@@ -27,6 +28,35 @@ struct BuildCommand: AsyncParsableCommand {
 
     @OptionGroup var machine: MachineFlags
 
+    @OptionGroup var runOptions: BuildRunOptions
+
+    func run() async throws {
+        let request = BuildRequest(templatePath: template, name: name, parameters: parameterOptions.parameters, state: machine.state,
+                                   accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
+                                   sshTimeout: runOptions.sshTimeoutDuration)
+        let record = try await Self.execute(request, printer: runOptions.printer)
+        if record.runState != .succeeded { throw ExitCode.failure }
+    }
+
+    /// Runs one build in this process, Ctrl-C and SIGTERM cancelling it; keeps the process (and so the embedded
+    /// driver's VM) alive while an errorHandling-abort VM is kept.
+    static func execute(_ request: BuildRequest, printer: BuildPrinter) async throws -> RunRecord {
+        let engine = BuildEngine(request) { printer.print($0) }
+        let result = try await Interruptible.run { await engine.run() }
+        if let kept = result.keptVM {
+            printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  \(kept.sshCommand)\nPress Ctrl-C to tear it down.")
+            // The embedded driver lives in this process: keep it alive until the user is done.
+            _ = try? await Interruptible.run { () async throws -> Void in
+                while true { try await Task.sleep(for: .seconds(3600)) }
+            }
+            await engine.releaseKeptVM()
+        }
+        return result.record
+    }
+}
+
+/// How a build runs: shared by `kiln build` and `kiln template run`.
+struct BuildRunOptions: ParsableArguments {
     @Option(help: "On a customizer or validation failure: cleanup (default) or abort (keep the VM for inspection).")
     var onError: ErrorAction?
 
@@ -43,23 +73,8 @@ struct BuildCommand: AsyncParsableCommand {
         guard DurationText.parse(sshTimeout) != nil else { throw ValidationError("--ssh-timeout expects a duration such as 20m, found \"\(sshTimeout)\"") }
     }
 
-    func run() async throws {
-        let request = BuildRequest(templatePath: template, name: name, parameters: parameterOptions.parameters, state: machine.state,
-                                   accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: onError,
-                                   sshTimeout: DurationText.parse(sshTimeout) ?? .seconds(1200))
-        let printer = BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human))
-        let engine = BuildEngine(request) { printer.print($0) }
-        let result = try await Interruptible.run { await engine.run() }
-        if let kept = result.keptVM {
-            printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  \(kept.sshCommand)\nPress Ctrl-C to tear it down.")
-            // The embedded driver lives in this process: keep it alive until the user is done.
-            _ = try? await Interruptible.run { () async throws -> Void in
-                while true { try await Task.sleep(for: .seconds(3600)) }
-            }
-            await engine.releaseKeptVM()
-        }
-        if result.record.runState != .succeeded { throw ExitCode.failure }
-    }
+    var printer: BuildPrinter { BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human)) }
+    var sshTimeoutDuration: Duration { DurationText.parse(sshTimeout) ?? .seconds(1200) }
 }
 
 /// Prints build events for people (one line each, with the customizer's name and elapsed time) or as JSON lines.

@@ -13,8 +13,25 @@ public struct SourceImage: Sendable, Equatable {
     public var hasCloudInit: Bool?
     /// `Publisher:Offer:Sku:Version` with the version resolved, for catalog and imported images.
     public var urn: String?
+    /// The image's version (a platform image's resolved version, a gallery version), for versioning scheme Source.
+    public var version: String?
+    /// What the build records as its source: the resolved URN or resource ID; the file path otherwise.
+    public var reference: String?
 
-    public var displayName: String { urn ?? path }
+    public init(path: String, format: String, virtualSizeBytes: UInt64, firmware: Firmware, osType: String?, hasCloudInit: Bool?,
+                urn: String?, version: String? = nil, reference: String? = nil) {
+        self.path = path
+        self.format = format
+        self.virtualSizeBytes = virtualSizeBytes
+        self.firmware = firmware
+        self.osType = osType
+        self.hasCloudInit = hasCloudInit
+        self.urn = urn
+        self.version = version
+        self.reference = reference
+    }
+
+    public var displayName: String { reference ?? urn ?? path }
 }
 
 /// One image in the catalog or the local store, as `kiln image list` shows it.
@@ -35,7 +52,7 @@ public struct ImageRecord: Sendable, Codable, Equatable {
 
     public var source: SourceImage {
         SourceImage(path: path, format: format, virtualSizeBytes: virtualSizeBytes, firmware: firmware, osType: osType,
-                    hasCloudInit: hasCloudInit, urn: urn)
+                    hasCloudInit: hasCloudInit, urn: urn, version: version)
     }
 }
 

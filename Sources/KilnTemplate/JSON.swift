@@ -71,7 +71,7 @@ public struct JSONNode: Sendable, Equatable {
 }
 
 extension String {
-    func caseInsensitiveEquals(_ other: String) -> Bool {
+    public func caseInsensitiveEquals(_ other: String) -> Bool {
         lowercased() == other.lowercased()
     }
 }

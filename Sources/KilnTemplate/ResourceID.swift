@@ -10,6 +10,11 @@ public struct ResourceID: Sendable, Hashable, CustomStringConvertible {
     public struct Segment: Sendable, Hashable {
         public var type: String
         public var name: String
+
+        public init(type: String, name: String) {
+            self.type = type
+            self.name = name
+        }
     }
 
     public init?(_ text: String) {

@@ -1,12 +1,13 @@
 import ArgumentParser
 import Foundation
 import KilnMachine
+import KilnStore
 import KilnSupport
 
 struct ImageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
-        abstract: "Source images: the reference catalog and your own imported disks.",
+        abstract: "Images: the reference catalog, your imported disks, and the local managed images and gallery versions builds wrote.",
         subcommands: [ImageListCommand.self, ImageImportCommand.self, ImageRemoveCommand.self]
     )
 }
@@ -23,12 +24,46 @@ struct ImageListCommand: AsyncParsableCommand {
     func run() async throws {
         let state = StateDirectory(explicit: stateDir)
         let catalog: ImageCatalog
-        do { catalog = try ImageCatalog.locate(state: state) } catch { throw fail(error) }
+        let store: StateStore
+        do {
+            catalog = try ImageCatalog.locate(state: state)
+            store = try StateStore.open(state)
+        } catch {
+            throw fail(error)
+        }
         let records = catalog.records()
+        let managed: [ManagedImageRecord]
+        let versions: [GalleryVersionRecord]
+        do {
+            managed = try store.managedImages()
+            versions = try store.galleryVersions()
+        } catch {
+            throw fail(error)
+        }
         if json {
+            struct Listing: Encodable {
+                var sourceImages: [ImageRecord]
+                var managedImages: [Managed]
+                var galleryVersions: [Version]
+                struct Managed: Encodable { var id, location, path, hyperVGeneration, runID, source: String; var tags: [String: String] }
+                struct Version: Encodable {
+                    var id, galleryImageId, version, state, path, hyperVGeneration, storageAccountType, runID, source: String
+                    var excludeFromLatest: Bool
+                    var targetRegions: [TargetRegionRecord]
+                    var tags: [String: String]
+                }
+            }
+            let listing = Listing(
+                sourceImages: records,
+                managedImages: managed.map { .init(id: $0.id, location: $0.location, path: $0.disk.path, hyperVGeneration: $0.disk.hyperVGeneration,
+                                                   runID: $0.runID, source: $0.source, tags: $0.tags) },
+                galleryVersions: versions.map { .init(id: $0.id, galleryImageId: $0.galleryImageId, version: $0.version.description, state: $0.state,
+                                                      path: $0.disk.path, hyperVGeneration: $0.disk.hyperVGeneration,
+                                                      storageAccountType: $0.storageAccountType, runID: $0.runID, source: $0.source,
+                                                      excludeFromLatest: $0.excludeFromLatest, targetRegions: $0.targetRegions, tags: $0.tags) })
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            print(String(decoding: try encoder.encode(records), as: UTF8.self))
+            print(String(decoding: try encoder.encode(listing), as: UTF8.self))
             return
         }
         var rows = [["URN", "FIRMWARE", "FORMAT", "ORIGIN", "PATH"]]
@@ -41,6 +76,21 @@ struct ImageListCommand: AsyncParsableCommand {
                          "catalog recipe \(entry.recipe) (not built yet; built on first use)", "-"])
         }
         printTable(rows)
+        if !managed.isEmpty {
+            print("")
+            var table = [["MANAGED IMAGE", "GEN", "LOCATION", "RUN", "PATH"]]
+            for image in managed { table.append([image.id, image.disk.hyperVGeneration, image.location, image.runID, image.disk.path]) }
+            printTable(table)
+        }
+        if !versions.isEmpty {
+            print("")
+            var table = [["GALLERY IMAGE VERSION", "STATE", "LATEST", "GEN", "REGIONS", "RUN"]]
+            for version in versions {
+                table.append([version.id, version.state, version.excludeFromLatest ? "excluded" : "yes", version.disk.hyperVGeneration,
+                              version.targetRegions.map { "\($0.name)x\($0.replicaCount)" }.joined(separator: ","), version.runID])
+            }
+            printTable(table)
+        }
         if catalog.catalogPath == nil {
             printError("kiln: no images/catalog.json found; set KILN_CATALOG to list the reference images")
         }
@@ -94,18 +144,29 @@ struct ImageImportCommand: AsyncParsableCommand {
 }
 
 struct ImageRemoveCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "remove", abstract: "Forget an imported image (the file stays).")
+    static let configuration = CommandConfiguration(
+        commandName: "remove",
+        abstract: "Delete a managed image or gallery version (by resource ID, with its disk), or forget an imported image (by URN; its file stays)."
+    )
 
-    @Argument(help: "Publisher:Offer:Sku:Version")
-    var urn: String
+    @Argument(help: "A resource ID (/subscriptions/…/images/NAME or …/images/DEF/versions/X.Y.Z) or Publisher:Offer:Sku:Version.")
+    var image: String
 
     @Option(help: "State directory.")
     var stateDir: String?
 
     func run() async throws {
+        let state = StateDirectory(explicit: stateDir)
         do {
-            try ImageCatalog.locate(state: StateDirectory(explicit: stateDir)).removeImported(urn: urn)
-            print("removed \(urn)")
+            if image.hasPrefix("/") {
+                switch try StateStore.open(state).removeImage(id: image) {
+                case .managedImage(let record): print("removed managed image \(record.id) and its disk \(record.disk.path)")
+                case .galleryVersion(let record): print("removed gallery image version \(record.id) and its disk \(record.disk.path)")
+                }
+            } else {
+                try ImageCatalog.locate(state: state).removeImported(urn: image)
+                print("removed \(image)")
+            }
         } catch {
             throw fail(error)
         }

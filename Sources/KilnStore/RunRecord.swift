@@ -28,6 +28,17 @@ public struct RunOutput: Codable, Sendable, Equatable {
     public var provisioningState: String
     public var path: String?
     public var error: String?
+
+    public init(runOutputName: String, type: String, artifactId: String? = nil, artifactUri: String? = nil,
+                provisioningState: String, path: String? = nil, error: String? = nil) {
+        self.runOutputName = runOutputName
+        self.type = type
+        self.artifactId = artifactId
+        self.artifactUri = artifactUri
+        self.provisioningState = provisioningState
+        self.path = path
+        self.error = error
+    }
 }
 
 /// The run's status as AIB reports lastRunStatus, plus Kiln's phase timings; kept as run.json in the run directory.
@@ -47,6 +58,11 @@ public struct RunRecord: Codable, Sendable {
     public struct Phase: Codable, Sendable {
         public var name: String
         public var seconds: Double
+
+        public init(name: String, seconds: Double) {
+            self.name = name
+            self.seconds = seconds
+        }
     }
 
     public init(runID: String, templateName: String, templatePath: String) {
@@ -74,39 +90,5 @@ public struct RunRecord: Codable, Sendable {
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
         return try? decoder.decode(RunRecord.self, from: data)
-    }
-}
-
-/// customization.log: every step, command, guest output line (timestamped, prefixed by the customizer's name),
-/// checksum result and error, in AIB's spirit.
-public final class CustomizationLog: @unchecked Sendable {
-    public let path: String
-    private let handle: FileHandle?
-    private let lock = NSLockLike()
-    private let formatter: DateFormatter
-
-    public init(path: String) {
-        self.path = path
-        _ = FileManager.default.createFile(atPath: path, contents: nil)
-        handle = FileHandle(forWritingAtPath: path)
-        formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'"
-    }
-
-    public func write(_ prefix: String, _ message: String) {
-        lock.withLock {
-            let stamp = formatter.string(from: Date())
-            var text = ""
-            for line in message.split(separator: "\n", omittingEmptySubsequences: false) {
-                text += "\(stamp) [\(prefix)] \(line)\n"
-            }
-            handle?.write(Data(text.utf8))
-        }
-    }
-
-    public func close() {
-        lock.withLock { try? handle?.close() }
     }
 }

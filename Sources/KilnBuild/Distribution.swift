@@ -1,0 +1,165 @@
+import Foundation
+import KilnMachine
+import KilnStore
+import KilnSupport
+import KilnTemplate
+
+/// Writes every distribute target from the build's final disk. The disk is converted once to a fixed VHD; each
+/// target then gets that file under its own name (a hard link, or a sparse copy across file systems), so three
+/// targets cost one conversion. Stored images are read-only files: builds boot overlays on them.
+struct Distribution {
+    let store: StateStore
+    let runID: String
+    let runDirectory: String
+    let templateLocation: String
+    let source: SourceImage
+    let guestOS: OSType
+    let log: CustomizationLog
+    let events: @Sendable (BuildEvent) -> Void
+
+    func run(_ targets: [Distributor], disk: String, virtualSizeBytes: UInt64) async -> [RunOutput] {
+        let artifact = runDirectory + "/.image.vhd"
+        defer { try? FileManager.default.removeItem(atPath: artifact) }
+        do {
+            log.write("distribute", "converting the build's disk to a fixed VHD")
+            try await VHDWriter.write(disk: disk, format: "qcow2", virtualSizeBytes: virtualSizeBytes, to: artifact)
+            chmod(artifact, 0o444)
+        } catch {
+            log.write("distribute", "writing the VHD failed: \(error)")
+            return targets.map { RunOutput(runOutputName: $0.runOutputName, type: $0.typeName, provisioningState: "Failed", error: "\(error)") }
+        }
+        let stored = StoredDisk(path: artifact, format: "vpc", firmware: source.firmware.rawValue, osType: guestOS.rawValue,
+                                hasCloudInit: source.hasCloudInit, virtualSizeBytes: VHDWriter.roundedSize(virtualSizeBytes))
+        var outputs: [RunOutput] = []
+        for target in targets {
+            var output = RunOutput(runOutputName: target.runOutputName, type: target.typeName, provisioningState: "Failed")
+            do {
+                try distribute(target, artifact: stored, into: &output)
+                output.provisioningState = "Succeeded"
+                log.write("distribute", "\(target.runOutputName) (\(target.typeName)): \(output.artifactId ?? output.artifactUri ?? "") at \(output.path ?? "")")
+                events(.message("\(target.runOutputName) (\(target.typeName)): \(output.artifactId ?? output.artifactUri ?? "")"))
+            } catch {
+                output.error = "\(error)"
+                log.write("distribute", "\(target.runOutputName) (\(target.typeName)) failed: \(error)")
+                events(.warning("\(target.runOutputName) (\(target.typeName)) failed: \(error)"))
+            }
+            outputs.append(output)
+        }
+        return outputs
+    }
+
+    private func distribute(_ target: Distributor, artifact: StoredDisk, into output: inout RunOutput) throws(KilnError) {
+        let tags = Dictionary(target.artifactTags.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
+        switch target.target {
+        case .vhd(let vhd):
+            let destination = vhdDestination(vhd.uri, runOutputName: target.runOutputName)
+            try Self.place(artifact.path, at: destination, replacing: true)
+            output.path = destination
+            output.artifactUri = vhd.uri.flatMap { $0.lowercased().hasPrefix("http") ? $0 : nil } ?? URL(fileURLWithPath: destination).absoluteString
+
+        case .managedImage(let image):
+            if let existing = try store.managedImage(id: image.imageId) {
+                throw KilnError(.invalidState, "expected no managed image \(image.imageId) in the local store, found one from run \(existing.runID); remove it with kiln image remove \(existing.id)")
+            }
+            let path = try store.managedImagePath(for: image.imageId)
+            try Self.place(artifact.path, at: path, replacing: false)
+            var disk = artifact
+            disk.path = path
+            do {
+                let record = try store.addManagedImage(id: image.imageId, location: image.location, tags: tags, disk: disk,
+                                                       runID: runID, source: source.displayName)
+                output.artifactId = record.id
+                output.path = path
+            } catch {
+                try? FileManager.default.removeItem(atPath: path)
+                throw error
+            }
+
+        case .sharedImage(let gallery):
+            let accountType = gallery.storageAccountType ?? "Standard_LRS"
+            var regions = gallery.targetRegions.map {
+                TargetRegionRecord(name: $0.name, replicaCount: $0.replicaCount, storageAccountType: $0.storageAccountType ?? accountType)
+            }
+            if regions.isEmpty {
+                regions = (gallery.replicationRegions.isEmpty ? [templateLocation] : gallery.replicationRegions)
+                    .map { TargetRegionRecord(name: $0, replicaCount: 1, storageAccountType: accountType) }
+            }
+            let request = GalleryVersionRequest(galleryImageId: gallery.galleryImageId, versioning: gallery.versioning,
+                                                sourceVersion: source.version, excludeFromLatest: gallery.excludeFromLatest,
+                                                storageAccountType: accountType, targetRegions: regions, tags: tags, disk: artifact,
+                                                runID: runID, source: source.displayName)
+            let reservation = try store.reserveGalleryVersion(request)
+            for notice in reservation.notices {
+                log.write("distribute", notice)
+                events(.message("notice: \(notice)"))
+            }
+            do {
+                try Self.place(artifact.path, at: reservation.path, replacing: false)
+                try store.completeGalleryVersion(reservation)
+            } catch {
+                store.abandonGalleryVersion(reservation)
+                throw error
+            }
+            output.artifactId = reservation.record.id
+            output.path = reservation.path
+        }
+    }
+
+    func vhdDestination(_ uri: String?, runOutputName: String) -> String {
+        if let uri {
+            if uri.hasPrefix("/") { return uri }
+            if uri.lowercased().hasPrefix("file://"), let url = URL(string: uri) { return url.path }
+        }
+        return runDirectory + "/" + runOutputName + ".vhd"
+    }
+
+    /// Gives `artifact` a second name: a hard link, or a sparse copy when `destination` is on another file system.
+    /// The destination appears complete or not at all. Without `replacing`, an existing destination is an error.
+    static func place(_ artifact: String, at destination: String, replacing: Bool) throws(KilnError) {
+        let directory = (destination as NSString).deletingLastPathComponent
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw KilnError(.io, "cannot create \(directory): \(error.localizedDescription)")
+        }
+        let temporary = directory + "/." + (destination as NSString).lastPathComponent + ".partial-\(getpid())"
+        try? FileManager.default.removeItem(atPath: temporary)
+        defer { try? FileManager.default.removeItem(atPath: temporary) }
+        if link(artifact, temporary) != 0 {
+            let linkError = errno
+            guard linkError == EXDEV || linkError == EPERM else {
+                throw KilnError(.io, "cannot link \(artifact) to \(temporary): \(String(cString: strerror(linkError)))")
+            }
+            let copy = Process()
+            copy.executableURL = URL(fileURLWithPath: "/bin/cp")
+            copy.arguments = ["--sparse=always", artifact, temporary]
+            do {
+                try copy.run()
+                copy.waitUntilExit()
+            } catch {
+                throw KilnError(.io, "cannot copy \(artifact) to \(temporary): \(error.localizedDescription)")
+            }
+            guard copy.terminationStatus == 0 else {
+                throw KilnError(.io, "cannot copy \(artifact) to \(temporary): cp exited with \(copy.terminationStatus)")
+            }
+        }
+        if replacing {
+            try AtomicFile.rename(temporary, to: destination)
+        } else if link(temporary, destination) != 0 {
+            let reason = errno == EEXIST ? "a file is already there" : String(cString: strerror(errno))
+            throw KilnError(.io, "cannot store the image at \(destination): \(reason)")
+        }
+    }
+}
+
+extension SourceImage {
+    /// A stored managed image or gallery version as a build source. Its disk must still be there.
+    init(stored disk: StoredDisk, reference: String, version: String?, path: String) throws(KilnError) {
+        guard FileManager.default.fileExists(atPath: disk.path) else {
+            throw KilnError(.notFound, "\(path): the local store records \(reference), but its disk \(disk.path) is missing")
+        }
+        self.init(path: disk.path, format: disk.format, virtualSizeBytes: disk.virtualSizeBytes,
+                  firmware: Firmware(rawValue: disk.firmware) ?? .bios, osType: disk.osType, hasCloudInit: disk.hasCloudInit,
+                  urn: nil, version: version, reference: reference)
+    }
+}
