@@ -177,6 +177,7 @@ struct StepRunner {
             log.write(label, "killed by signal \(signal)")
             throw StepFailure(message: "\(path) (\(label)) was killed by signal \(signal). Last output:\n" + tail.text)
         case .disconnected(let reason):
+            try Task.checkCancellation()
             log.write(label, "connection lost (\(reason)); waiting for the guest to come back")
             events(.message("\(label): connection lost; waiting for the guest (a reboot?)"))
             try await connection?.renew()

@@ -296,7 +296,7 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
 
     private struct ExecChannel {
         var channel: Channel
-        var outcome: EventLoopFuture<ExecResult>
+        var outcome: EventLoopPromise<ExecResult>
     }
 
     private func openExecChannel(_ command: String, output: @escaping @Sendable (OutputChunk) -> Void) async throws(KilnError) -> ExecChannel {
@@ -321,7 +321,7 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
             handlerLookup.whenFailure { childPromise.fail($0) }
             let child = try await childPromise.futureResult.get()
             try await started.futureResult.get()
-            return ExecChannel(channel: child, outcome: outcome.futureResult)
+            return ExecChannel(channel: child, outcome: outcome)
         } catch {
             childPromise.fail(error)
             started.fail(error)
@@ -349,17 +349,21 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
         }
     }
 
-    /// Waits for the command to end. Cancelling the task closes the channel, which ends the command.
+    /// Waits for the command to end. Cancelling the task closes the channel and returns at once: the guest's sshd
+    /// confirms the close only when the command exits, which may be never (`sleep 600`).
     private func waitForOutcome(_ child: ExecChannel) async -> ExecResult {
         let channel = child.channel
+        let outcome = child.outcome
         return await withTaskCancellationHandler {
             do {
-                return try await child.outcome.get()
+                return try await outcome.futureResult.get()
             } catch {
                 return ExecResult(.disconnected("\(error)"))
             }
         } onCancel: {
             channel.close(promise: nil)
+            // A promise completes once; the handler's own completion later is ignored.
+            outcome.succeed(ExecResult(.disconnected("cancelled")))
         }
     }
 

@@ -81,8 +81,9 @@ struct TemplateCreateCommand: ParsableCommand {
         }
         let store = try stateFlags.open()
         do throws(KilnError) {
-            let directory = try stateFlags.state.create("templates")
-            let stored = directory + "/\(name.lowercased())-\(BuildRequest.newRunID()).json"
+            // A folder per template keeps the file's own name, from which a bare imageTemplates resource takes its name.
+            let directory = try stateFlags.state.create("templates/\(name.lowercased())-\(BuildRequest.newRunID())")
+            let stored = directory + "/" + (path as NSString).lastPathComponent
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw KilnError(.io, "cannot read \(path)")
             }
@@ -91,7 +92,7 @@ struct TemplateCreateCommand: ParsableCommand {
                 try store.createTemplate(TemplateRow(name: name, templatePath: path, storedPath: stored, resourceName: chosen.template.name,
                                                      parameters: parameterOptions.parameters, location: chosen.template.location))
             } catch {
-                try? FileManager.default.removeItem(atPath: stored)
+                try? FileManager.default.removeItem(atPath: directory)
                 throw error
             }
         } catch {
@@ -340,7 +341,10 @@ struct TemplateDeleteCommand: ParsableCommand {
                 try? FileManager.default.removeItem(atPath: run.runDirectory)
             }
         }
-        try? FileManager.default.removeItem(atPath: row.storedPath)
+        let storedDirectory = (row.storedPath as NSString).deletingLastPathComponent
+        if storedDirectory.hasPrefix(stateFlags.state.path + "/templates/") {
+            try? FileManager.default.removeItem(atPath: storedDirectory)
+        }
         print("deleted template \(row.name) and \(runs.count) run\(runs.count == 1 ? "" : "s")")
     }
 }
