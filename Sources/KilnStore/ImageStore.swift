@@ -272,8 +272,8 @@ extension StateStore {
                 switch request.versioning ?? .latest(major: nil) {
                 case .latest(let requested):
                     let major = requested.flatMap { $0 >= 0 ? $0 : nil }
-                    let pool = major.map { wanted in existing.filter { $0.major == wanted } } ?? existing
-                    if let newest = pool.max() {
+                    let database = major.map { wanted in existing.filter { $0.major == wanted } } ?? existing
+                    if let newest = database.max() {
                         version = GalleryVersion(major: newest.major, minor: newest.minor, patch: newest.patch + 1)
                     } else {
                         version = GalleryVersion(major: major ?? 1, minor: 0, patch: 0)

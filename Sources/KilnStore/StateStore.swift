@@ -3,20 +3,21 @@ import GRDB
 import KilnSupport
 
 /// Kiln's state in SQLite (state-dir/kiln.sqlite): templates, runs and their runOutputs, the managed-image store and
-/// the local galleries. Disk artifacts live beside it under store/. Safe under concurrent processes: SQLite's WAL
-/// mode with a busy timeout, and every read-modify-write (version allocation, template creation) in one IMMEDIATE
-/// transaction.
+/// the local galleries. Disk artifacts live beside it under store/. Safe under concurrent processes: SQLite's file
+/// locks with a busy timeout, and every read-modify-write (version allocation, template creation) in one IMMEDIATE
+/// transaction. A DatabaseQueue (rollback journal), not a database: a database switches the file to WAL and writes to it
+/// when it opens, before Kiln could check the file's health.
 public final class StateStore: Sendable {
     public static let fileName = "kiln.sqlite"
 
     public let state: StateDirectory
     public let path: String
-    let pool: DatabasePool
+    let database: DatabaseQueue
 
-    private init(state: StateDirectory, path: String, pool: DatabasePool) {
+    private init(state: StateDirectory, path: String, database: DatabaseQueue) {
         self.state = state
         self.path = path
-        self.pool = pool
+        self.database = database
     }
 
     /// Opens (creating on first use) the state database. A file that is not a healthy SQLite database is an error
@@ -31,27 +32,27 @@ public final class StateStore: Sendable {
         configuration.prepareDatabase { db in
             try db.execute(sql: "PRAGMA foreign_keys = ON")
         }
-        let pool: DatabasePool
+        let database: DatabaseQueue
         do {
-            pool = try DatabasePool(path: path, configuration: configuration)
+            database = try DatabaseQueue(path: path, configuration: configuration)
         } catch {
             throw corrupt(path, error)
         }
         if existed {
             let verdict: String?
             do {
-                verdict = try pool.read { db in try String.fetchOne(db, sql: "PRAGMA quick_check") }
+                verdict = try database.read { db in try String.fetchOne(db, sql: "PRAGMA quick_check") }
             } catch {
                 throw corrupt(path, error)
             }
             guard verdict == "ok" else { throw corrupt(path, verdict ?? "no answer from PRAGMA quick_check") }
         }
         do {
-            try migrator.migrate(pool)
+            try migrator.migrate(database)
         } catch {
             throw corrupt(path, error)
         }
-        return StateStore(state: state, path: path, pool: pool)
+        return StateStore(state: state, path: path, database: database)
     }
 
     private static func corrupt(_ path: String, _ cause: Any) -> KilnError {
@@ -157,7 +158,7 @@ public final class StateStore: Sendable {
     /// A read, with GRDB's errors turned into Kiln's.
     func read<T>(_ what: String, _ body: (Database) throws -> T) throws(KilnError) -> T {
         do {
-            return try pool.read(body)
+            return try database.read(body)
         } catch let error as KilnError {
             throw error
         } catch {
@@ -169,7 +170,7 @@ public final class StateStore: Sendable {
     /// read-modify-write inside `body` sees no interleaved change.
     func write<T>(_ what: String, _ body: (Database) throws -> T) throws(KilnError) -> T {
         do {
-            return try pool.writeWithoutTransaction { db in
+            return try database.writeWithoutTransaction { db in
                 var result: T?
                 try db.inTransaction(.immediate) {
                     result = try body(db)

@@ -2,14 +2,14 @@ import Foundation
 import KilnLibvirt
 import KilnSupport
 
-/// Benchmarks print figures; they are not tests. `kiln-bench boot [URN] [--runs N]`.
+/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd` (README, "Benchmarks").
 @main
 enum KilnBench {
     static func main() async {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -27,8 +27,11 @@ enum KilnBench {
                 try await BootBenchmark(urn: arguments.first ?? "Debian:debian-12:12", runs: runs, size: size).run()
             case "build-vs-packer":
                 try await PackerBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2).run()
+            case "vhd":
+                let sizes = (option("--sizes") ?? "2,8").split(separator: ",").compactMap { Int($0) }
+                try await VHDBenchmark(sizesGiB: sizes, rounds: Int(option("--rounds") ?? "3") ?? 3).run()
             default:
-                print("unknown benchmark \(command); known: boot, build-vs-packer")
+                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd")
                 exit(2)
             }
         } catch {

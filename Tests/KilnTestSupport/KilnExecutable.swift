@@ -41,9 +41,26 @@ public enum KilnExecutable {
         }
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         group.wait()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+        return Result(status: reap(process), stdout: String(decoding: stdout, as: UTF8.self),
                       stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    /// The exit status (128 + signal when killed). Reaps the child with waitpid(2) itself: Foundation's own
+    /// monitor was seen to miss a child's exit (a zombie left, waitUntilExit blocked for good) after that child
+    /// had started a detached grandchild (`kiln template run --no-wait`).
+    static func reap(_ process: Process) -> Int32 {
+        var status: Int32 = 0
+        var result: pid_t
+        repeat {
+            result = waitpid(process.processIdentifier, &status, 0)
+        } while result == -1 && errno == EINTR
+        guard result == process.processIdentifier else {
+            // Foundation reaped it first.
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 }
 

@@ -24,7 +24,10 @@ struct BuildTests {
             return path
         }
 
-        func template(_ customize: String, timeout: Int = 60) throws -> String {
+        static let debianSource = #"{"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"}"#
+        static let vhdOnly = #"[{"type": "VHD", "runOutputName": "debianVhd"}]"#
+
+        func template(_ customize: String, timeout: Int = 60, source: String = debianSource, distribute: String = vhdOnly) throws -> String {
             try write("template-\(UUID().uuidString).json", """
             {
               "type": "Microsoft.VirtualMachineImages/imageTemplates",
@@ -33,16 +36,20 @@ struct BuildTests {
               "properties": {
                 "buildTimeoutInMinutes": \(timeout),
                 "vmProfile": {"vmSize": "Standard_D2s_v3"},
-                "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
+                "source": \(source),
                 "customize": \(customize),
-                "distribute": [{"type": "VHD", "runOutputName": "debianVhd"}]
+                "distribute": \(distribute)
               }
             }
             """)
         }
 
         func build(_ template: String, _ extra: [String] = []) throws -> KilnExecutable.Result {
-            try KilnExecutable.run(["build", template, "--json", "--state-dir", state.path] + extra,
+            try kiln(["build", template, "--json"] + extra)
+        }
+
+        func kiln(_ arguments: [String]) throws -> KilnExecutable.Result {
+            try KilnExecutable.run(arguments + ["--state-dir", state.path],
                                    environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])
         }
 
@@ -71,7 +78,19 @@ struct BuildTests {
         }
     }
 
-    @Test("a Linux template runs end to end: inline, scriptUri over HTTP, file://, File, a reboot, an override deprovisioning script")
+    static let imageID = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/images/providers/Microsoft.Compute/images/golden"
+    static let galleryImage = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/images/providers/Microsoft.Compute/galleries/lab/images/debian"
+    static let allTargets = """
+    [{"type": "VHD", "runOutputName": "debianVhd"},
+     {"type": "ManagedImage", "runOutputName": "golden", "imageId": "\(imageID)", "location": "westus2", "artifactTags": {"stage": "a"}},
+     {"type": "SharedImage", "runOutputName": "gallery", "galleryImageId": "\(galleryImage)", "targetRegions": [{"name": "westus2", "replicaCount": 2}]}]
+    """
+
+    @Test("""
+    a Linux template runs end to end (inline, scriptUri over HTTP, file://, File, a reboot, an override deprovisioning \
+    script) into a VHD, a managed image and a gallery; a second template built from the gallery's latest version is \
+    run in the background, refused deletion while running, and canceled
+    """)
     func endToEnd() async throws {
         let work = try Workspace()
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
@@ -98,7 +117,7 @@ struct BuildTests {
             "printf '#!/bin/sh\\\\necho override > /var/lib/kiln-deprovisioned\\\\n' > /tmp/DeprovisioningScript.sh"
           ]}
         ]
-        """, timeout: 60)
+        """, timeout: 60, distribute: Self.allTargets)
         let result = try work.build(template)
         let events = work.events(result)
         let final = events.last { $0["event"] as? String == "result" }
@@ -124,7 +143,20 @@ struct BuildTests {
         let outputs = try #require(record["runOutputs"] as? [[String: Any]])
         let vhd = try #require(outputs.first?["path"] as? String)
         #expect(vhd == run + "/debianVhd.vhd")
+        #expect(outputs.map { $0["provisioningState"] as? String } == ["Succeeded", "Succeeded", "Succeeded"], "\(outputs)")
         work.expectNothingLeftBehind(final)
+
+        // runOutputs as az prints them; the managed image and gallery version are in the store, on the same VHD.
+        let templateName = URL(fileURLWithPath: template).deletingPathExtension().lastPathComponent
+        let managedOutput = try work.kiln(["template", "output", templateName, "golden"])
+        let managedJSON = try JSONSerialization.jsonObject(with: Data(managedOutput.stdout.utf8)) as? [String: Any]
+        #expect(managedJSON?["type"] as? String == "Microsoft.VirtualMachineImages/imageTemplates/runOutputs")
+        #expect((managedJSON?["properties"] as? [String: Any])?["artifactId"] as? String == Self.imageID, "\(managedOutput.stdout)\(managedOutput.stderr)")
+        let galleryOutput = try work.kiln(["template", "output", templateName, "gallery"])
+        #expect(galleryOutput.stdout.contains(Self.galleryImage + "/versions/1.0.0"), "\(galleryOutput.stdout)\(galleryOutput.stderr)")
+        let images = try work.kiln(["image", "list"])
+        #expect(images.stdout.contains(Self.imageID) && images.stdout.contains(Self.galleryImage + "/versions/1.0.0"), "\(images.stdout)")
+        #expect(images.stdout.contains("westus2x2"))
 
         // The image itself, opened with libguestfs: the steps' effects, the override's marker, no build user.
         let handle = try GuestfsHandle()
@@ -147,6 +179,64 @@ struct BuildTests {
         #expect(try !handle.exists("/etc/sudoers.d/90-cloud-init-users"))
         #expect(try !handle.exists("/etc/ssh/ssh_host_ed25519_key"))
         #expect(try !handle.exists("/etc/ssh/ssh_host_ecdsa_key"))
+        handle.close()
+
+        try await galleryRoundTripAndCancel(work)
+    }
+
+    /// Build B: a created template whose source is the gallery's latest version (the VHD build A wrote), run in the
+    /// background. It proves the image boots and holds A's files, then waits in a long step: delete is refused while
+    /// it runs, cancel ends it within 10 s with nothing left, and delete then removes its runs.
+    func galleryRoundTripAndCancel(_ work: Workspace) async throws {
+        let template = try work.template(#"""
+        [{"type": "Shell", "name": "from-gallery", "inline": ["cat /opt/kiln/two"]},
+         {"type": "Shell", "name": "long", "inline": ["echo long-step-started", "sleep 900"]}]
+        """#, source: #"{"type": "SharedImageVersion", "imageVersionId": "\#(Self.galleryImage)/versions/latest"}"#)
+        let created = try work.kiln(["template", "create", "roundtrip", template])
+        #expect(created.status == 0, "\(created.stderr)")
+        let started = try work.kiln(["template", "run", "roundtrip", "--no-wait"])
+        #expect(started.status == 0, "\(started.stderr)")
+        #expect(started.stdout.contains("in the background"))
+
+        // Wait (bounded) for the long step: by then the gallery image booted and showed build A's file.
+        let clock = ContinuousClock()
+        let waitStart = clock.now
+        var log = ""
+        while clock.now - waitStart < .seconds(600) {
+            log = (try? work.kiln(["template", "logs", "roundtrip"]).stdout) ?? ""
+            if log.contains("[long] long-step-started") || log.contains("runState") { break }
+            try await Task.sleep(for: .seconds(3))
+        }
+        #expect(log.contains("[from-gallery] two"), "\(log.suffix(3000))")
+        #expect(log.contains("resolved to \(Self.galleryImage)/versions/1.0.0"), "\(log.prefix(3000))")
+        #expect(log.contains("[long] long-step-started"), "\(log.suffix(3000))")
+
+        let show = try work.kiln(["template", "show", "roundtrip", "--json"])
+        let status = ((try? JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])?["properties"] as? [String: Any])?["lastRunStatus"] as? [String: Any]
+        #expect(status?["runState"] as? String == "Running", "\(show.stdout)")
+        #expect(status?["runSubState"] as? String == "Customizing")
+        let runID = try #require(status?["runId"] as? String)
+
+        let refused = try work.kiln(["template", "delete", "roundtrip"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("has a run in progress"), "\(refused.stderr)")
+
+        let cancelStart = clock.now
+        let cancel = try work.kiln(["template", "cancel", "roundtrip"])
+        let cancelTime = clock.now - cancelStart
+        #expect(cancel.status == 0, "\(cancel.stdout)\(cancel.stderr)")
+        #expect(cancel.stdout.contains("Canceled"))
+        #expect(cancelTime < .seconds(10), "cancel took \(cancelTime)")
+        #expect(VMTestEnvironment.qemuProcesses(named: "kiln-\(runID)").isEmpty)
+        let after = try work.kiln(["template", "show", "roundtrip"])
+        #expect(after.stdout.contains("lastRunStatus: Canceled"), "\(after.stdout)")
+        let runDirectory = work.state.runsPath + "/" + runID
+        let names = Set((try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? [])
+        #expect(names.isDisjoint(with: ["disk.qcow2", "seed.iso", "id_ed25519", "downloads", "domain.xml"]), "\(names)")
+
+        let deleted = try work.kiln(["template", "delete", "roundtrip"])
+        #expect(deleted.status == 0, "\(deleted.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: runDirectory))
     }
 
     @Test("a checksum mismatch fails before anything boots and prints both sums")

@@ -1,0 +1,109 @@
+import Foundation
+import KilnTestSupport
+import Testing
+
+/// `kiln template` and `kiln image` on local state, without a VM (the VM suite runs and cancels real builds).
+@Suite("kiln template (local state)")
+struct TemplateCLITests {
+    final class State {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-cli-state-\(UUID().uuidString)").path
+        deinit { try? FileManager.default.removeItem(atPath: path) }
+
+        func kiln(_ arguments: [String]) throws -> KilnExecutable.Result {
+            try KilnExecutable.run(arguments, environment: ["KILN_STATE_DIR": path])
+        }
+    }
+
+    static let template = """
+    {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "northeurope",
+     "tags": {"team": "images"},
+     "properties": {
+       "source": {"type": "SharedImageVersion", "imageVersionId": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/latest"},
+       "customize": [{"type": "Shell", "name": "x", "inline": ["true"]}],
+       "distribute": [{"type": "VHD", "runOutputName": "v"}]}}
+    """
+
+    @Test("create, list, show (text and az-shaped JSON), delete; names compare without case; the stored copy is independent of the file")
+    func lifecycle() throws {
+        let state = State()
+        let file = try TemplateFiles.write(Self.template)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+
+        let created = try state.kiln(["template", "create", "Golden", file])
+        #expect(created.status == 0, "\(created.stderr)")
+        let again = try state.kiln(["template", "create", "golden", file])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("found an existing template Golden"))
+
+        // Editing the file after create changes nothing: AIB keeps the template as created.
+        try "not json".write(toFile: file, atomically: true, encoding: .utf8)
+
+        let list = try state.kiln(["template", "list"])
+        #expect(list.stdout.contains("Golden") && list.stdout.contains("northeurope"), "\(list.stdout)")
+
+        let show = try state.kiln(["template", "show", "GOLDEN", "--json"])
+        #expect(show.status == 0, "\(show.stderr)")
+        let resource = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
+        #expect(resource["id"] as? String == "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/kiln/providers/Microsoft.VirtualMachineImages/imageTemplates/Golden")
+        #expect(resource["name"] as? String == "Golden")
+        #expect(resource["type"] as? String == "Microsoft.VirtualMachineImages/imageTemplates")
+        #expect((resource["tags"] as? [String: String]) == ["team": "images"])
+        let properties = try #require(resource["properties"] as? [String: Any])
+        #expect(properties["provisioningState"] as? String == "Succeeded")
+        #expect(properties["buildTimeoutInMinutes"] as? Int == 240)
+        #expect(properties["lastRunStatus"] == nil, "never run")
+
+        // Nothing ran, so there is nothing to cancel, log or report.
+        let cancel = try state.kiln(["template", "cancel", "Golden"])
+        #expect(cancel.status == 1 && cancel.stderr.contains("has no run in progress"), "\(cancel.stderr)")
+        let logs = try state.kiln(["template", "logs", "Golden"])
+        #expect(logs.status == 1 && logs.stderr.contains("has not run yet"))
+        let output = try state.kiln(["template", "output", "Golden", "v"])
+        #expect(output.status == 1 && output.stderr.contains("expected runs of a template named Golden"))
+
+        let deleted = try state.kiln(["template", "delete", "golden"])
+        #expect(deleted.status == 0, "\(deleted.stderr)")
+        #expect(deleted.stdout.contains("deleted template Golden"))
+        let missing = try state.kiln(["template", "show", "Golden"])
+        #expect(missing.status == 1 && missing.stderr.contains("expected an image template named Golden, found none"))
+        let templates = (try? FileManager.default.contentsOfDirectory(atPath: state.path + "/templates")) ?? []
+        #expect(templates.isEmpty, "the stored copy is removed: \(templates)")
+    }
+
+    @Test("an invalid template is rejected by create and leaves nothing")
+    func invalidCreate() throws {
+        let state = State()
+        let file = try TemplateFiles.write(Self.template.replacingOccurrences(of: "\"runOutputName\": \"v\"", with: "\"runOutputName\": \"bad name!\""))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let result = try state.kiln(["template", "create", "broken", file])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("properties.distribute[0].runOutputName"), "\(result.stderr)")
+        #expect(result.stderr.contains("nothing was created"))
+        let list = try state.kiln(["template", "list"])
+        #expect(!list.stdout.contains("broken"))
+    }
+
+    @Test("a corrupt state database stops every command with a clear error and stays byte for byte as it was")
+    func corruptState() throws {
+        let state = State()
+        try FileManager.default.createDirectory(atPath: state.path, withIntermediateDirectories: true)
+        let database = state.path + "/kiln.sqlite"
+        let junk = Data("SQLite format 3\u{0}".utf8) + Data((0..<4080).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        try junk.write(to: URL(fileURLWithPath: database))
+        for arguments in [["template", "list"], ["image", "list"], ["template", "show", "x"]] {
+            let result = try state.kiln(arguments)
+            #expect(result.status == 1, "\(arguments)")
+            #expect(result.stderr.contains("the state database \(database) is not a healthy SQLite database"), "\(result.stderr)")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: database)) == junk)
+    }
+
+    @Test("image remove: a resource ID that is not in the store is a clear error")
+    func removeMissing() throws {
+        let state = State()
+        let id = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Compute/images/nope"
+        let result = try state.kiln(["image", "remove", id])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("expected a managed image or gallery image version \(id) in the local store, found none"), "\(result.stderr)")
+    }
+}
