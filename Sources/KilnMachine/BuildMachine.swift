@@ -98,10 +98,33 @@ public final class BuildMachine: @unchecked Sendable {
             throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
         }
         sshPort = try PortAllocator.reserve(options.sshPort)
+        // Opening libvirt (on a process's first VM: starting the embedded driver) overlaps preparing the disks.
+        let uri: String
+        if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
+        let connecting = Task { () async throws -> LibvirtConnection in try await LibvirtConnection.open(uri) }
+        do {
+            try await prepareDisks()
+        } catch {
+            connection = try? await connecting.value
+            throw error
+        }
+        do {
+            connection = try await connecting.value
+        } catch let error as KilnError {
+            throw error
+        } catch {
+            throw KilnError(.external, "cannot open libvirt connection \(uri)", cause: error)
+        }
+        try await startDomain(withSeed: useSeed)
+    }
+
+    private var useSeed = false
+
+    /// The overlay, the build key, and the credentials: a NoCloud seed, or written offline.
+    private func prepareDisks() async throws(KilnError) {
         try await createOverlay()
         try writePrivateKey()
         let credentials = BuildCredentials(username: options.username, authorizedKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"))
-        var useSeed = false
         switch options.injection {
         case .cloudInit:
             useSeed = true
@@ -119,7 +142,6 @@ public final class BuildMachine: @unchecked Sendable {
         if useSeed {
             try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
         }
-        try await startDomain(withSeed: useSeed)
     }
 
     private func createOverlay() async throws(KilnError) {
@@ -155,10 +177,7 @@ public final class BuildMachine: @unchecked Sendable {
     }
 
     private func startDomain(withSeed: Bool) async throws(KilnError) {
-        let uri: String
-        if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
-        let connection = try await LibvirtConnection.open(uri)
-        self.connection = connection
+        guard let connection else { throw KilnError(.internalError, "no libvirt connection") }
         var disks = [DomainSpec.Disk(path: overlayPath, format: "qcow2", readOnly: false, device: .virtioDisk(target: "vda"))]
         if withSeed {
             // A virtio disk, not a CD-ROM: cloud-init's ds-identify runs before udev loads CD-ROM drivers, and

@@ -9,7 +9,7 @@ enum KilnBench {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N] [--data-mib M]")
             exit(2)
         }
         arguments.removeFirst()
@@ -29,7 +29,8 @@ enum KilnBench {
                 try await PackerBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2).run()
             case "vhd":
                 let sizes = (option("--sizes") ?? "2,8").split(separator: ",").compactMap { Int($0) }
-                try await VHDBenchmark(sizesGiB: sizes, rounds: Int(option("--rounds") ?? "3") ?? 3).run()
+                try await VHDBenchmark(sizesGiB: sizes, rounds: Int(option("--rounds") ?? "7") ?? 7,
+                                       dataMiB: Int(option("--data-mib") ?? "1024") ?? 1024).run()
             default:
                 print("unknown benchmark \(command); known: boot, build-vs-packer, vhd")
                 exit(2)
