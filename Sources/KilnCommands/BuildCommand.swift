@@ -113,7 +113,7 @@ final class BuildPrinter: Sendable {
         Swift.print("runState: \(record.runState.rawValue) (\(record.runSubState.rawValue))")
         Swift.print("message: \(record.message)")
         for phase in record.phases {
-            Swift.print("  " + phase.name.padding(toLength: 12, withPad: " ", startingAt: 0) + String(format: " %7.1fs", phase.seconds))
+            Swift.print("  " + phase.name.padding(toLength: 15, withPad: " ", startingAt: 0) + String(format: " %7.1fs", phase.seconds))
         }
         for output in record.runOutputs {
             Swift.print("  output \(output.runOutputName) (\(output.type)): \(output.provisioningState) \(output.path ?? output.error ?? "")")

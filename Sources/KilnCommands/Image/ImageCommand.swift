@@ -152,11 +152,10 @@ struct ImageRemoveCommand: AsyncParsableCommand {
     @Argument(help: "A resource ID (/subscriptions/…/images/NAME or …/images/DEF/versions/X.Y.Z) or Publisher:Offer:Sku:Version.")
     var image: String
 
-    @Option(help: "State directory.")
-    var stateDir: String?
+    @OptionGroup var stateFlags: StateFlags
 
     func run() async throws {
-        let state = StateDirectory(explicit: stateDir)
+        let state = stateFlags.state
         do {
             if image.hasPrefix("/") {
                 switch try StateStore.open(state).removeImage(id: image) {
