@@ -55,6 +55,37 @@ public enum EmbeddedDriver {
         }
     }
 
+    /// Where QEMU capability probes are kept between processes: libvirt probes QEMU (several QEMU runs, seconds
+    /// on a loaded TCG host) whenever a driver starts with an empty cache, and each Kiln process has a new root.
+    /// libvirt checks each cached file against the QEMU binary, libvirt and the host, and probes again when stale.
+    static var sharedCapabilitiesPath: String {
+        let environment = ProcessInfo.processInfo.environment
+        let cache = environment["XDG_CACHE_HOME"] ?? ((environment["HOME"] ?? NSHomeDirectory()) + "/.cache")
+        return cache + "/kiln/libvirt-qemu-capabilities"
+    }
+
+    static func capabilitiesPath(root: String) -> String { root + "/cache/qemu/capabilities" }
+
+    /// Copies every `.xml` from `source` that `destination` lacks or holds with other contents (temp file + rename,
+    /// so concurrent processes never read half a file).
+    static func copyCapabilities(from source: String, to destination: String) {
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: source)) ?? []).filter { $0.hasSuffix(".xml") }
+        guard !files.isEmpty else { return }
+        try? FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
+        for file in files {
+            guard let data = FileManager.default.contents(atPath: source + "/" + file),
+                  FileManager.default.contents(atPath: destination + "/" + file) != data else { continue }
+            try? AtomicFile.write(data, to: destination + "/" + file)
+        }
+    }
+
+    /// After this process's driver started a domain (libvirt probes QEMU then, not when the connection opens):
+    /// keep what it probed for the next process.
+    public static func keepCapabilities(uri: String) {
+        guard uri == "qemu:///embed?root=" + rootPath else { return }
+        copyCapabilities(from: capabilitiesPath(root: rootPath), to: sharedCapabilitiesPath)
+    }
+
     /// The connection URI of this process's embedded driver, preparing its root on first use.
     public static func processURI() throws(KilnError) -> String {
         try processRoot.get()
@@ -81,6 +112,7 @@ public enum EmbeddedDriver {
         } catch {
             throw KilnError(.io, "cannot write \(etc)/qemu.conf: \(error.localizedDescription)")
         }
+        copyCapabilities(from: sharedCapabilitiesPath, to: capabilitiesPath(root: root))
         guard (root + "/run/libvirt/qemu/x.sock").utf8.count < 100 else {
             throw KilnError(.invalidArgument, "the embedded libvirt root \(root) is too long for UNIX socket paths; use a shorter --state-dir")
         }

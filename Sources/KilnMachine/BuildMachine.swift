@@ -194,6 +194,7 @@ public final class BuildMachine: @unchecked Sendable {
         events("booting \(options.domainName): \(options.size.name) (\(vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), ssh 127.0.0.1:\(sshPort)")
         do {
             domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
+            EmbeddedDriver.keepCapabilities(uri: connection.uri)
         } catch {
             if error.message.contains("host forwarding") || error.message.contains("hostfwd") {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)

@@ -157,10 +157,13 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
     ///
     /// QEMU's user-mode network accepts a TCP connection before the guest can answer it, so an attempt made while
     /// the guest's network is still down hangs instead of being refused. Attempts therefore overlap: a new one
-    /// starts every `pollInterval` while fewer than `maxInFlight` are pending, and the first login wins. The wait
-    /// after sshd starts is one poll interval, not the rest of a hung attempt.
+    /// starts every `pollInterval` and the first login wins. The wait after sshd starts is one poll interval, not
+    /// the rest of a hung attempt. The cap on pending attempts (default: enough for one every poll interval for a
+    /// whole attempt timeout, about 30) only bounds sockets: a lower cap, once every slot holds an attempt hung
+    /// since before the guest's network came up, stops new attempts for up to `attemptTimeout` (seen: 10–20 s
+    /// between ssh.service starting and the first login with a cap of 12).
     public static func waitForConnection(_ endpoint: SSHEndpoint, timeout: Duration, pollInterval: Duration = .milliseconds(500),
-                                         maxInFlight: Int = 12, attemptTimeout: Duration = .seconds(15),
+                                         maxInFlight: Int? = nil, attemptTimeout: Duration = .seconds(15),
                                          progress: @escaping @Sendable (Int, Duration, KilnError) -> Void = { _, _, _ in },
                                          abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> SSHSession {
         enum Attempt: Sendable {
@@ -170,6 +173,7 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
         }
         let clock = ContinuousClock()
         let start = clock.now
+        let maxInFlight = maxInFlight ?? Int((attemptTimeout / pollInterval).rounded(.up)) + 2
         let outcome: Result<SSHSession, KilnError> = await withTaskGroup(of: Attempt.self) { group in
             var attempts = 1
             var inFlight = 1
