@@ -110,10 +110,15 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
     }
 
     /// Connects and authenticates once. Fails fast (refused, reset, rejected key) so that a caller can retry.
-    public static func connect(_ endpoint: SSHEndpoint, timeout: Duration = .seconds(30)) async throws(KilnError) -> SSHSession {
+    /// Connects and logs in. With `bannerTimeout`, an attempt whose server has not sent its SSH identification by
+    /// then is given up (behind QEMU's user-mode network that means the guest has not answered at all);
+    /// `onBanner` is called when it arrives.
+    public static func connect(_ endpoint: SSHEndpoint, timeout: Duration = .seconds(30), bannerTimeout: Duration? = nil,
+                               onBanner: (@Sendable () -> Void)? = nil) async throws(KilnError) -> SSHSession {
         let group = MultiThreadedEventLoopGroup.singleton
         let ready = group.next().makePromise(of: Void.self)
         let userAuth = KeyAuthDelegate(username: endpoint.username, key: NIOSSHPrivateKey(ed25519Key: endpoint.keyPair.privateKey))
+        let bannerSeen = Locked(false)
         let serverAuth = PinningHostKeyDelegate(pin: endpoint.hostKeyPin)
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(Int64(min(timeout.components.seconds, 30))))
@@ -121,6 +126,10 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
             .channelOption(ChannelOptions.socket(SocketOptionLevel(SOL_SOCKET), SO_KEEPALIVE), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(BannerWatch(onFirstBytes: {
+                        bannerSeen.withLock { $0 = true }
+                        onBanner?()
+                    }))
                     let ssh = NIOSSHHandler(role: .client(.init(userAuthDelegate: userAuth, serverAuthDelegate: serverAuth)),
                                             allocator: channel.allocator, inboundChildChannelInitializer: nil)
                     try channel.pipeline.syncOperations.addHandler(ssh)
@@ -135,12 +144,26 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
             throw KilnError(.io, "cannot connect to \(endpoint.host):\(endpoint.port): \(error)")
         }
         let timeoutTask = Task {
-            try? await Task.sleep(for: timeout)
+            if let bannerTimeout, bannerTimeout < timeout {
+                try? await Task.sleep(for: bannerTimeout)
+                if !bannerSeen.current {
+                    ready.fail(KilnError(.timeout, "no SSH identification from \(endpoint.host):\(endpoint.port) within \(DurationText.format(bannerTimeout))"))
+                    return
+                }
+                try? await Task.sleep(for: timeout - bannerTimeout)
+            } else {
+                try? await Task.sleep(for: timeout)
+            }
             ready.fail(KilnError(.timeout, "SSH handshake with \(endpoint.host):\(endpoint.port) did not finish within \(DurationText.format(timeout))"))
         }
         defer { timeoutTask.cancel() }
         do {
-            try await ready.futureResult.get()
+            // Cancellable: waitForConnection cancels the attempts that lost, and must not wait out their timeouts.
+            try await withTaskCancellationHandler {
+                try await ready.futureResult.get()
+            } onCancel: {
+                ready.fail(KilnError(.cancelled, "SSH connection attempt cancelled"))
+            }
         } catch {
             try? await channel.close()
             if let kiln = error as? KilnError { throw kiln }
@@ -157,13 +180,13 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
     ///
     /// QEMU's user-mode network accepts a TCP connection before the guest can answer it, so an attempt made while
     /// the guest's network is still down hangs instead of being refused. Attempts therefore overlap: a new one
-    /// starts every `pollInterval` and the first login wins. The wait after sshd starts is one poll interval, not
-    /// the rest of a hung attempt. The cap on pending attempts (default: enough for one every poll interval for a
-    /// whole attempt timeout, about 30) only bounds sockets: a lower cap, once every slot holds an attempt hung
-    /// since before the guest's network came up, stops new attempts for up to `attemptTimeout` (seen: 10–20 s
-    /// between ssh.service starting and the first login with a cap of 12).
+    /// starts every `pollInterval`, and one that has heard no SSH identification within `bannerTimeout` is
+    /// dropped, so the wait after sshd starts is about one poll interval. While an attempt that reached sshd is
+    /// logging in, no new one starts: every connection costs the guest an sshd process (a re-exec, slow under
+    /// TCG), and a burst of them, as queued SYNs reach a freshly started sshd together, was seen to delay the
+    /// first login by 10–20 s.
     public static func waitForConnection(_ endpoint: SSHEndpoint, timeout: Duration, pollInterval: Duration = .milliseconds(500),
-                                         maxInFlight: Int? = nil, attemptTimeout: Duration = .seconds(15),
+                                         bannerTimeout: Duration = .seconds(5), attemptTimeout: Duration = .seconds(15),
                                          progress: @escaping @Sendable (Int, Duration, KilnError) -> Void = { _, _, _ in },
                                          abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> SSHSession {
         enum Attempt: Sendable {
@@ -173,14 +196,20 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
         }
         let clock = ContinuousClock()
         let start = clock.now
-        let maxInFlight = maxInFlight ?? Int((attemptTimeout / pollInterval).rounded(.up)) + 2
+        let maxInFlight = Int((bannerTimeout / pollInterval).rounded(.up)) + 2
+        let handshaking = Locked(0)
         let outcome: Result<SSHSession, KilnError> = await withTaskGroup(of: Attempt.self) { group in
             var attempts = 1
             var inFlight = 1
             var lastError = KilnError(.io, "no attempt finished yet")
             let attempt: @Sendable () async -> Attempt = {
+                let reachedServer = Locked(false)
+                defer { if reachedServer.current { handshaking.withLock { $0 -= 1 } } }
                 do throws(KilnError) {
-                    return .connected(try await connect(endpoint, timeout: attemptTimeout))
+                    return .connected(try await connect(endpoint, timeout: attemptTimeout, bannerTimeout: bannerTimeout, onBanner: {
+                        reachedServer.withLock { $0 = true }
+                        handshaking.withLock { $0 += 1 }
+                    }))
                 } catch {
                     return .failed(error)
                 }
@@ -212,7 +241,7 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
                         return await finish(.failure(KilnError(.timeout, "Timeout waiting for SSH: no SSH login on \(endpoint.host):\(endpoint.port) within \(DurationText.format(timeout)) (\(attempts) attempts; last: \(lastError.message))")))
                     }
                     if attempts > 1 { progress(attempts, elapsed, lastError) }
-                    if inFlight < maxInFlight {
+                    if inFlight < maxInFlight && handshaking.current == 0 {
                         attempts += 1
                         inFlight += 1
                         group.addTask(operation: attempt)
@@ -409,6 +438,23 @@ private final class PinningHostKeyDelegate: NIOSSHClientServerAuthenticationDele
         } else {
             validationCompletePromise.succeed(())
         }
+    }
+}
+
+/// Reports the first bytes from the server (its SSH identification line) and passes everything on.
+private final class BannerWatch: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private var onFirstBytes: (@Sendable () -> Void)?
+
+    init(onFirstBytes: @escaping @Sendable () -> Void) { self.onFirstBytes = onFirstBytes }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let callback = onFirstBytes {
+            onFirstBytes = nil
+            callback()
+        }
+        context.fireChannelRead(data)
     }
 }
 
