@@ -98,18 +98,20 @@ extension StateStore {
         try read("templates") { db in try TemplateRow.order(Column("key")).fetchAll(db) }
     }
 
-    /// Deletes the template and its run history, refusing while one of its runs is active. Returns the runs that
-    /// were forgotten, so that the caller can remove their directories.
+    /// Deletes the template and its run history (not one-shot `kiln build` runs that share its name), refusing
+    /// while one of its runs is active. Returns the runs that were forgotten, so that the caller can remove their
+    /// directories.
     public func deleteTemplate(named name: String) throws(KilnError) -> [StoredRun] {
         try write("delete template \(name)") { db in
             guard try TemplateRow.fetchOne(db, key: name.lowercased()) != nil else {
                 throw KilnError(.notFound, "expected an image template named \(name), found none (kiln template list shows them)")
             }
-            let runs = try RunRow.filter(Column("templateKey") == name.lowercased()).fetchAll(db).map(StoredRun.init)
+            let own = RunRow.filter(Column("templateKey") == name.lowercased()).filter(Column("fromCreatedTemplate") == true)
+            let runs = try own.fetchAll(db).map(StoredRun.init)
             if let active = runs.first(where: \.isActive) {
                 throw KilnError(.invalidState, "template \(name) has a run in progress (\(active.record.runID), \(active.record.runState.rawValue)/\(active.record.runSubState.rawValue)); cancel it first with kiln template cancel \(name)")
             }
-            try RunRow.filter(Column("templateKey") == name.lowercased()).deleteAll(db)
+            try own.deleteAll(db)
             _ = try TemplateRow.deleteOne(db, key: name.lowercased())
             return runs
         }
@@ -138,10 +140,13 @@ extension StateStore {
         try read("run \(id)") { db in try RunRow.fetchOne(db, key: id).map(StoredRun.init) }
     }
 
-    /// A template's runs, newest first (one-shot `kiln build` runs count under their template's name).
-    public func runs(template name: String) throws(KilnError) -> [StoredRun] {
+    /// A template's runs, newest first. `createdOnly`: only runs of the created template (`kiln template run`);
+    /// otherwise one-shot `kiln build` runs of a template with that name count too.
+    public func runs(template name: String, createdOnly: Bool = true) throws(KilnError) -> [StoredRun] {
         try read("runs of \(name)") { db in
-            try RunRow.filter(Column("templateKey") == name.lowercased()).order(Column("startTime").desc).fetchAll(db).map(StoredRun.init)
+            var request = RunRow.filter(Column("templateKey") == name.lowercased())
+            if createdOnly { request = request.filter(Column("fromCreatedTemplate") == true) }
+            return try request.order(Column("startTime").desc).fetchAll(db).map(StoredRun.init)
         }
     }
 

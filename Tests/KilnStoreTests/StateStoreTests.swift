@@ -222,10 +222,16 @@ struct StateTests {
         record.runState = .succeeded
         record.endTime = Date()
         try store.saveRun(record, runDirectory: temp.path + "/runs/live", fromCreatedTemplate: true)
+        // A one-shot `kiln build` of a template that happens to share the name is not the created template's run.
+        var oneShot = RunRecord(runID: "oneshot", templateName: "web", templatePath: "/elsewhere.json")
+        oneShot.runState = .succeeded
+        try store.saveRun(oneShot, runDirectory: temp.path + "/runs/oneshot", fromCreatedTemplate: false)
+        #expect(try store.runs(template: "web").map(\.record.runID) == ["live"])
         let deleted = try store.deleteTemplate(named: "WEB")
         #expect(deleted.map(\.record.runID) == ["live"])
         #expect(deleted.first?.record.runOutputs.first?.artifactUri == "file:///x.vhd")
         #expect(try store.template(named: "web") == nil)
         #expect(try store.runs(template: "web").isEmpty)
+        #expect(try store.runs(template: "web", createdOnly: false).map(\.record.runID) == ["oneshot"])
     }
 }

@@ -409,7 +409,7 @@ struct TemplateOutputCommand: ParsableCommand {
     func run() throws {
         let store = try stateFlags.open()
         let runs: [StoredRun]
-        do { runs = try store.runs(template: name) } catch { throw fail(error) }
+        do { runs = try store.runs(template: name, createdOnly: false) } catch { throw fail(error) }
         for run in runs {
             guard let output = run.record.runOutputs.first(where: { $0.runOutputName.caseInsensitiveEquals(runOutput) }) else { continue }
             var properties: [JSONMember] = []
