@@ -83,8 +83,12 @@ struct BuildTests {
     static let allTargets = """
     [{"type": "VHD", "runOutputName": "debianVhd"},
      {"type": "ManagedImage", "runOutputName": "golden", "imageId": "\(imageID)", "location": "westus2", "artifactTags": {"stage": "a"}},
-     {"type": "SharedImage", "runOutputName": "gallery", "galleryImageId": "\(galleryImage)", "targetRegions": [{"name": "westus2", "replicaCount": 2}]}]
+     {"type": "SharedImage", "runOutputName": "gallery", "galleryImageId": "\(galleryImage)", "targetRegions": [{"name": "westus2", "replicaCount": 2}]},
+     {"type": "ManagedImage", "runOutputName": "blocked", "imageId": "\(blockedImageID)", "location": "westus2"}]
     """
+    /// A managed image whose place in the store is taken by a stray file: its target fails at distribution time
+    /// while the others succeed, so the run is PartiallySucceeded.
+    static let blockedImageID = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/images/providers/Microsoft.Compute/images/blocked"
 
     @Test("""
     a Linux template runs end to end (inline, scriptUri over HTTP, file://, File, a reboot, an override deprovisioning \
@@ -118,11 +122,14 @@ struct BuildTests {
           ]}
         ]
         """, timeout: 60, distribute: Self.allTargets)
+        let blockedPath = work.state.path + "/store/images/11111111-2222-3333-4444-555555555555/images/blocked.vhd"
+        try FileManager.default.createDirectory(atPath: (blockedPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try "stray".write(toFile: blockedPath, atomically: true, encoding: .utf8)
         let result = try work.build(template)
         let events = work.events(result)
         let final = events.last { $0["event"] as? String == "result" }
-        #expect(result.status == 0, "stderr:\n\(result.stderr.suffix(3000))\nstdout:\n\(result.stdout.suffix(3000))")
-        #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])")
+        #expect(result.status == 1, "a partial success is not a success")
+        #expect(final?["runState"] as? String == "PartiallySucceeded", "\(final ?? [:])\nstderr:\n\(result.stderr.suffix(3000))")
 
         // Events: phases, each customizer's start and end, output lines with the customizer's name.
         let started = events.filter { $0["event"] as? String == "customizerStart" }.compactMap { $0["name"] as? String }
@@ -139,11 +146,13 @@ struct BuildTests {
         #expect(log.contains("[reboot] the guest restarted"))
         #expect(log.contains("[deprovision] running the template's /tmp/DeprovisioningScript.sh"))
         let record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/run.json"))) as? [String: Any])
-        #expect(record["runState"] as? String == "Succeeded")
+        #expect(record["runState"] as? String == "PartiallySucceeded")
         let outputs = try #require(record["runOutputs"] as? [[String: Any]])
         let vhd = try #require(outputs.first?["path"] as? String)
         #expect(vhd == run + "/debianVhd.vhd")
-        #expect(outputs.map { $0["provisioningState"] as? String } == ["Succeeded", "Succeeded", "Succeeded"], "\(outputs)")
+        #expect(outputs.map { $0["provisioningState"] as? String } == ["Succeeded", "Succeeded", "Succeeded", "Failed"], "\(outputs)")
+        #expect((outputs.last?["error"] as? String ?? "").contains("a file is already there"), "\(outputs)")
+        #expect(try String(contentsOfFile: blockedPath, encoding: .utf8) == "stray", "the stray file is not overwritten")
         work.expectNothingLeftBehind(final)
 
         // runOutputs as az prints them; the managed image and gallery version are in the store, on the same VHD.
