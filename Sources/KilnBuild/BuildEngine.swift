@@ -36,11 +36,6 @@ public struct BuildRequest: Sendable {
         self.createdTemplateName = createdTemplateName
         self.runID = runID
     }
-
-    /// A new run ID: 8 hex digits.
-    public static func newRunID() -> String {
-        String(format: "%08x", UInt32.random(in: 0...UInt32.max))
-    }
 }
 
 /// What a finished build leaves: its record, and the VM if errorHandling kept it.
@@ -81,7 +76,7 @@ public final class BuildEngine: @unchecked Sendable {
     public init(_ request: BuildRequest, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.request = request
         self.events = events
-        let runID = request.runID ?? BuildRequest.newRunID()
+        let runID = request.runID ?? RunID.make()
         record = RunRecord(runID: runID, templateName: "", templatePath: request.templatePath)
         runDirectory = request.state.runsPath + "/" + runID
     }

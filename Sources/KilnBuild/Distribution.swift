@@ -130,17 +130,9 @@ struct Distribution {
             guard linkError == EXDEV || linkError == EPERM else {
                 throw KilnError(.io, "cannot link \(artifact) to \(temporary): \(String(cString: strerror(linkError)))")
             }
-            let copy = Process()
-            copy.executableURL = URL(fileURLWithPath: "/bin/cp")
-            copy.arguments = ["--sparse=always", artifact, temporary]
-            do {
-                try copy.run()
-                copy.waitUntilExit()
-            } catch {
-                throw KilnError(.io, "cannot copy \(artifact) to \(temporary): \(error.localizedDescription)")
-            }
-            guard copy.terminationStatus == 0 else {
-                throw KilnError(.io, "cannot copy \(artifact) to \(temporary): cp exited with \(copy.terminationStatus)")
+            let copy = try Subprocess.runBlocking("/bin/cp", ["--sparse=always", artifact, temporary], timeout: .seconds(6 * 3600)).get()
+            guard copy.succeeded else {
+                throw KilnError(.io, "cannot copy \(artifact) to \(temporary): cp exited with \(copy.status): \(copy.stderrText)")
             }
         }
         if replacing {

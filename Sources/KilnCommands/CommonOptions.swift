@@ -55,11 +55,6 @@ enum Interruptible {
     }
 }
 
-/// A short random run ID (8 hex digits).
-func newRunID() -> String {
-    String(format: "%08x", UInt32.random(in: 0...UInt32.max))
-}
-
 /// Reports a KilnError and exits with failure.
 func fail(_ error: KilnError) -> ExitCode {
     printError("kiln: error: \(error)")

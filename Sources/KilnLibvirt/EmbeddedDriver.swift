@@ -58,11 +58,7 @@ public enum EmbeddedDriver {
     /// Where QEMU capability probes are kept between processes: libvirt probes QEMU (several QEMU runs, seconds
     /// on a loaded TCG host) whenever a driver starts with an empty cache, and each Kiln process has a new root.
     /// libvirt checks each cached file against the QEMU binary, libvirt and the host, and probes again when stale.
-    static var sharedCapabilitiesPath: String {
-        let environment = ProcessInfo.processInfo.environment
-        let cache = environment["XDG_CACHE_HOME"] ?? ((environment["HOME"] ?? NSHomeDirectory()) + "/.cache")
-        return cache + "/kiln/libvirt-qemu-capabilities"
-    }
+    static var sharedCapabilitiesPath: String { KilnCache.path() + "/libvirt-qemu-capabilities" }
 
     static func capabilitiesPath(root: String) -> String { root + "/cache/qemu/capabilities" }
 

@@ -102,8 +102,9 @@ public final class BuildMachine: @unchecked Sendable {
         let uri: String
         if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
         let connecting = Task { () async throws -> LibvirtConnection in try await LibvirtConnection.open(uri) }
+        let useSeed: Bool
         do {
-            try await prepareDisks()
+            useSeed = try await prepareDisks()
         } catch {
             connection = try? await connecting.value
             throw error
@@ -118,13 +119,13 @@ public final class BuildMachine: @unchecked Sendable {
         try await startDomain(withSeed: useSeed)
     }
 
-    private var useSeed = false
-
-    /// The overlay, the build key, and the credentials: a NoCloud seed, or written offline.
-    private func prepareDisks() async throws(KilnError) {
+    /// The overlay, the build key, and the credentials: a NoCloud seed, or written offline. True when the domain
+    /// needs the seed attached.
+    private func prepareDisks() async throws(KilnError) -> Bool {
         try await createOverlay()
         try writePrivateKey()
         let credentials = BuildCredentials(username: options.username, authorizedKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"))
+        var useSeed = false
         switch options.injection {
         case .cloudInit:
             useSeed = true
@@ -142,6 +143,7 @@ public final class BuildMachine: @unchecked Sendable {
         if useSeed {
             try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
         }
+        return useSeed
     }
 
     private func createOverlay() async throws(KilnError) {

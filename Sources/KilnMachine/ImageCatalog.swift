@@ -125,8 +125,7 @@ public struct ImageCatalog: Sendable {
                 throw KilnError(.invalidArgument, "the image catalog \(catalogPath) is not valid: \(error)")
             }
         }
-        let home = environment["HOME"] ?? NSHomeDirectory()
-        let cache = environment["KILN_IMAGE_CACHE"] ?? ((environment["XDG_CACHE_HOME"] ?? home + "/.cache") + "/kiln/images")
+        let cache = environment["KILN_IMAGE_CACHE"] ?? (KilnCache.path(environment: environment) + "/images")
         return ImageCatalog(catalogPath: catalogPath, entries: entries, buildCacheDirectory: cache,
                             importedDirectory: state.imagesPath + "/imported")
     }

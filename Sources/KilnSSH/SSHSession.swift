@@ -110,7 +110,7 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
     }
 
     /// Connects and authenticates once. Fails fast (refused, reset, rejected key) so that a caller can retry.
-    /// Connects and logs in. With `bannerTimeout`, an attempt whose server has not sent its SSH identification by
+    /// With `bannerTimeout`, an attempt whose server has not sent its SSH identification by
     /// then is given up (behind QEMU's user-mode network that means the guest has not answered at all);
     /// `onBanner` is called when it arrives.
     public static func connect(_ endpoint: SSHEndpoint, timeout: Duration = .seconds(30), bannerTimeout: Duration? = nil,

@@ -361,6 +361,13 @@ extension StateStore {
     public enum RemovedImage: Sendable {
         case managedImage(ManagedImageRecord)
         case galleryVersion(GalleryVersionRecord)
+
+        public var disk: StoredDisk {
+            switch self {
+            case .managedImage(let record): record.disk
+            case .galleryVersion(let record): record.disk
+            }
+        }
     }
 
     /// Removes a managed image or a gallery version, and its disk. A version being written is refused.
@@ -382,10 +389,7 @@ extension StateStore {
             }
             throw KilnError(.notFound, "expected a managed image or gallery image version \(id) in the local store, found none (kiln image list shows them)")
         }
-        switch removed {
-        case .managedImage(let record): try? FileManager.default.removeItem(atPath: record.disk.path)
-        case .galleryVersion(let record): try? FileManager.default.removeItem(atPath: record.disk.path)
-        }
+        try? FileManager.default.removeItem(atPath: removed.disk.path)
         return removed
     }
 

@@ -35,3 +35,18 @@ public struct StateDirectory: Sendable {
         path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
     }
 }
+
+/// Run IDs: 8 random hex digits, short enough for domain names and paths.
+public enum RunID {
+    public static func make() -> String {
+        String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+    }
+}
+
+/// Kiln's cache folder outside the repository: `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln` (built source images,
+/// libvirt's QEMU capability probes, the accelerator decision of the benchmarks).
+public enum KilnCache {
+    public static func path(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        (environment["XDG_CACHE_HOME"] ?? ((environment["HOME"] ?? NSHomeDirectory()) + "/.cache")) + "/kiln"
+    }
+}

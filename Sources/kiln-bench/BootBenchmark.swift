@@ -15,7 +15,7 @@ struct BootBenchmark {
         defer { try? FileManager.default.removeItem(atPath: state.path) }
         let catalog = try ImageCatalog.locate(state: state)
         let image = try await catalog.resolve(reference: urn)
-        let cacheDirectory = (ProcessInfo.processInfo.environment["HOME"] ?? "/root") + "/.cache/kiln"
+        let cacheDirectory = KilnCache.path()
         let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: cacheDirectory)
         print("boot benchmark: \(image.displayName), \(size), \(decision.accelerator.rawValue) (\(decision.evidence))")
         print("run  prepare  to-first-exec  firmware+loader  guest-kernel  guest-userspace  guest-total  overhead  sshd-listening  login-after-sshd  kiln-overhead  libguestfs-launches")
@@ -24,7 +24,7 @@ struct BootBenchmark {
         for index in 1...runs {
             let clock = ContinuousClock()
             let start = clock.now
-            let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+            let runID = RunID.make()
             let options = MachineOptions(runID: runID, source: image, size: try VMSize.named(size), accelerator: decision.accelerator,
                                          runDirectory: state.runsPath + "/" + runID, stateDirectory: state)
             let vm = try await BuildMachine.boot(options) { _ in }

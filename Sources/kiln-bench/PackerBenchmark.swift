@@ -26,7 +26,7 @@ struct PackerBenchmark {
         let image = try await ImageCatalog.locate(state: state).resolve(reference: "Debian:debian-12:12")
         guard Subprocess.find("packer") != nil else { throw KilnError(.notFound, "packer is not installed (apt-get install packer)") }
         let version = (try? await Subprocess.run("packer", ["version"]))?.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: (ProcessInfo.processInfo.environment["HOME"] ?? "/root") + "/.cache/kiln")
+        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
         print("build benchmark: Kiln vs \(version) qemu builder; \(image.displayName); Standard_D2s_v3 (2 vCPU, 8 GiB); \(decision.accelerator.rawValue)")
         print("round  kiln      packer    ratio")
         var kilnTimes: [Double] = []

@@ -17,7 +17,7 @@ struct BootAndConnectTests {
         let events = EventLog()
         let image = try await VMTestEnvironment.catalog(state).resolve(reference: urn)
         let sourceSumBefore = try SHA256Digest.hex(ofFile: image.path)
-        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let runID = RunID.make()
         let options = MachineOptions(runID: runID, source: image, size: try VMSize.named("Standard_D2s_v3"), osDiskSizeGB: 6,
                                      accelerator: await VMTestEnvironment.accelerator(), runDirectory: state.runsPath + "/" + runID,
                                      stateDirectory: state)
@@ -115,7 +115,7 @@ struct BootAndConnectTests {
         #expect(FileManager.default.createFile(atPath: disk, contents: Data(bytes)))
         let image = try await VMTestEnvironment.catalog(state).resolve(reference: disk)
         #expect(image.format == "raw")
-        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let runID = RunID.make()
         let options = MachineOptions(runID: runID, source: image, size: try VMSize.named("Standard_B1s"), accelerator: await VMTestEnvironment.accelerator(),
                                      runDirectory: state.runsPath + "/" + runID, stateDirectory: state, injection: .cloudInit)
         let vm = try await BuildMachine.boot(options) { _ in }
@@ -150,7 +150,7 @@ struct BootAndConnectTests {
         _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } }
         let port = Int(UInt16(bigEndian: address.sin_port))
         let image = try await VMTestEnvironment.catalog(state).resolve(reference: "Debian:debian-12:12")
-        let runID = String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let runID = RunID.make()
         let options = MachineOptions(runID: runID, source: image, size: try VMSize.named("Standard_B1s"), accelerator: .tcg,
                                      runDirectory: state.runsPath + "/" + runID, stateDirectory: state, sshPort: port)
         await #expect(throws: KilnError.self) { _ = try await BuildMachine.boot(options) { _ in } }

@@ -12,7 +12,7 @@ enum VMTestEnvironment {
 
     /// A fresh state directory for one test, removed afterwards by the caller.
     static func makeStateDirectory() -> StateDirectory {
-        let path = "/tmp/kiln-vmtest-" + String(format: "%08x", UInt32.random(in: 0...UInt32.max))
+        let path = "/tmp/kiln-vmtest-" + RunID.make()
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return StateDirectory(explicit: path)
     }

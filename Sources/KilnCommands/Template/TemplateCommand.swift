@@ -82,7 +82,7 @@ struct TemplateCreateCommand: ParsableCommand {
         let store = try stateFlags.open()
         do throws(KilnError) {
             // A folder per template keeps the file's own name, from which a bare imageTemplates resource takes its name.
-            let directory = try stateFlags.state.create("templates/\(name.lowercased())-\(BuildRequest.newRunID())")
+            let directory = try stateFlags.state.create("templates/\(name.lowercased())-\(RunID.make())")
             let stored = directory + "/" + (path as NSString).lastPathComponent
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw KilnError(.io, "cannot read \(path)")
@@ -144,7 +144,7 @@ struct TemplateRunCommand: AsyncParsableCommand {
     }
 
     private func startInBackground(_ row: TemplateRow, state: StateDirectory, store: StateStore) throws {
-        let runID = BuildRequest.newRunID()
+        let runID = RunID.make()
         let runDirectory = state.runsPath + "/" + runID
         let logPath = runDirectory + "/worker.log"
         var arguments = ["template", "run", row.name, "--run-id", runID, "--state-dir", state.path, "--accel", machine.accel.rawValue,

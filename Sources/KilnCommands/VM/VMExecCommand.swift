@@ -61,7 +61,7 @@ struct VMExecCommand: AsyncParsableCommand {
                 let image = try await catalog.resolve(reference: reference) { events($0) }
                 let decision = await AcceleratorProbe.decide(flags.accel, cacheDirectory: state.path)
                 events("accelerator \(decision.accelerator.rawValue): \(decision.evidence)")
-                let runID = newRunID()
+                let runID = RunID.make()
                 let runDirectory = state.runsPath + "/vm-exec-" + runID
                 let options = MachineOptions(runID: runID, source: image, size: vmSize, osDiskSizeGB: osDiskSizeGB, accelerator: decision.accelerator,
                                              runDirectory: runDirectory, libvirtURI: flags.libvirtURI, stateDirectory: state, sshPort: sshPort,
