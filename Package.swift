@@ -61,7 +61,7 @@ let package = Package(
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport"]),
         .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
-        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport"]),
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],

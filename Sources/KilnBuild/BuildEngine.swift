@@ -21,10 +21,17 @@ public struct BuildRequest: Sendable {
     public var createdTemplateName: String?
     /// A run ID chosen by the caller (`template run --no-wait` prints it before the build starts).
     public var runID: String?
+    /// Resume from the longest matching chain of checkpoints in the build cache (`--no-cache`: false).
+    public var useCache: Bool
+    /// Keep a checkpoint after boot and after each customizer (`--no-checkpoints`: false).
+    public var writeCheckpoints: Bool
+    /// The build cache's size limit, enforced after the build (least recently used checkpoints go first).
+    public var cacheLimitBytes: UInt64
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
-                sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil) {
+                sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil,
+                useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes()) {
         self.templatePath = templatePath
         self.name = name
         self.parameters = parameters
@@ -35,6 +42,9 @@ public struct BuildRequest: Sendable {
         self.sshTimeout = sshTimeout
         self.createdTemplateName = createdTemplateName
         self.runID = runID
+        self.useCache = useCache
+        self.writeCheckpoints = writeCheckpoints
+        self.cacheLimitBytes = cacheLimitBytes
     }
 }
 
@@ -256,20 +266,49 @@ public final class BuildEngine: @unchecked Sendable {
         enterPhase(.building, "fetch")
         let downloads = runDirectory + "/downloads"
         let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS)
+        var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
-            try await prefetcher.prefetch(step, index: index, path: path.description)
+            downloaded.append(try await prefetcher.prefetch(step, index: index, path: path.description))
         }
 
-        enterPhase(.building, "boot")
-        let options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
+        // Checkpoint keys: the booted source, then each customizer on top of the one before.
+        var options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
                                      accelerator: decision.accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
                                      stateDirectory: request.state)
-        let machine = try await BuildMachine.boot(options) { [events] message in
-            log.write("kiln", message)
-            events(.message(message))
+        var keys = [try CheckpointKeys.boot(source: source, size: size, osDiskSizeGB: options.osDiskSizeGB,
+                                            accelerator: decision.accelerator, username: options.username)]
+        for (index, (_, step)) in steps.enumerated() {
+            keys.append(try CheckpointKeys.step(parent: keys[index], index: index, step: step, downloadedSHA256: downloaded[index]))
         }
-        self.machine = machine
-        let session = try await machine.waitForSSH(timeout: request.sshTimeout)
+        let cache = CheckpointCache(state: request.state)
+        checkpointsEnabled = request.writeCheckpoints
+
+        var resumed: (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)?
+        if request.useCache, let found = await resumeFromCache(cache, keys: keys, options: options, steps: steps.map(\.1), log: log) {
+            resumed = found
+        } else {
+            // The boot's overlay goes straight into the first checkpoint's folder.
+            options.overlayPath = beginCheckpoint(cache, key: keys[0])
+        }
+        let machine: BuildMachine
+        let session: SSHSession
+        var parent: CheckpointEntry?
+        var firstStep = 0
+        if let resumed {
+            machine = resumed.machine
+            session = resumed.session
+            parent = resumed.entry
+            firstStep = resumed.position
+            self.machine = machine
+        } else {
+            enterPhase(.building, "boot")
+            machine = try await BuildMachine.boot(options) { [events] message in
+                log.write("kiln", message)
+                events(.message(message))
+            }
+            self.machine = machine
+            session = try await machine.waitForSSH(timeout: request.sshTimeout)
+        }
         let sshTimeout = request.sshTimeout
         let connection = GuestConnection(session: session) { [weak machine] () async throws(KilnError) -> any GuestSession in
             guard let machine else { throw KilnError(.cancelled, "the build VM is gone") }
@@ -277,11 +316,21 @@ public final class BuildEngine: @unchecked Sendable {
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
         let runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS)
+        if resumed == nil {
+            parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
+                                              label: "boot", machine: machine, connection: connection, templateName: template.name)
+        }
 
-        if !steps.isEmpty {
+        if firstStep < steps.count {
             enterPhase(.customizing, "customize")
-            for (index, (path, step)) in steps.enumerated() {
+            for (index, (path, step)) in steps.enumerated() where index >= firstStep {
                 try await runStep(runner, step, index: index, path: path.description, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
+                if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
+                                                             parent: parent, step: index,
+                                                             label: StepRunner.label(step, index: index), machine: machine,
+                                                             connection: connection, templateName: template.name) {
+                    parent = checkpoint
+                }
             }
         }
 
@@ -341,6 +390,155 @@ public final class BuildEngine: @unchecked Sendable {
 
         enterPhase(.distributing, "distribute")
         try await distribute(template, machine: machine, source: source, guestOS: guestOS, log: log)
+    }
+
+    // MARK: Checkpoints
+
+    private var checkpointsEnabled = true
+    /// Shared locks on every checkpoint this build uses or wrote: the cache never removes them under it.
+    private var holds: [CheckpointHold] = []
+
+    /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
+    /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
+    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], options: MachineOptions, steps: [Customizer],
+                                 log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
+        var position = keys.count - 1
+        while position >= 0 {
+            defer { position -= 1 }
+            guard let entry = cache.lookup(keys[position]) else { continue }
+            let chain = cache.chain(of: entry)
+            var chainHolds = chain.compactMap { cache.hold($0) }
+            guard chainHolds.count == chain.count, FileManager.default.fileExists(atPath: entry.machine.memoryPath) else { continue }
+            enterPhase(.building, "resume")
+            let note = "resuming from checkpoint \(entry.shortKey) (\(entry.stepDescription), run \(entry.runID), \(entry.createdAt.formatted(.iso8601)))"
+            log.write("kiln", note)
+            events(.message(note))
+            var options = options
+            options.overlayPath = position + 1 < keys.count ? beginCheckpoint(cache, key: keys[position + 1]) : nil
+            do {
+                let machine = try await BuildMachine.resume(options, from: entry.machine) { [events] message in
+                    log.write("kiln", message)
+                    events(.message(message))
+                }
+                self.machine = machine
+                let session: SSHSession
+                do {
+                    // The guest's sshd is already running: it answers at once, or the checkpoint is no good.
+                    session = try await machine.waitForSSH(timeout: .seconds(120))
+                    try await setGuestClock(session)
+                } catch {
+                    self.machine = nil
+                    await machine.teardown(keepFiles: false)
+                    throw error
+                }
+                holds += chainHolds
+                for member in chain { cache.touch(member) }
+                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element, index: $0.offset) }
+                record.resumedFrom = "\(entry.shortKey) \(entry.stepDescription) (run \(entry.runID))"
+                record.reusedSteps = reused
+                for (index, label) in reused.enumerated() {
+                    log.write(label, "reused from the build cache")
+                    events(.customizerFinished(index: index, name: label, seconds: 0, outcome: "reused"))
+                }
+                persist()
+                return (position, entry, machine, session)
+            } catch {
+                abandonPending()
+                if let kiln = error as? KilnError, kiln.code == .cancelled || Task.isCancelled { return nil }
+                if "\(error)".contains("already exists") || "\(error)".contains("already defined") {
+                    // Another build on the same libvirt daemon runs this chain's guest right now: not a broken
+                    // checkpoint, and its ancestors share the guest's name.
+                    let notice = "checkpoint \(entry.shortKey) is in use by another build on \(request.libvirtURI ?? "this driver"); booting instead"
+                    log.write("kiln", notice)
+                    events(.warning(notice))
+                    return nil
+                }
+                let notice = "checkpoint \(entry.shortKey) (\(entry.stepDescription)) did not resume and is discarded: \(error)"
+                log.write("kiln", notice)
+                events(.warning(notice))
+                chainHolds.removeAll()
+                _ = cache.remove(entry)
+            }
+        }
+        return nil
+    }
+
+    /// The checkpoint folder the running guest's overlay lives in, until the checkpoint is complete.
+    private var pending: PendingCheckpoint?
+
+    /// Creates the folder for checkpoint `key` and returns the overlay path in it; nil (the run directory) when
+    /// checkpoints are off or the folder cannot be made.
+    private func beginCheckpoint(_ cache: CheckpointCache, key: String) -> String? {
+        guard checkpointsEnabled else { return nil }
+        do {
+            let folder = try cache.begin(key: key, runID: record.runID)
+            pending = folder
+            return folder.folder + "/disk.qcow2"
+        } catch {
+            disableCheckpoints(after: error)
+            return nil
+        }
+    }
+
+    private func abandonPending() {
+        pending?.abandon()
+        pending = nil
+    }
+
+    private func disableCheckpoints(after error: any Error) {
+        guard checkpointsEnabled else { return }
+        checkpointsEnabled = false
+        let warning = "cannot write a checkpoint, the build goes on without them: \(error)"
+        log?.write("kiln", warning)
+        events(.warning(warning))
+    }
+
+    /// Completes the checkpoint whose folder holds the guest's overlay: an external snapshot writes the memory and
+    /// turns the overlay into the checkpoint's layer; the guest runs on in the next checkpoint's folder (or the run
+    /// directory after the last). nil when checkpoints are off, or when this one failed with the guest still
+    /// running (the build goes on without checkpoints).
+    private func takeCheckpoint(_ cache: CheckpointCache, key: String, nextKey: String?, parent: CheckpointEntry?, step: Int?, label: String,
+                                machine: BuildMachine, connection: GuestConnection, templateName: String) async throws -> CheckpointEntry? {
+        guard checkpointsEnabled, let current = pending else { return nil }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let next: PendingCheckpoint?
+        if let nextKey {
+            do {
+                next = try cache.begin(key: nextKey, runID: record.runID)
+            } catch {
+                disableCheckpoints(after: error)
+                return nil
+            }
+        } else {
+            next = nil
+        }
+        let frozen: MachineCheckpoint
+        do {
+            frozen = try await machine.snapshot(nextOverlay: next.map { $0.folder + "/disk.qcow2" } ?? runDirectory + "/disk.qcow2",
+                                                root: parent?.machine)
+        } catch {
+            next?.abandon()
+            guard await machine.isRunning() else { throw error }
+            disableCheckpoints(after: error)
+            return nil
+        }
+        let now = Date()
+        let entry = CheckpointEntry(key: key, parentKey: parent?.key, parentFolder: parent?.folder, step: step, label: label,
+                                    templateName: templateName, runID: record.runID, createdAt: now, lastUsedAt: now, machine: frozen)
+        try cache.commit(entry)
+        holds.append(current.hold)
+        pending = next
+        try await setGuestClock(connection.session)
+        let note = "checkpoint \(entry.shortKey) \(entry.stepDescription): \(ByteSize.format(cache.sizeBytes(entry))) in \(DurationText.format(clock.now - start))"
+        log?.write("kiln", note)
+        events(.message(note))
+        return entry
+    }
+
+    /// A resumed guest's clock stands where it was saved, and a snapshot pauses the guest: set it to the host's.
+    private func setGuestClock(_ session: any GuestSession) async throws {
+        _ = try await session.exec("sudo -n date -u -s @\(Int(Date().timeIntervalSince1970)) >/dev/null 2>&1 || true")
     }
 
     private func runStep(_ runner: StepRunner, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
@@ -407,16 +605,24 @@ public final class BuildEngine: @unchecked Sendable {
             record.message = message + "\nSee \(runDirectory)/customization.log"
         }
         if case .failure(.failed) = outcome, keepVMOnError, let machine, await machine.isRunning() {
-            kept = KeptVM(runID: record.runID, domainName: machine.options.domainName, sshPort: machine.sshPort,
+            kept = KeptVM(runID: record.runID, domainName: machine.domainName, sshPort: machine.sshPort,
                           username: machine.username, privateKeyPath: machine.privateKeyPath)
             record.message += "\nThe build VM is kept (errorHandling abort): \(kept?.sshCommand ?? "")"
-        } else if let machine {
-            await machine.teardown(keepFiles: false)
+        } else {
+            await machine?.teardown(keepFiles: false)
+            abandonPending()
         }
         record.endTime = Date()
         log?.write("kiln", "runState \(record.runState.rawValue): \(record.message)")
         log?.close()
         try? FileManager.default.removeItem(atPath: runDirectory + "/downloads")
+        if kept == nil {
+            holds.removeAll()
+            let pruned = CheckpointCache(state: request.state).prune(maxBytes: request.cacheLimitBytes)
+            if !pruned.removed.isEmpty {
+                events(.message("build cache over \(ByteSize.format(request.cacheLimitBytes)): removed \(pruned.removed.count) least recently used checkpoint(s), \(ByteSize.format(pruned.freedBytes))"))
+            }
+        }
         persist()
         events(.finished(record))
         return BuildResult(record: record, runDirectory: runDirectory, keptVM: kept)
@@ -425,5 +631,6 @@ public final class BuildEngine: @unchecked Sendable {
     /// Tears down a VM kept after `abort`, when the caller is done with it.
     public func releaseKeptVM() async {
         await machine?.teardown(keepFiles: false)
+        abandonPending()
     }
 }

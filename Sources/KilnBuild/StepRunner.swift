@@ -42,18 +42,17 @@ struct StepRunner {
         step.name ?? "\(list)[\(index)] \(step.typeName)"
     }
 
-    /// Downloads and verifies what a step needs, before anything boots.
-    func prefetch(_ step: Customizer, index: Int, path: String) async throws {
+    /// Downloads and verifies what a step needs, before anything boots. Returns the sha256 of what it downloaded.
+    @discardableResult
+    func prefetch(_ step: Customizer, index: Int, path: String) async throws -> String? {
         let label = StepRunner.label(step, index: index)
         switch step {
         case .shell(let shell):
-            if case .scriptUri(let uri) = shell.script {
-                _ = try await fetchVerified(uri, checksum: shell.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).sh")
-            }
+            guard case .scriptUri(let uri) = shell.script else { return nil }
+            return try await fetchVerified(uri, checksum: shell.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).sh").sha256
         case .powerShell(let ps):
-            if case .scriptUri(let uri) = ps.script {
-                _ = try await fetchVerified(uri, checksum: ps.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).ps1")
-            }
+            guard case .scriptUri(let uri) = ps.script else { return nil }
+            return try await fetchVerified(uri, checksum: ps.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).ps1").sha256
         case .file(let file):
             if guestOS == .linux, let problem = GuestRules.linuxFileDestinationProblem(file.destination) {
                 throw StepFailure(message: "\(path).destination (\(label)): \(problem)")
@@ -64,8 +63,9 @@ struct StepRunner {
                 log.write(label, "warning: " + warning)
                 events(.warning(warning))
             }
+            return fetched.sha256
         case .windowsRestart, .windowsUpdate:
-            break
+            return nil
         }
     }
 

@@ -32,7 +32,9 @@ public enum VHDWriter {
             sourceFormat = "qcow2"
         }
         defer { if source != disk { try? FileManager.default.removeItem(atPath: source) } }
-        try await Subprocess.check("qemu-img", ["convert", "-q", "-f", sourceFormat, "-O", "vpc", "-o", "subformat=fixed,force_size", source, temporary],
+        // -m 8 -W: several requests in flight, written out of order (a fixed VHD is raw data and a footer), so
+        // reading the layers and decompressing compressed sources overlap.
+        try await Subprocess.check("qemu-img", ["convert", "-q", "-m", "8", "-W", "-f", sourceFormat, "-O", "vpc", "-o", "subformat=fixed,force_size", source, temporary],
                                    timeout: .seconds(6 * 3600))
         // Check what Azure will check before the file gets its final name.
         let fileSize = (try? FileManager.default.attributesOfItem(atPath: temporary)[.size] as? NSNumber)?.uint64Value ?? 0

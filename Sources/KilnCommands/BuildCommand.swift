@@ -33,7 +33,8 @@ struct BuildCommand: AsyncParsableCommand {
     func run() async throws {
         let request = BuildRequest(templatePath: template, name: name, parameters: parameterOptions.parameters, state: machine.state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
-                                   sshTimeout: runOptions.sshTimeoutDuration)
+                                   sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
+                                   writeCheckpoints: !runOptions.noCheckpoints)
         let record = try await Self.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -63,6 +64,12 @@ struct BuildRunOptions: ParsableArguments {
     @Option(help: "How long to wait for SSH after boot and after restarts.")
     var sshTimeout = "20m"
 
+    @Flag(help: "Ignore the build cache: boot and run every customizer (checkpoints are still written).")
+    var noCache = false
+
+    @Flag(help: "Write no checkpoints (after boot and after each customizer) into the build cache.")
+    var noCheckpoints = false
+
     @Flag(help: "Print only the result.")
     var quiet = false
 
@@ -71,6 +78,12 @@ struct BuildRunOptions: ParsableArguments {
 
     func validate() throws {
         guard DurationText.parse(sshTimeout) != nil else { throw ValidationError("--ssh-timeout expects a duration such as 20m, found \"\(sshTimeout)\"") }
+    }
+
+    /// The flags a background worker (`template run --no-wait`) must be given to build the same way.
+    var forwardedArguments: [String] {
+        ["--ssh-timeout", sshTimeout] + (onError.map { ["--on-error", $0.rawValue] } ?? [])
+            + (noCache ? ["--no-cache"] : []) + (noCheckpoints ? ["--no-checkpoints"] : [])
     }
 
     var printer: BuildPrinter { BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human)) }

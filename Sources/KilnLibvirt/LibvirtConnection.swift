@@ -78,6 +78,26 @@ public final class LibvirtConnection: @unchecked Sendable {
         return LibvirtDomain(pointer: raw.pointer, connection: self)
     }
 
+    /// Starts a domain from a memory image written by `LibvirtDomain.save(to:)`, with `xml` in place of the saved
+    /// definition (new disk paths, console and port forward; libvirt refuses a definition whose guest-visible
+    /// hardware differs). The guest resumes where it was saved.
+    public func restoreDomain(from path: String, xml: String, name: String) async throws(KilnError) -> LibvirtDomain {
+        let raw = try await call("domain restore from \(path)") { connection -> UnsafeSendablePointer? in
+            guard virDomainRestoreFlags(connection.pointer, path, xml, UInt32(VIR_DOMAIN_SAVE_RUNNING.rawValue)) == 0 else { return nil }
+            return virDomainLookupByName(connection.pointer, name).map(UnsafeSendablePointer.init)
+        }
+        return LibvirtDomain(pointer: raw.pointer, connection: self)
+    }
+
+    /// The domain definition stored in a memory image.
+    public func savedDomainXML(_ path: String) async throws(KilnError) -> String {
+        try await call("read saved domain \(path)") { connection -> String? in
+            guard let text = virDomainSaveImageGetXMLDesc(connection.pointer, path, 0) else { return nil }
+            defer { free(text) }
+            return String(cString: text)
+        }
+    }
+
     /// Names of running domains.
     public func runningDomainNames() async throws(KilnError) -> [String] {
         try await call("list domains") { connection -> [String]? in
@@ -175,6 +195,38 @@ public final class LibvirtDomain: @unchecked Sendable {
         let raw = self.raw
         _ = try await connection.call("domain shutdown") { _ -> Bool? in
             virDomainShutdown(raw.pointer) == 0 ? true : nil
+        }
+    }
+
+    /// Writes the guest's memory and device state to `path` and stops the domain; `LibvirtConnection.restoreDomain`
+    /// resumes it. The disks are left consistent (QEMU flushes them before it exits).
+    public func save(to path: String) async throws(KilnError) {
+        let raw = self.raw
+        _ = try await connection.call("domain save to \(path)") { _ -> Bool? in
+            virDomainSaveFlags(raw.pointer, path, nil, 0) == 0 ? true : nil
+        }
+    }
+
+    /// Takes an external snapshot described by `xml` (`<domainsnapshot>`): with a `<memory snapshot='external'>`
+    /// element the guest pauses while its memory is written (in the same format as `save(to:)`), its disks switch
+    /// to new overlays, and it runs on. libvirt keeps no snapshot metadata: the files are the snapshot.
+    public func createExternalSnapshot(xml: String) async throws(KilnError) {
+        let raw = self.raw
+        let flags = UInt32(VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA.rawValue) | UInt32(VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC.rawValue)
+        _ = try await connection.call("snapshot") { _ -> Bool? in
+            guard let snapshot = virDomainSnapshotCreateXML(raw.pointer, xml, flags) else { return nil }
+            virDomainSnapshotFree(snapshot)
+            return true
+        }
+    }
+
+    /// The domain's UUID, as libvirt formats it.
+    public func uuidString() async throws(KilnError) -> String {
+        let raw = self.raw
+        return try await connection.call("domain UUID") { _ -> String? in
+            var buffer = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
+            guard virDomainGetUUIDString(raw.pointer, &buffer) == 0 else { return nil }
+            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
     }
 

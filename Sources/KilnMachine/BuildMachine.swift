@@ -26,10 +26,13 @@ public struct MachineOptions: Sendable {
     public var sshPort: Int?
     public var injection: CredentialInjection
     public var username: String
+    /// Where the VM's writable overlay goes; nil: `disk.qcow2` in the run directory. A build that keeps
+    /// checkpoints puts it in the next checkpoint's folder, so the snapshot that completes it needs no move.
+    public var overlayPath: String?
 
     public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
                 libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,
-                username: String = "packer") {
+                username: String = "packer", overlayPath: String? = nil) {
         self.runID = runID
         self.source = source
         self.size = size
@@ -41,6 +44,7 @@ public struct MachineOptions: Sendable {
         self.sshPort = sshPort
         self.injection = injection
         self.username = username
+        self.overlayPath = overlayPath
     }
 
     public var domainName: String { "kiln-\(runID)" }
@@ -51,26 +55,39 @@ public struct MachineOptions: Sendable {
 /// or not boot got far.
 public final class BuildMachine: @unchecked Sendable {
     public let options: MachineOptions
-    public let keyPair = SSHKeyPair()
-    public let hostKeyPin = HostKeyPin()
-    public private(set) var sshPort: Int = 0
+    public let keyPair: SSHKeyPair
+    public let hostKeyPin: HostKeyPin
+    public internal(set) var sshPort: Int = 0
     public private(set) var inspection: OfflineInspection?
     public private(set) var credentialsInjectedOffline = false
-    private let events: @Sendable (String) -> Void
-    private var connection: LibvirtConnection?
-    private var domain: LibvirtDomain?
+    let events: @Sendable (String) -> Void
+    var connection: LibvirtConnection?
+    var domain: LibvirtDomain?
     private let lock = NSLockLike()
     private var tornDown = false
 
-    public var overlayPath: String { options.runDirectory + "/disk.qcow2" }
+    /// The writable overlay the guest runs on now; a snapshot moves the guest to a new one.
+    public internal(set) var overlayPath: String
     public var consolePath: String { options.runDirectory + "/console.log" }
     public var seedPath: String { options.runDirectory + "/seed.iso" }
     public var nvramPath: String { options.runDirectory + "/nvram.fd" }
     public var privateKeyPath: String { options.runDirectory + "/id_ed25519" }
     public var username: String { options.username }
 
-    private init(options: MachineOptions, events: @escaping @Sendable (String) -> Void) {
+    /// The NoCloud seed the domain has attached: this run's, or the one a resumed checkpoint chain booted with.
+    var attachedSeedPath: String?
+    var domainUUID: String?
+    /// `kiln-<runID>`; a guest resumed from a checkpoint keeps the name of the run that first booted it (libvirt
+    /// resumes a memory image only under the name it was saved with).
+    public internal(set) var domainName: String
+
+    init(options: MachineOptions, keyPair: SSHKeyPair = SSHKeyPair(), hostKeyPin: HostKeyPin = HostKeyPin(),
+                 events: @escaping @Sendable (String) -> Void) {
         self.options = options
+        overlayPath = options.overlayPath ?? options.runDirectory + "/disk.qcow2"
+        domainName = options.domainName
+        self.keyPair = keyPair
+        self.hostKeyPin = hostKeyPin
         self.events = events
     }
 
@@ -161,7 +178,7 @@ public final class BuildMachine: @unchecked Sendable {
         try await Subprocess.check("qemu-img", arguments, timeout: .seconds(120))
     }
 
-    private func writePrivateKey() throws(KilnError) {
+    func writePrivateKey() throws(KilnError) {
         let contents = keyPair.openSSHPrivateKeyFile(comment: "kiln-\(options.runID)")
         guard FileManager.default.createFile(atPath: privateKeyPath, contents: Data(contents.utf8), attributes: [.posixPermissions: 0o600]) else {
             throw KilnError(.io, "cannot write the build key \(privateKeyPath)")
@@ -178,22 +195,29 @@ public final class BuildMachine: @unchecked Sendable {
                + (result.injectedCredentials ? "; build user \(credentials.username) written offline" : ""))
     }
 
-    private func startDomain(withSeed: Bool) async throws(KilnError) {
-        guard let connection else { throw KilnError(.internalError, "no libvirt connection") }
+    /// The domain as Kiln defines it: the same for a fresh boot and for a resume (libvirt requires the resumed
+    /// domain's guest-visible hardware to match the saved one; paths, name and port forward may differ).
+    var domainSpec: DomainSpec {
         var disks = [DomainSpec.Disk(path: overlayPath, format: "qcow2", readOnly: false, device: .virtioDisk(target: "vda"))]
-        if withSeed {
+        if let attachedSeedPath {
             // A virtio disk, not a CD-ROM: cloud-init's ds-identify runs before udev loads CD-ROM drivers, and
             // the reference images' initramfs carries virtio only.
-            disks.append(DomainSpec.Disk(path: seedPath, format: "raw", readOnly: true, device: .virtioDisk(target: "vdb")))
+            disks.append(DomainSpec.Disk(path: attachedSeedPath, format: "raw", readOnly: true, device: .virtioDisk(target: "vdb")))
         }
         let hostCores = ProcessInfo.processInfo.activeProcessorCount
         let vCPUs = options.accelerator == .tcg ? min(options.size.vCPUs, hostCores) : options.size.vCPUs
-        let spec = DomainSpec(name: options.domainName, accelerator: options.accelerator, vCPUs: vCPUs, memoryMiB: options.size.memoryMiB,
-                              firmware: options.source.firmware, nvramPath: options.source.firmware == .uefi ? nvramPath : nil,
-                              disks: disks, serialLogPath: consolePath,
-                              portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: 22)])
+        return DomainSpec(name: domainName, uuid: domainUUID, accelerator: options.accelerator, vCPUs: vCPUs,
+                          memoryMiB: options.size.memoryMiB, firmware: options.source.firmware,
+                          nvramPath: options.source.firmware == .uefi ? nvramPath : nil, disks: disks, serialLogPath: consolePath,
+                          portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: 22)])
+    }
+
+    private func startDomain(withSeed: Bool) async throws(KilnError) {
+        guard let connection else { throw KilnError(.internalError, "no libvirt connection") }
+        attachedSeedPath = withSeed ? seedPath : nil
+        let spec = domainSpec
         try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
-        events("booting \(options.domainName): \(options.size.name) (\(vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), ssh 127.0.0.1:\(sshPort)")
+        events("booting \(domainName): \(options.size.name) (\(spec.vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), ssh 127.0.0.1:\(sshPort)")
         do {
             domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
             EmbeddedDriver.keepCapabilities(uri: connection.uri)

@@ -25,6 +25,8 @@ public struct DomainSpec: Sendable, Equatable {
     }
 
     public var name: String
+    /// nil: libvirt picks one. A domain resumed from a memory image keeps the UUID it was saved with.
+    public var uuid: String? = nil
     public var accelerator: Accelerator
     public var vCPUs: Int
     public var memoryMiB: Int
@@ -44,6 +46,7 @@ public struct DomainSpec: Sendable, Equatable {
         let type = accelerator == .kvm ? "kvm" : "qemu"
         lines.append("<domain type='\(type)' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>")
         lines.append("  <name>\(XML.escape(name))</name>")
+        if let uuid { lines.append("  <uuid>\(XML.escape(uuid))</uuid>") }
         lines.append("  <memory unit='MiB'>\(memoryMiB)</memory>")
         lines.append("  <vcpu>\(vCPUs)</vcpu>")
         lines.append("  <os>")

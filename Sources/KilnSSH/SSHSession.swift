@@ -64,6 +64,16 @@ public final class HostKeyPin: @unchecked Sendable {
     private let state = Locked<NIOSSHPublicKey?>(nil)
     public init() {}
 
+    /// A pin carried over from an earlier connection (a resumed checkpoint's guest keeps its host key).
+    public init(pinned openSSHKey: String) throws(KilnError) {
+        do {
+            let key = try NIOSSHPublicKey(openSSHPublicKey: openSSHKey)
+            state.withLock { $0 = key }
+        } catch {
+            throw KilnError(.invalidArgument, "expected an OpenSSH public host key, found \"\(openSSHKey.prefix(40))…\"")
+        }
+    }
+
     public var pinnedKey: String? { state.current.map { String(openSSHPublicKey: $0) } }
 
     /// nil if accepted; otherwise why not.

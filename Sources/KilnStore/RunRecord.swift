@@ -54,6 +54,9 @@ public struct RunRecord: Codable, Sendable {
     public var source: String?
     public var phases: [Phase]
     public var runOutputs: [RunOutput]
+    /// The build cache's checkpoint the run resumed from, and the customizers it did not run again.
+    public var resumedFrom: String?
+    public var reusedSteps: [String]?
 
     public struct Phase: Codable, Sendable {
         public var name: String

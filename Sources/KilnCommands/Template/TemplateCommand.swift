@@ -138,7 +138,8 @@ struct TemplateRunCommand: AsyncParsableCommand {
         }
         let request = BuildRequest(templatePath: row.storedPath, name: row.resourceName, parameters: row.parameterValues, state: state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
-                                   sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID)
+                                   sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
+                                   useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints)
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -147,10 +148,9 @@ struct TemplateRunCommand: AsyncParsableCommand {
         let runID = RunID.make()
         let runDirectory = state.runsPath + "/" + runID
         let logPath = runDirectory + "/worker.log"
-        var arguments = ["template", "run", row.name, "--run-id", runID, "--state-dir", state.path, "--accel", machine.accel.rawValue,
-                         "--ssh-timeout", runOptions.sshTimeout]
+        var arguments = ["template", "run", row.name, "--run-id", runID, "--state-dir", state.path, "--accel", machine.accel.rawValue]
+            + runOptions.forwardedArguments
         if let uri = machine.libvirtURI { arguments += ["--connect", uri] }
-        if let onError = runOptions.onError { arguments += ["--on-error", onError.rawValue] }
         let pid: pid_t
         do {
             try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
