@@ -27,11 +27,17 @@ public struct BuildRequest: Sendable {
     public var writeCheckpoints: Bool
     /// The build cache's size limit, enforced after the build (least recently used checkpoints go first).
     public var cacheLimitBytes: UInt64
+    /// `--resume RUN`: continue from the last checkpoint of that run that still matches the template.
+    public var resumeRun: String?
+    /// `--offline`: no network. Downloads come from the download cache (`kiln fetch`); a catalog image that is not
+    /// built yet is an error instead of a build.
+    public var offline: Bool
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
                 sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil,
-                useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes()) {
+                useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes(),
+                resumeRun: String? = nil, offline: Bool = false) {
         self.templatePath = templatePath
         self.name = name
         self.parameters = parameters
@@ -45,6 +51,8 @@ public struct BuildRequest: Sendable {
         self.useCache = useCache
         self.writeCheckpoints = writeCheckpoints
         self.cacheLimitBytes = cacheLimitBytes
+        self.resumeRun = resumeRun
+        self.offline = offline
     }
 }
 
@@ -53,18 +61,6 @@ public struct BuildResult: Sendable {
     public var record: RunRecord
     public var runDirectory: String
     public var keptVM: KeptVM?
-}
-
-public struct KeptVM: Sendable {
-    public var runID: String
-    public var domainName: String
-    public var sshPort: Int
-    public var username: String
-    public var privateKeyPath: String
-
-    public var sshCommand: String {
-        "ssh -i \(privateKeyPath) -p \(sshPort) -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \(username)@127.0.0.1"
-    }
 }
 
 /// The AIB message for a build that ran out of time.
@@ -219,7 +215,8 @@ public final class BuildEngine: @unchecked Sendable {
         let source: SourceImage
         switch template.properties.source {
         case .platformImage(let image):
-            source = try await catalog.resolve(publisher: image.publisher, offer: image.offer, sku: image.sku, version: image.version) { [events] in
+            source = try await catalog.resolve(publisher: image.publisher, offer: image.offer, sku: image.sku, version: image.version,
+                                               allowBuild: !request.offline) { [events] in
                 events(.message($0))
             }
         case .managedImage(let id):
@@ -265,7 +262,21 @@ public final class BuildEngine: @unchecked Sendable {
         // Everything a step downloads is fetched and checked before the VM boots: a bad checksum costs no boot.
         enterPhase(.building, "fetch")
         let downloads = runDirectory + "/downloads"
-        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS)
+        let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
+        if let offlineCache {
+            // Every missing download at once, each with the template path that uses it.
+            var missing: [String] = []
+            for (path, step) in steps + validations {
+                for (uri, property, _) in StepRunner.uris(of: step) where DownloadCache.needsNetwork(uri) && offlineCache.lookup(uri) == nil {
+                    missing.append("  \(path).\(property): \(uri)")
+                }
+            }
+            guard missing.isEmpty else {
+                throw Outcome.failed("--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n" + missing.joined(separator: "\n"))
+            }
+            log.write("kiln", "offline: downloads come from \(offlineCache.directory)")
+        }
+        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
         var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
             downloaded.append(try await prefetcher.prefetch(step, index: index, path: path.description))
@@ -284,8 +295,17 @@ public final class BuildEngine: @unchecked Sendable {
         checkpointsEnabled = request.writeCheckpoints
 
         var resumed: (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)?
-        if request.useCache, let found = await resumeFromCache(cache, keys: keys, options: options, steps: steps.map(\.1), log: log) {
+        var within: Set<String>?
+        if let run = request.resumeRun {
+            let folders = RunRecord.read(from: request.state.runsPath + "/\(run)/run.json")?.checkpoints ?? []
+            within = Set(folders)
+            events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
+        }
+        if request.useCache || within != nil,
+           let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps.map(\.1), log: log) {
             resumed = found
+        } else if let run = request.resumeRun {
+            throw Outcome.failed("--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
         } else {
             // The boot's overlay goes straight into the first checkpoint's folder.
             options.overlayPath = beginCheckpoint(cache, key: keys[0])
@@ -315,7 +335,7 @@ public final class BuildEngine: @unchecked Sendable {
             return try await machine.waitForSSH(timeout: sshTimeout)
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
-        let runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS)
+        let runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
         if resumed == nil {
             parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
                                               label: "boot", machine: machine, connection: connection, templateName: template.name)
@@ -400,12 +420,12 @@ public final class BuildEngine: @unchecked Sendable {
 
     /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
     /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
-    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], options: MachineOptions, steps: [Customizer],
+    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [Customizer],
                                  log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
         var position = keys.count - 1
         while position >= 0 {
             defer { position -= 1 }
-            guard let entry = cache.lookup(keys[position]) else { continue }
+            guard let entry = cache.lookup(keys[position], within: within) else { continue }
             let chain = cache.chain(of: entry)
             var chainHolds = chain.compactMap { cache.hold($0) }
             guard chainHolds.count == chain.count, FileManager.default.fileExists(atPath: entry.machine.memoryPath) else { continue }
@@ -435,6 +455,7 @@ public final class BuildEngine: @unchecked Sendable {
                 for member in chain { cache.touch(member) }
                 let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element, index: $0.offset) }
                 record.resumedFrom = "\(entry.shortKey) \(entry.stepDescription) (run \(entry.runID))"
+                record.checkpoints = chain.reversed().map(\.folder)
                 record.reusedSteps = reused
                 for (index, label) in reused.enumerated() {
                     log.write(label, "reused from the build cache")
@@ -528,6 +549,8 @@ public final class BuildEngine: @unchecked Sendable {
                                     templateName: templateName, runID: record.runID, createdAt: now, lastUsedAt: now, machine: frozen)
         try cache.commit(entry)
         holds.append(current.hold)
+        record.checkpoints = (record.checkpoints ?? []) + [entry.folder]
+        persist()
         pending = next
         try await setGuestClock(connection.session)
         let note = "checkpoint \(entry.shortKey) \(entry.stepDescription): \(ByteSize.format(cache.sizeBytes(entry))) in \(DurationText.format(clock.now - start))"
@@ -605,9 +628,18 @@ public final class BuildEngine: @unchecked Sendable {
             record.message = message + "\nSee \(runDirectory)/customization.log"
         }
         if case .failure(.failed) = outcome, keepVMOnError, let machine, await machine.isRunning() {
-            kept = KeptVM(runID: record.runID, domainName: machine.domainName, sshPort: machine.sshPort,
-                          username: machine.username, privateKeyPath: machine.privateKeyPath)
-            record.message += "\nThe build VM is kept (errorHandling abort): \(kept?.sshCommand ?? "")"
+            let vm = KeptVM(runID: record.runID, templateName: record.templateName, templatePath: request.templatePath,
+                            domainName: machine.domainName, sshPort: machine.sshPort, username: machine.username,
+                            privateKeyPath: machine.privateKeyPath, knownHostsPath: runDirectory + "/known_hosts",
+                            hostKey: machine.hostKeyPin.pinnedKey ?? "", owner: ProcessIdentity.current.description,
+                            keptAt: Date(), failure: record.message)
+            do {
+                try vm.write(runDirectory: runDirectory)
+            } catch {
+                events(.warning("\(error)"))
+            }
+            kept = vm
+            record.message += "\nThe build VM is kept (errorHandling abort): kiln vm ssh \(record.runID), or \(vm.sshCommand)"
         } else {
             await machine?.teardown(keepFiles: false)
             abandonPending()
@@ -632,5 +664,6 @@ public final class BuildEngine: @unchecked Sendable {
     public func releaseKeptVM() async {
         await machine?.teardown(keepFiles: false)
         abandonPending()
+        KeptVM.remove(runDirectory: runDirectory)
     }
 }

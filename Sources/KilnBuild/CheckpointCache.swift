@@ -94,8 +94,9 @@ public struct CheckpointCache: Sendable {
         return try? decoder.decode(CheckpointEntry.self, from: data)
     }
 
-    /// The newest complete checkpoint for `key` whose whole chain (every parent) is still there.
-    public func lookup(_ key: String) -> CheckpointEntry? {
+    /// The newest complete checkpoint for `key` whose whole chain (every parent) is still there; with `within`,
+    /// only one of those folders.
+    public func lookup(_ key: String, within: Set<String>? = nil) -> CheckpointEntry? {
         let all = entries()
         let byFolder = Dictionary(all.map { ($0.folder, $0) }, uniquingKeysWith: { first, _ in first })
         func complete(_ entry: CheckpointEntry) -> Bool {
@@ -103,7 +104,7 @@ public struct CheckpointCache: Sendable {
             guard let parentEntry = byFolder[parent] else { return false }
             return complete(parentEntry)
         }
-        return all.filter { $0.key == key && complete($0) }.last
+        return all.filter { $0.key == key && (within?.contains($0.folder) ?? true) && complete($0) }.last
     }
 
     /// `entry` and its ancestors, the chain its disk layer stands on.

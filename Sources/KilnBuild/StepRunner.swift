@@ -36,6 +36,23 @@ struct StepRunner {
     let events: @Sendable (BuildEvent) -> Void
     let downloads: String
     let guestOS: OSType
+    /// `--offline`: what a step downloads comes from this cache (file:// URIs are read where they are).
+    var offline: DownloadCache? = nil
+
+    /// The URIs a step downloads, with the property that names each and the step's sha256Checksum.
+    static func uris(of step: Customizer) -> [(uri: String, property: String, checksum: String?)] {
+        switch step {
+        case .shell(let shell):
+            if case .scriptUri(let uri) = shell.script { return [(uri, "scriptUri", shell.sha256Checksum)] }
+        case .powerShell(let ps):
+            if case .scriptUri(let uri) = ps.script { return [(uri, "scriptUri", ps.sha256Checksum)] }
+        case .file(let file):
+            return [(file.sourceUri, "sourceUri", file.sha256Checksum)]
+        case .windowsRestart, .windowsUpdate:
+            break
+        }
+        return []
+    }
 
     /// The label used in logs: the step's name, or `customize[2] (Shell)` for an unnamed one.
     static func label(_ step: Customizer, index: Int, list: String = "customize") -> String {
@@ -120,14 +137,27 @@ struct StepRunner {
     }
 
     func fetchVerified(_ uri: String, checksum: String?, label: String, path: String, name: String) async throws -> FetchedFile {
-        log.write(label, "downloading \(uri)")
         let fetched: FetchedFile
-        do {
-            fetched = try await Fetcher.fetch(uri, into: downloads, name: name)
-        } catch {
-            throw StepFailure(message: "\(path) (\(label)): \(error.message)")
+        if let offline, DownloadCache.needsNetwork(uri) {
+            guard let entry = offline.lookup(uri) else {
+                throw StepFailure(message: "\(path) (\(label)): \(uri) is not in the download cache, and --offline touches no network (kiln fetch the template first)")
+            }
+            do {
+                fetched = try offline.materialize(entry, to: downloads + "/" + name)
+            } catch {
+                throw StepFailure(message: "\(path) (\(label)): \(error.message)")
+            }
+            log.write(label, "offline: \(uri) from the download cache, \(fetched.sizeBytes) bytes, sha256 \(fetched.sha256) (fetched \(entry.fetchedAt.formatted(.iso8601)))")
+            if checksum == nil { log.write(label, "no sha256Checksum given; pinned by the sha256 seen when it was fetched: \(entry.sha256)") }
+        } else {
+            log.write(label, "downloading \(uri)")
+            do {
+                fetched = try await Fetcher.fetch(uri, into: downloads, name: name)
+            } catch {
+                throw StepFailure(message: "\(path) (\(label)): \(error.message)")
+            }
+            log.write(label, "downloaded \(fetched.sizeBytes) bytes, sha256 \(fetched.sha256)")
         }
-        log.write(label, "downloaded \(fetched.sizeBytes) bytes, sha256 \(fetched.sha256)")
         if let checksum {
             guard ChecksumCheck.matches(expected: checksum, actual: fetched.sha256) else {
                 log.write(label, "checksum mismatch: expected \(checksum.lowercased()), actual \(fetched.sha256)")

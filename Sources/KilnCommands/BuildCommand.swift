@@ -18,8 +18,11 @@ struct BuildCommand: AsyncParsableCommand {
         """
     )
 
-    @Argument(help: "The template JSON file (an imageTemplates resource or an ARM deployment template).")
-    var template: String
+    @Argument(help: "The template JSON file (an imageTemplates resource or an ARM deployment template); with --resume, the run's template by default.")
+    var template: String?
+
+    @Option(help: "Continue a failed or kept run from its last checkpoint that still matches the (fixed) template; a VM the run kept is stopped first.")
+    var resume: String?
 
     @Option(help: "Which image template, when an ARM template holds several.")
     var name: String?
@@ -30,11 +33,28 @@ struct BuildCommand: AsyncParsableCommand {
 
     @OptionGroup var runOptions: BuildRunOptions
 
+    func validate() throws {
+        guard template != nil || resume != nil else { throw ValidationError("expected a template file, or --resume RUN") }
+    }
+
     func run() async throws {
-        let request = BuildRequest(templatePath: template, name: name, parameters: parameterOptions.parameters, state: machine.state,
+        let state = machine.state
+        var templatePath = template ?? ""
+        if let resume {
+            let runDirectory = state.runsPath + "/" + resume
+            guard let record = RunRecord.read(from: runDirectory + "/run.json") else {
+                throw fail(KilnError(.notFound, "--resume: expected a run \(resume) in \(state.runsPath), found none"))
+            }
+            if template == nil { templatePath = record.templatePath }
+            if let kept = KeptVM.read(runDirectory: runDirectory), kept.isAlive {
+                printError("kiln: stopping the VM run \(resume) kept")
+                do { try await kept.stop(state: state) } catch { throw fail(error) }
+            }
+        }
+        let request = BuildRequest(templatePath: templatePath, name: name, parameters: parameterOptions.parameters, state: machine.state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
-                                   writeCheckpoints: !runOptions.noCheckpoints)
+                                   writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline)
         let record = try await Self.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -45,7 +65,7 @@ struct BuildCommand: AsyncParsableCommand {
         let engine = BuildEngine(request) { printer.print($0) }
         let result = try await Interruptible.run { await engine.run() }
         if let kept = result.keptVM {
-            printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  \(kept.sshCommand)\nPress Ctrl-C to tear it down.")
+            printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  kiln vm ssh \(kept.runID)\n  \(kept.sshCommand)\nPress Ctrl-C (or run kiln vm stop \(kept.runID)) to tear it down; kiln build --resume \(kept.runID) continues from its last checkpoint.")
             // The embedded driver lives in this process: keep it alive until the user is done.
             _ = try? await Interruptible.run { () async throws -> Void in
                 while true { try await Task.sleep(for: .seconds(3600)) }
@@ -70,6 +90,9 @@ struct BuildRunOptions: ParsableArguments {
     @Flag(help: "Write no checkpoints (after boot and after each customizer) into the build cache.")
     var noCheckpoints = false
 
+    @Flag(help: "Touch no network: downloads come from the download cache (kiln fetch), and an unbuilt catalog image is an error.")
+    var offline = false
+
     @Flag(help: "Print only the result.")
     var quiet = false
 
@@ -83,7 +106,7 @@ struct BuildRunOptions: ParsableArguments {
     /// The flags a background worker (`template run --no-wait`) must be given to build the same way.
     var forwardedArguments: [String] {
         ["--ssh-timeout", sshTimeout] + (onError.map { ["--on-error", $0.rawValue] } ?? [])
-            + (noCache ? ["--no-cache"] : []) + (noCheckpoints ? ["--no-checkpoints"] : [])
+            + (noCache ? ["--no-cache"] : []) + (noCheckpoints ? ["--no-checkpoints"] : []) + (offline ? ["--offline"] : [])
     }
 
     var printer: BuildPrinter { BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human)) }

@@ -89,6 +89,16 @@ extension GuestfsHandle {
         }
     }
 
+    /// Creates a mount point in the appliance before anything is mounted, so several disks can be mounted side by
+    /// side (`/a`, `/b`).
+    public func makeMountPoint(_ path: String) throws(KilnError) {
+        guard guestfs_mkmountpoint(try open(), path) == 0 else { throw error("mkmountpoint \(path)") }
+    }
+
+    public func mountReadOnly(_ device: String, at mountpoint: String) throws(KilnError) {
+        guard guestfs_mount_ro(try open(), device, mountpoint) == 0 else { throw error("mount \(device) on \(mountpoint)") }
+    }
+
     public func exists(_ path: String) throws(KilnError) -> Bool {
         let status = guestfs_exists(try open(), path)
         guard status >= 0 else { throw error("exists \(path)") }

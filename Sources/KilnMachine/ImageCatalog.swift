@@ -163,7 +163,7 @@ public struct ImageCatalog: Sendable {
 
     /// Resolves a PlatformImage reference. `latest` picks the newest version. A catalog image that has not been
     /// built yet is built now with scripts/build-image (a few minutes, once).
-    public func resolve(publisher: String, offer: String, sku: String, version: String,
+    public func resolve(publisher: String, offer: String, sku: String, version: String, allowBuild: Bool = true,
                         progress: @Sendable (String) -> Void = { _ in }) async throws(KilnError) -> SourceImage {
         func matching() -> [ImageRecord] {
             records().filter {
@@ -176,6 +176,9 @@ public struct ImageCatalog: Sendable {
             $0.publisher.lowercased() == publisher.lowercased() && $0.offer.lowercased() == offer.lowercased() && $0.sku.lowercased() == sku.lowercased()
         }
         if candidates.isEmpty, let entry {
+            guard allowBuild else {
+                throw KilnError(.notFound, "the source image \(entry.recipe) (\(publisher):\(offer):\(sku)) is not built, and building it needs the Debian mirror; run kiln fetch with this template (or scripts/build-image \(entry.recipe)) while online")
+            }
             try await build(entry, progress: progress)
             candidates = matching()
         }

@@ -2,14 +2,14 @@ import Foundation
 import KilnLibvirt
 import KilnSupport
 
-/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd` (README, "Benchmarks").
+/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild` (README, "Benchmarks").
 @main
 enum KilnBench {
     static func main() async {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N] [--data-mib M]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE]")
             exit(2)
         }
         arguments.removeFirst()
@@ -31,8 +31,10 @@ enum KilnBench {
                 let sizes = (option("--sizes") ?? "2,8").split(separator: ",").compactMap { Int($0) }
                 try await VHDBenchmark(sizesGiB: sizes, rounds: Int(option("--rounds") ?? "7") ?? 7,
                                        dataMiB: Int(option("--data-mib") ?? "1024") ?? 1024).run()
+            case "rebuild":
+                try await RebuildBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2, size: option("--size") ?? "Standard_D2s_v3").run()
             default:
-                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd")
+                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild")
                 exit(2)
             }
         } catch {

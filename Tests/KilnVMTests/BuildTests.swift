@@ -75,6 +75,10 @@ struct BuildTests {
                 }
                 #expect(!names.contains { $0.contains(".partial") }, "\(run) has a partial file: \(names)")
             }
+            let cache = state.cachePath + "/checkpoints"
+            for folder in (try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? [] {
+                #expect(FileManager.default.fileExists(atPath: cache + "/" + folder + "/meta.json"), "an unfinished checkpoint \(folder) is left")
+            }
         }
     }
 
@@ -246,6 +250,132 @@ struct BuildTests {
         let deleted = try work.kiln(["template", "delete", "roundtrip"])
         #expect(deleted.status == 0, "\(deleted.stderr)")
         #expect(!FileManager.default.fileExists(atPath: runDirectory))
+    }
+
+    @Test("""
+    the build cache: a rebuild resumes after the last customizer and gives the same files and package state as the \
+    fresh build; editing the last step runs only it; a checkpoint that does not resume is discarded for the one \
+    before; a scriptUri whose content changed runs again; cache list and prune
+    """)
+    func checkpoints() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let served = work.files + "/served"
+        try FileManager.default.createDirectory(atPath: served, withIntermediateDirectories: true)
+        try "#!/bin/sh\nset -e\necho script-v1 | sudo tee /opt/ck/one\n".write(toFile: served + "/one.sh", atomically: true, encoding: .utf8)
+        let server = try LoopbackHTTPServer(directory: served)
+        defer { server.stop() }
+        func steps(last: String) -> String {
+            """
+            [
+              {"type": "Shell", "name": "zero", "inline": ["sudo mkdir -p /opt/ck", "head -c 4096 /dev/urandom | sha256sum | sudo tee /opt/ck/zero", "sudo apt-get -y -q purge less"]},
+              {"type": "Shell", "name": "one", "scriptUri": "\(server.url("one.sh"))"},
+              {"type": "Shell", "name": "two", "inline": ["sleep 2 &", "echo two-$(cat /proc/sys/kernel/random/boot_id) | sudo tee /opt/ck/two"]},
+              {"type": "Shell", "name": "last", "inline": ["echo \(last) | sudo tee /opt/ck/last"]}
+            ]
+            """
+        }
+        let original = try work.template(steps(last: "first"))
+        let cache = work.state.cachePath + "/checkpoints"
+        func started(_ result: KilnExecutable.Result) -> [String] {
+            work.events(result).filter { $0["event"] as? String == "customizerStart" }.compactMap { $0["name"] as? String }
+        }
+        func reused(_ result: KilnExecutable.Result) -> [String] {
+            work.events(result).filter { $0["event"] as? String == "customizerEnd" && $0["outcome"] as? String == "reused" }.compactMap { $0["name"] as? String }
+        }
+        func vhd(_ result: KilnExecutable.Result) throws -> String {
+            let final = work.events(result).last { $0["event"] as? String == "result" }
+            #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])\n\(result.stderr.suffix(3000))")
+            work.expectNothingLeftBehind(final)
+            let runID = try #require(final?["runID"] as? String)
+            return work.state.runsPath + "/\(runID)/debianVhd.vhd"
+        }
+
+        // 1. Fresh: boot and four customizers, a checkpoint after each.
+        let fresh = try work.build(original)
+        let freshVHD = try vhd(fresh)
+        #expect(started(fresh) == ["zero", "one", "two", "last"])
+        let written = work.events(fresh).compactMap { $0["message"] as? String }.filter { $0.hasPrefix("checkpoint ") }
+        #expect(written.count == 5, "\(written)")
+        let listed = try work.kiln(["cache", "list", "--json"])
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
+        #expect(entries.compactMap { $0["step"] as? String }.sorted() == ["after boot", "after customize[0] zero", "after customize[1] one",
+                                                                             "after customize[2] two", "after customize[3] last"], "\(listed.stdout)")
+        // Each layer holds what its step wrote, not the disk.
+        for entry in entries {
+            let folder = try #require(entry["folder"] as? String)
+            #expect(FileSize.allocatedBytes(folder + "/disk.qcow2") < 200 << 20, "\(folder)")
+        }
+
+        // 2. The same template again: nothing runs but deprovisioning; the image holds the same files and packages.
+        let again = try work.build(original)
+        let againVHD = try vhd(again)
+        #expect(started(again).isEmpty, "\(started(again))")
+        #expect(reused(again) == ["zero", "one", "two", "last"])
+        #expect(!work.events(again).contains { $0["event"] as? String == "phase" && $0["detail"] as? String == "boot" })
+
+        // 3. Only the last step edited: it alone runs, on the guest as the step before left it.
+        let edited = try work.template(steps(last: "second"))
+        let editedBuild = try work.build(edited)
+        let editedVHD = try vhd(editedBuild)
+        #expect(started(editedBuild) == ["last"])
+        #expect(reused(editedBuild) == ["zero", "one", "two"])
+
+        // 4. That checkpoint damaged: discarded with a notice, the build resumes from the one before.
+        let editedRun = try #require(work.events(editedBuild).last?["runID"] as? String)
+        let listing = try #require(try JSONSerialization.jsonObject(with: Data(try work.kiln(["cache", "list", "--json"]).stdout.utf8)) as? [[String: Any]])
+        let afterLastFolder = try #require(listing.first { $0["runID"] as? String == editedRun && $0["step"] as? String == "after customize[3] last" }?["folder"] as? String)
+        let afterLast = (afterLastFolder as NSString).lastPathComponent
+        try Data("not a memory image".utf8).write(to: URL(fileURLWithPath: cache + "/" + afterLast + "/memory.save"))
+        let discarded = try work.build(edited)
+        _ = try vhd(discarded)
+        #expect(work.events(discarded).contains { $0["event"] as? String == "warning" && ($0["message"] as? String ?? "").contains("did not resume and is discarded") },
+                "\(discarded.stdout.suffix(3000))")
+        #expect(!FileManager.default.fileExists(atPath: cache + "/" + afterLast))
+        #expect(started(discarded) == ["last"])
+
+        // 5. The served script changed (no checksum in the template): its step and the ones after run again.
+        try "#!/bin/sh\nset -e\necho script-v2 | sudo tee /opt/ck/one\n".write(toFile: served + "/one.sh", atomically: true, encoding: .utf8)
+        let changed = try work.build(original)
+        let changedVHD = try vhd(changed)
+        #expect(started(changed) == ["one", "two", "last"])
+        #expect(reused(changed) == ["zero"])
+
+        // The images, side by side in one libguestfs launch.
+        let handle = try GuestfsHandle()
+        defer { handle.close() }
+        if await VMTestEnvironment.accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
+        try handle.setBackend("direct")
+        let images = [freshVHD, againVHD, editedVHD, changedVHD]
+        for image in images { try handle.addDrive(image, format: "vpc", readOnly: true) }
+        try handle.launch()
+        for (index, device) in ["a", "b", "c", "d"].enumerated() {
+            try handle.makeMountPoint("/\(device)")
+            try handle.mountReadOnly("/dev/sd\(device)1", at: "/\(device)")
+            _ = index
+        }
+        func read(_ image: String, _ path: String) throws -> String { String(decoding: try handle.readFile("/\(image)" + path), as: UTF8.self) }
+        for path in ["/opt/ck/zero", "/opt/ck/one", "/opt/ck/two", "/opt/ck/last", "/var/lib/dpkg/status"] {
+            #expect(try read("a", path) == (try read("b", path)), "\(path) differs between the fresh and the cached build")
+        }
+        #expect(try !read("a", "/var/lib/dpkg/status").contains("Package: less\n"), "the purge is in the image")
+        #expect(try read("a", "/opt/ck/one") == "script-v1\n")
+        for path in ["/opt/ck/zero", "/opt/ck/one", "/opt/ck/two", "/var/lib/dpkg/status"] {
+            #expect(try read("a", path) == (try read("c", path)), "\(path): the edited build reused steps 0-2")
+        }
+        #expect(try read("c", "/opt/ck/last") == "second\n")
+        #expect(try read("a", "/opt/ck/zero") == (try read("d", "/opt/ck/zero")))
+        #expect(try read("d", "/opt/ck/one") == "script-v2\n")
+        #expect(try !read("b", "/etc/passwd").contains("packer:"), "deprovisioning and cleanup ran on the resumed guest")
+        handle.close()
+
+        // Pruning: everything goes; nothing is left in the cache.
+        let pruned = try work.kiln(["cache", "prune", "--all"])
+        #expect(pruned.status == 0, "\(pruned.stderr)")
+        #expect(pruned.stdout.contains("removed"), "\(pruned.stdout)")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).isEmpty)
+        let empty = try work.kiln(["cache", "list"])
+        #expect(empty.stdout.contains("the build cache is empty"), "\(empty.stdout)")
     }
 
     @Test("a checksum mismatch fails before anything boots and prints both sums")

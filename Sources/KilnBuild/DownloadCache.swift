@@ -1,0 +1,125 @@
+import Foundation
+import KilnDigest
+import KilnSupport
+import KilnTemplate
+
+/// Content-addressed copies of what templates download (scriptUri, sourceUri), filled by `kiln fetch` and read by
+/// `kiln build --offline`: `<state>/cache/downloads/sha256/<hex>` plus `index.json`, which maps each URI to the
+/// sha256 seen when it was fetched (a URI without a sha256Checksum in the template is pinned by it).
+public struct DownloadCache: Sendable {
+    public struct Entry: Codable, Sendable, Equatable {
+        public var uri: String
+        public var sha256: String
+        public var sizeBytes: UInt64
+        public var fetchedAt: Date
+    }
+
+    public let directory: String
+
+    public init(state: StateDirectory) {
+        directory = state.cachePath + "/downloads"
+    }
+
+    var indexPath: String { directory + "/index.json" }
+
+    public func blobPath(_ sha256: String) -> String { directory + "/sha256/" + sha256 }
+
+    public func index() -> [String: Entry] {
+        guard let data = FileManager.default.contents(atPath: indexPath) else { return [:] }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return (try? decoder.decode([String: Entry].self, from: data)) ?? [:]
+    }
+
+    /// The cached copy of `uri`, checked against its recorded sha256 (a damaged copy counts as missing).
+    public func lookup(_ uri: String) -> Entry? {
+        guard let entry = index()[uri], FileManager.default.fileExists(atPath: blobPath(entry.sha256)),
+              (try? SHA256Digest.hex(ofFile: blobPath(entry.sha256))) == entry.sha256 else { return nil }
+        return entry
+    }
+
+    /// Keeps a verified download under its sha256 and records `uri` → sha256.
+    @discardableResult
+    public func store(_ file: FetchedFile) throws(KilnError) -> Entry {
+        let blob = blobPath(file.sha256)
+        let fileManager = FileManager.default
+        do {
+            try fileManager.createDirectory(atPath: directory + "/sha256", withIntermediateDirectories: true)
+            if !fileManager.fileExists(atPath: blob) {
+                let temporary = blob + ".partial-\(getpid())"
+                try? fileManager.removeItem(atPath: temporary)
+                try fileManager.copyItem(atPath: file.localPath, toPath: temporary)
+                try fileManager.setAttributes([.posixPermissions: 0o444], ofItemAtPath: temporary)
+                try AtomicFile.rename(temporary, to: blob)
+            }
+        } catch let error as KilnError {
+            throw error
+        } catch {
+            throw KilnError(.io, "cannot keep \(file.uri) in the download cache \(directory): \(error.localizedDescription)")
+        }
+        let entry = Entry(uri: file.uri, sha256: file.sha256, sizeBytes: file.sizeBytes, fetchedAt: Date())
+        // One writer at a time: concurrent fetches each add their URIs.
+        let lock = open(directory + "/index.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lock >= 0 else { throw KilnError(.io, "cannot lock \(directory)/index.lock") }
+        defer { close(lock) }
+        flock(lock, LOCK_EX)
+        var all = index()
+        all[file.uri] = entry
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        do {
+            try AtomicFile.write(try encoder.encode(all), to: indexPath)
+        } catch {
+            throw KilnError(.io, "cannot write \(indexPath): \(error)")
+        }
+        return entry
+    }
+
+    /// Copies the cached content of `uri` to `destination`, as Fetcher would have written it.
+    public func materialize(_ entry: Entry, to destination: String) throws(KilnError) -> FetchedFile {
+        do {
+            try? FileManager.default.removeItem(atPath: destination)
+            try FileManager.default.copyItem(atPath: blobPath(entry.sha256), toPath: destination)
+            try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: destination)
+        } catch {
+            throw KilnError(.io, "cannot copy \(entry.uri) from the download cache: \(error.localizedDescription)")
+        }
+        return FetchedFile(uri: entry.uri, localPath: destination, sha256: entry.sha256, sizeBytes: entry.sizeBytes)
+    }
+
+    /// Whether fetching `uri` would use the network (file:// URIs are read where they are, also offline).
+    public static func needsNetwork(_ uri: String) -> Bool {
+        !uri.lowercased().hasPrefix("file://")
+    }
+}
+
+/// What one template downloads: every scriptUri and sourceUri of its customizers and in-VM validations.
+public struct TemplateDownload: Sendable {
+    /// `properties.customize[2].scriptUri`
+    public var path: String
+    public var uri: String
+    public var sha256Checksum: String?
+}
+
+extension DownloadCache {
+    public static func downloads(of loaded: LoadedTemplate) -> [TemplateDownload] {
+        let customize = zip(loaded.stepPaths.customize, loaded.template.properties.customize)
+        let validations = zip(loaded.stepPaths.inVMValidations, loaded.template.properties.validate?.inVMValidations ?? [])
+        return (Array(customize) + Array(validations)).flatMap { path, step in
+            StepRunner.uris(of: step).map { TemplateDownload(path: "\(path).\($0.property)", uri: $0.uri, sha256Checksum: $0.checksum) }
+        }
+    }
+
+    /// Downloads `download`, verifies its sha256Checksum when the template gives one, and keeps it.
+    public func fetch(_ download: TemplateDownload) async throws(KilnError) -> Entry {
+        let scratch = directory + "/.fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let file = try await Fetcher.fetch(download.uri, into: scratch, name: "download")
+        if let expected = download.sha256Checksum, !ChecksumCheck.matches(expected: expected, actual: file.sha256) {
+            throw KilnError(.checksumMismatch, "\(download.path): sha256 checksum mismatch for \(download.uri): expected \(expected.lowercased()), actual \(file.sha256); not kept")
+        }
+        return try store(file)
+    }
+}

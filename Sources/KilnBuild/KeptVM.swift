@@ -1,0 +1,95 @@
+import Foundation
+import KilnSSH
+import KilnSupport
+
+/// A build VM kept after a failure (`--on-error abort`, errorHandling abort), recorded as `kept.json` in its run
+/// directory for `kiln vm list|ssh|stop`. The VM lives as long as the build process that kept it (the embedded
+/// libvirt driver is inside it); `kiln vm stop` asks that process to tear it down.
+public struct KeptVM: Codable, Sendable, Equatable {
+    public var runID: String
+    public var templateName: String
+    public var templatePath: String
+    public var domainName: String
+    public var sshPort: Int
+    public var username: String
+    public var privateKeyPath: String
+    /// The guest's host key as a known_hosts line, so `ssh` checks it instead of trusting whatever answers.
+    public var knownHostsPath: String
+    public var hostKey: String
+    /// The process keeping the VM (ProcessIdentity).
+    public var owner: String
+    public var keptAt: Date
+    public var failure: String
+
+    public var sshCommand: String {
+        (["ssh"] + sshArguments).map(ShellQuote.quoteIfNeeded).joined(separator: " ")
+    }
+
+    /// Arguments for OpenSSH's `ssh` that reach the VM as the build user, checking its pinned host key.
+    public var sshArguments: [String] {
+        ["-i", privateKeyPath, "-p", String(sshPort), "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=\(knownHostsPath)",
+         "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "\(username)@127.0.0.1"]
+    }
+
+    public var isAlive: Bool { ProcessIdentity(owner)?.isAlive == true }
+
+    static func path(runDirectory: String) -> String { runDirectory + "/kept.json" }
+
+    func write(runDirectory: String) throws(KilnError) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        do {
+            try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
+            try AtomicFile.write(try encoder.encode(self), to: KeptVM.path(runDirectory: runDirectory))
+        } catch {
+            throw KilnError(.io, "cannot record the kept VM in \(runDirectory): \(error)")
+        }
+    }
+
+    static func remove(runDirectory: String) {
+        try? FileManager.default.removeItem(atPath: path(runDirectory: runDirectory))
+        try? FileManager.default.removeItem(atPath: runDirectory + "/known_hosts")
+    }
+
+    public static func read(runDirectory: String) -> KeptVM? {
+        guard let data = FileManager.default.contents(atPath: path(runDirectory: runDirectory)) else { return nil }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try? decoder.decode(KeptVM.self, from: data)
+    }
+
+    /// The kept VMs whose keeping process still runs; records a killed process left behind are removed.
+    public static func list(state: StateDirectory) -> [KeptVM] {
+        var result: [KeptVM] = []
+        for run in (try? FileManager.default.contentsOfDirectory(atPath: state.runsPath)) ?? [] {
+            let directory = state.runsPath + "/" + run
+            guard let kept = read(runDirectory: directory) else { continue }
+            if kept.isAlive {
+                result.append(kept)
+            } else {
+                remove(runDirectory: directory)
+            }
+        }
+        return result.sorted { $0.keptAt < $1.keptAt }
+    }
+
+    /// Asks the keeping process to tear the VM down (SIGTERM) and waits for it to finish.
+    public func stop(state: StateDirectory, timeout: Duration = .seconds(60)) async throws(KilnError) {
+        guard let identity = ProcessIdentity(owner), identity.isAlive else {
+            KeptVM.remove(runDirectory: state.runsPath + "/" + runID)
+            return
+        }
+        guard kill(identity.pid, SIGTERM) == 0 else {
+            throw KilnError(.external, "cannot signal process \(identity.pid), which keeps the VM of run \(runID): \(String(cString: strerror(errno)))")
+        }
+        let clock = ContinuousClock()
+        let start = clock.now
+        while identity.isAlive && KeptVM.read(runDirectory: state.runsPath + "/" + runID) != nil {
+            guard clock.now - start < timeout else {
+                throw KilnError(.timeout, "process \(identity.pid) did not tear down the VM of run \(runID) within \(DurationText.format(timeout))")
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
