@@ -210,6 +210,16 @@ public final class BuildEngine: @unchecked Sendable {
     private func build(_ loaded: LoadedTemplate) async throws {
         let template = loaded.template
         let log = self.log ?? CustomizationLog(path: runDirectory + "/customization.log")
+        let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
+        if let offlineCache {
+            // Every missing download at once, each with the template path that uses it, before anything else.
+            let missing = DownloadCache.downloads(of: loaded).filter { DownloadCache.needsNetwork($0.uri) && offlineCache.lookup($0.uri) == nil }
+            guard missing.isEmpty else {
+                throw Outcome.failed("--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n"
+                                     + missing.map { "  \($0.path): \($0.uri)" }.joined(separator: "\n"))
+            }
+            log.write("kiln", "offline: downloads come from \(offlineCache.directory)")
+        }
         enterPhase(.building, "resolve source")
         let catalog = try ImageCatalog.locate(state: request.state)
         let source: SourceImage
@@ -262,20 +272,6 @@ public final class BuildEngine: @unchecked Sendable {
         // Everything a step downloads is fetched and checked before the VM boots: a bad checksum costs no boot.
         enterPhase(.building, "fetch")
         let downloads = runDirectory + "/downloads"
-        let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
-        if let offlineCache {
-            // Every missing download at once, each with the template path that uses it.
-            var missing: [String] = []
-            for (path, step) in steps + validations {
-                for (uri, property, _) in StepRunner.uris(of: step) where DownloadCache.needsNetwork(uri) && offlineCache.lookup(uri) == nil {
-                    missing.append("  \(path).\(property): \(uri)")
-                }
-            }
-            guard missing.isEmpty else {
-                throw Outcome.failed("--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n" + missing.joined(separator: "\n"))
-            }
-            log.write("kiln", "offline: downloads come from \(offlineCache.directory)")
-        }
         let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
         var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
@@ -534,6 +530,8 @@ public final class BuildEngine: @unchecked Sendable {
         } else {
             next = nil
         }
+        // What the step wrote goes to its own layer, not to whichever layer the guest's writeback reaches later.
+        _ = try? await connection.session.exec("sync")
         let frozen: MachineCheckpoint
         do {
             frozen = try await machine.snapshot(nextOverlay: next.map { $0.folder + "/disk.qcow2" } ?? runDirectory + "/disk.qcow2",

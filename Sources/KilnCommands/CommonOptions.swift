@@ -35,22 +35,29 @@ final class ConsoleEvents: Sendable {
 }
 
 /// Runs `body` in a task that SIGINT and SIGTERM cancel, so that teardown code runs before the process exits.
+/// The signal sources are made once per process: libdispatch installs its handler for a signal once, so a second
+/// `signal(SIG_IGN)` and source (a build, then the wait while a kept VM lives) would leave the signal ignored.
 enum Interruptible {
+    private static let target = Locked<(@Sendable (Int32) -> Void)?>(nil)
+
+    nonisolated(unsafe) private static let sources: [DispatchSourceSignal] = [SIGINT, SIGTERM].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { Interruptible.target.current?(number) }
+        source.resume()
+        return source
+    }
+
     static func run<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        _ = sources
         let task = Task { try await body() }
-        let signals = [SIGINT, SIGTERM].map { number -> DispatchSourceSignal in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
+        target.withLock {
+            $0 = { number in
                 printError("kiln: \(number == SIGINT ? "interrupted" : "terminated"); tearing down")
                 task.cancel()
             }
-            source.resume()
-            return source
         }
-        defer {
-            for source in signals { source.cancel() }
-        }
+        defer { target.withLock { $0 = nil } }
         return try await task.value
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,4 +12,12 @@ func printError(_ line: String) {
         if written < 0 { if errno == EINTR { continue }; return }
         bytes = bytes.dropFirst(written)
     }
+}
+
+/// Prints `value` as pretty, key-sorted JSON with ISO 8601 dates (the `--json` of list commands).
+func printJSON<T: Encodable>(_ value: T) throws {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.dateEncodingStrategy = .iso8601
+    print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }

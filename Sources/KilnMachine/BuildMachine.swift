@@ -115,13 +115,18 @@ public final class BuildMachine: @unchecked Sendable {
             throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
         }
         sshPort = try PortAllocator.reserve(options.sshPort)
-        // Opening libvirt (on a process's first VM: starting the embedded driver) overlaps preparing the disks.
+        let useSeed = try await connectLibvirt { () async throws(KilnError) -> Bool in try await prepareDisks() }
+        try await startDomain(withSeed: useSeed)
+    }
+
+    /// Opens libvirt (on a process's first VM: starts the embedded driver) while `prepare` gets the disks ready.
+    func connectLibvirt<T>(while prepare: () async throws(KilnError) -> T) async throws(KilnError) -> T {
         let uri: String
         if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
         let connecting = Task { () async throws -> LibvirtConnection in try await LibvirtConnection.open(uri) }
-        let useSeed: Bool
+        let value: T
         do {
-            useSeed = try await prepareDisks()
+            value = try await prepare()
         } catch {
             connection = try? await connecting.value
             throw error
@@ -133,7 +138,7 @@ public final class BuildMachine: @unchecked Sendable {
         } catch {
             throw KilnError(.external, "cannot open libvirt connection \(uri)", cause: error)
         }
-        try await startDomain(withSeed: useSeed)
+        return value
     }
 
     /// The overlay, the build key, and the credentials: a NoCloud seed, or written offline. True when the domain

@@ -122,25 +122,12 @@ extension BuildMachine {
             throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
         }
         sshPort = try PortAllocator.reserve(options.sshPort)
-        let uri: String
-        if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
-        let connecting = Task { () async throws -> LibvirtConnection in try await LibvirtConnection.open(uri) }
         domainUUID = checkpoint.domainUUID
         domainName = checkpoint.domainName
         attachedSeedPath = checkpoint.hasSeed ? checkpoint.seedPath : nil
-        do {
+        try await connectLibvirt { () async throws(KilnError) -> Void in
             try writePrivateKey()
             try await createOverlay(on: checkpoint.diskPath)
-        } catch {
-            connection = try? await connecting.value
-            throw error
-        }
-        do {
-            connection = try await connecting.value
-        } catch let error as KilnError {
-            throw error
-        } catch {
-            throw KilnError(.external, "cannot open libvirt connection \(uri)", cause: error)
         }
         guard let connection else { throw KilnError(.internalError, "no libvirt connection") }
         try await restore(checkpoint, connection: connection)

@@ -45,18 +45,8 @@ struct PackerBenchmark {
 
     private func timeKiln(work: String, state: StateDirectory) async throws(KilnError) -> Double {
         try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        let customize = PackerBenchmark.steps.enumerated().map { index, lines in
-            "{\"type\": \"Shell\", \"name\": \"step\(index)\", \"inline\": [" + lines.map { "\"\(jsonEscape($0))\"" }.joined(separator: ", ") + "]}"
-        }.joined(separator: ",\n")
-        let template = """
-        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
-         "properties": {"vmProfile": {"vmSize": "Standard_D2s_v3"},
-           "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
-           "customize": [\(customize)],
-           "distribute": [{"type": "VHD", "runOutputName": "bench", "uri": "\(work)/kiln.vhd"}]}}
-        """
         let path = work + "/template.json"
-        try? template.write(toFile: path, atomically: true, encoding: .utf8)
+        try? benchTemplate(steps: PackerBenchmark.steps, size: "Standard_D2s_v3", vhdURI: work + "/kiln.vhd").write(toFile: path, atomically: true, encoding: .utf8)
         let clock = ContinuousClock()
         let start = clock.now
         // A cold build each round: the build cache would let later rounds skip the boot.
@@ -113,6 +103,21 @@ struct PackerBenchmark {
         try? FileManager.default.removeItem(atPath: work)
         return elapsed
     }
+}
+
+/// A Debian 12 template of inline Shell steps (one per list of lines, named step0…) and one VHD target.
+func benchTemplate(steps: [[String]], size: String, vhdURI: String? = nil) -> String {
+    let customize = steps.enumerated().map { index, lines in
+        "{\"type\": \"Shell\", \"name\": \"step\(index)\", \"inline\": [" + lines.map { "\"\(jsonEscape($0))\"" }.joined(separator: ", ") + "]}"
+    }.joined(separator: ",\n")
+    let uri = vhdURI.map { ", \"uri\": \"\($0)\"" } ?? ""
+    return """
+    {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
+     "properties": {"vmProfile": {"vmSize": "\(size)"},
+       "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
+       "customize": [\(customize)],
+       "distribute": [{"type": "VHD", "runOutputName": "bench"\(uri)}]}}
+    """
 }
 
 func jsonEscape(_ text: String) -> String {

@@ -62,18 +62,8 @@ struct RebuildBenchmark {
     }
 
     private func template(work: String, name: String, last: String) -> String {
-        let customize = RebuildBenchmark.steps(last: last).enumerated().map { index, lines in
-            "{\"type\": \"Shell\", \"name\": \"step\(index)\", \"inline\": [" + lines.map { "\"\(jsonEscape($0))\"" }.joined(separator: ", ") + "]}"
-        }.joined(separator: ",\n")
-        let template = """
-        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
-         "properties": {"vmProfile": {"vmSize": "\(size)"},
-           "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
-           "customize": [\(customize)],
-           "distribute": [{"type": "VHD", "runOutputName": "bench"}]}}
-        """
         let path = work + "/\(name).json"
-        try? template.write(toFile: path, atomically: true, encoding: .utf8)
+        try? benchTemplate(steps: RebuildBenchmark.steps(last: last), size: size).write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 

@@ -45,6 +45,28 @@ public enum KilnExecutable {
                       stderr: String(decoding: stderr, as: UTF8.self))
     }
 
+    /// Starts `kiln` in the background, its stdout and stderr going to `outputPath`.
+    public static func start(_ arguments: [String], environment: [String: String] = [:], outputPath: String) throws -> Background {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        FileManager.default.createFile(atPath: outputPath, contents: nil)
+        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        return Background(process: process)
+    }
+
+    public final class Background: @unchecked Sendable {
+        let process: Process
+        init(process: Process) { self.process = process }
+        public var pid: Int32 { process.processIdentifier }
+        /// Waits for the exit and returns the status.
+        public func wait() -> Int32 { KilnExecutable.reap(process) }
+    }
+
     /// The exit status (128 + signal when killed). Reaps the child with waitpid(2) itself: Foundation's own
     /// monitor was seen to miss a child's exit (a zombie left, waitUntilExit blocked for good) after that child
     /// had started a detached grandchild (`kiln template run --no-wait`).

@@ -68,6 +68,7 @@ struct BuildTests {
         func expectNothingLeftBehind(_ result: [String: Any]?) {
             let runID = result?["runID"] as? String ?? "?"
             #expect(VMTestEnvironment.qemuProcesses(named: "kiln-\(runID)").isEmpty)
+            #expect(VMTestEnvironment.qemuProcesses(named: "runs/\(runID)/").isEmpty, "a resumed VM keeps its first run's name")
             for run in runDirectories() {
                 let names = Set((try? FileManager.default.contentsOfDirectory(atPath: run)) ?? [])
                 for leftover in ["disk.qcow2", "seed.iso", "id_ed25519", "nvram.fd", "downloads", "domain.xml"] {
@@ -255,7 +256,8 @@ struct BuildTests {
     @Test("""
     the build cache: a rebuild resumes after the last customizer and gives the same files and package state as the \
     fresh build; editing the last step runs only it; a checkpoint that does not resume is discarded for the one \
-    before; a scriptUri whose content changed runs again; cache list and prune
+    before; a scriptUri whose content changed runs again; --offline after kiln fetch; a kept VM (vm list, ssh, stop) \
+    and --resume; cache list and prune
     """)
     func checkpoints() async throws {
         let work = try Workspace()
@@ -265,13 +267,13 @@ struct BuildTests {
         try "#!/bin/sh\nset -e\necho script-v1 | sudo tee /opt/ck/one\n".write(toFile: served + "/one.sh", atomically: true, encoding: .utf8)
         let server = try LoopbackHTTPServer(directory: served)
         defer { server.stop() }
-        func steps(last: String) -> String {
+        func steps(last: String, lastLine: String? = nil) -> String {
             """
             [
               {"type": "Shell", "name": "zero", "inline": ["sudo mkdir -p /opt/ck", "head -c 4096 /dev/urandom | sha256sum | sudo tee /opt/ck/zero", "sudo apt-get -y -q purge less"]},
               {"type": "Shell", "name": "one", "scriptUri": "\(server.url("one.sh"))"},
               {"type": "Shell", "name": "two", "inline": ["sleep 2 &", "echo two-$(cat /proc/sys/kernel/random/boot_id) | sudo tee /opt/ck/two"]},
-              {"type": "Shell", "name": "last", "inline": ["echo \(last) | sudo tee /opt/ck/last"]}
+              {"type": "Shell", "name": "last", "inline": ["\(lastLine ?? "echo \(last) | sudo tee /opt/ck/last")"]}
             ]
             """
         }
@@ -368,6 +370,62 @@ struct BuildTests {
         #expect(try read("d", "/opt/ck/one") == "script-v2\n")
         #expect(try !read("b", "/etc/passwd").contains("packer:"), "deprovisioning and cleanup ran on the resumed guest")
         handle.close()
+
+        // 6. Offline: nothing fetched yet, so the build fails before boot naming the URI; after kiln fetch it runs
+        // with the server gone, the script pinned by the sha256 seen when it was fetched.
+        let notFetched = try work.build(original, ["--offline"])
+        let notFetchedResult = work.events(notFetched).last { $0["event"] as? String == "result" }
+        #expect(notFetched.status == 1)
+        let offlineMessage = notFetchedResult?["message"] as? String ?? ""
+        #expect(offlineMessage.contains("properties.customize[1].scriptUri: \(server.url("one.sh"))") && offlineMessage.contains("kiln fetch"), "\(offlineMessage)")
+        #expect(!work.events(notFetched).contains { $0["event"] as? String == "phase" && $0["detail"] as? String == "resolve source" })
+        let fetched = try work.kiln(["fetch", original])
+        #expect(fetched.status == 0, "\(fetched.stdout)\(fetched.stderr)")
+        #expect(fetched.stdout.contains("properties.customize[1].scriptUri: fetched \(server.url("one.sh"))"), "\(fetched.stdout)")
+        #expect(fetched.stdout.contains("no sha256Checksum: pinned"))
+        server.stop()
+        let offline = try work.build(original, ["--offline"])
+        _ = try vhd(offline)
+        #expect(reused(offline) == ["zero", "one", "two", "last"], "the fetched script is the one the cached chain ran")
+        let offlineRun = try #require(work.events(offline).last?["runID"] as? String)
+        let offlineLog = try String(contentsOfFile: work.state.runsPath + "/\(offlineRun)/customization.log", encoding: .utf8)
+        #expect(offlineLog.contains("pinned by the sha256 seen when it was fetched"), "\(offlineLog.prefix(3000))")
+
+        // 7. A failing last step with --on-error abort keeps the VM: listed, reachable with kiln vm ssh, stopped with
+        // kiln vm stop; then --resume continues that run from its last good checkpoint with the fixed template.
+        let broken = try work.template(steps(last: "", lastLine: "echo broken; exit 3"))
+        let keeper = try KilnExecutable.start(["build", broken, "--json", "--on-error", "abort", "--offline", "--state-dir", work.state.path],
+                                              environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
+                                              outputPath: work.files + "/keeper.log")
+        let clock = ContinuousClock()
+        let waitStart = clock.now
+        var kept: [[String: Any]] = []
+        while clock.now - waitStart < .seconds(300) {
+            let list = try work.kiln(["vm", "list", "--json"])
+            kept = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]]) ?? []
+            if !kept.isEmpty { break }
+            try await Task.sleep(for: .seconds(2))
+        }
+        let keptRun = try #require(kept.first?["runID"] as? String, "\((try? String(contentsOfFile: work.files + "/keeper.log", encoding: .utf8))?.suffix(3000) ?? "")")
+        #expect((kept.first?["failure"] as? String ?? "").contains("exit status 3"))
+        let table = try work.kiln(["vm", "list"])
+        #expect(table.stdout.contains(keptRun) && table.stdout.contains("127.0.0.1:"), "\(table.stdout)")
+        // Everything after -- is the guest's command line, so the state directory goes before it.
+        let inside = try KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "cat", "/opt/ck/one"])
+        #expect(inside.status == 0 && inside.stdout == "script-v2\n", "\(inside.stdout)\(inside.stderr)")
+        let status = try KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "exit", "7"])
+        #expect(status.status == 7, "\(status.stderr)")
+        let stopped = try work.kiln(["vm", "stop", keptRun])
+        #expect(stopped.status == 0, "\(stopped.stderr)")
+        #expect(keeper.wait() == 1, "the kept run failed")
+        let afterStop = try work.kiln(["vm", "list", "--json"])
+        #expect((try? JSONSerialization.jsonObject(with: Data(afterStop.stdout.utf8)) as? [Any])?.isEmpty == true, "\(afterStop.stdout)")
+        #expect(VMTestEnvironment.qemuProcesses(named: "runs/\(keptRun)/").isEmpty, "the kept VM is gone")
+        let fixed = try work.template(steps(last: "fixed"))
+        let resumedRun = try work.build(fixed, ["--resume", keptRun, "--offline"])
+        _ = try vhd(resumedRun)
+        #expect(started(resumedRun) == ["last"], "\(resumedRun.stdout.suffix(2000))")
+        #expect(reused(resumedRun) == ["zero", "one", "two"])
 
         // Pruning: everything goes; nothing is left in the cache.
         let pruned = try work.kiln(["cache", "prune", "--all"])

@@ -41,10 +41,7 @@ struct CacheListCommand: AsyncParsableCommand {
                     customizerIndex: $0.step, parentKey: $0.parentKey, sizeBytes: cache.sizeBytes($0), createdAt: $0.createdAt,
                     lastUsedAt: $0.lastUsedAt)
             }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.dateEncodingStrategy = .iso8601
-            print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+            try printJSON(rows)
             return
         }
         guard !entries.isEmpty else {

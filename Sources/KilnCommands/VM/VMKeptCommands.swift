@@ -15,10 +15,7 @@ struct VMListCommand: AsyncParsableCommand {
     func run() async throws {
         let kept = KeptVM.list(state: stateFlags.state)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            encoder.dateEncodingStrategy = .iso8601
-            print(String(decoding: try encoder.encode(kept), as: UTF8.self))
+            try printJSON(kept)
             return
         }
         guard !kept.isEmpty else {
