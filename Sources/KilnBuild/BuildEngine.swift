@@ -300,6 +300,8 @@ public final class BuildEngine: @unchecked Sendable {
         if request.useCache || within != nil,
            let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps.map(\.1), log: log) {
             resumed = found
+        } else if Task.isCancelled {
+            throw CancellationError()
         } else if let run = request.resumeRun {
             throw Outcome.failed("--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
         } else {
