@@ -1,0 +1,120 @@
+import Foundation
+import KilnTestSupport
+import Testing
+
+/// `kiln fetch`, `kiln build --offline`'s refusal, `kiln cache` and `kiln vm list|ssh|stop` without a VM (the VM
+/// suite's checkpoint test covers them with real builds).
+@Suite("kiln fetch, cache and kept VMs (local state)")
+struct CacheCLITests {
+    final class Workspace {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-cli-cache-\(UUID().uuidString)").path
+        var served: String { path + "/served" }
+
+        init() throws {
+            try FileManager.default.createDirectory(atPath: path + "/served", withIntermediateDirectories: true)
+        }
+
+        deinit { try? FileManager.default.removeItem(atPath: path) }
+
+        func kiln(_ arguments: [String]) throws -> KilnExecutable.Result {
+            try KilnExecutable.run(arguments, environment: ["KILN_STATE_DIR": path + "/state"])
+        }
+
+        func write(_ name: String, _ text: String) throws -> String {
+            try text.write(toFile: path + "/" + name, atomically: true, encoding: .utf8)
+            return path + "/" + name
+        }
+    }
+
+    static let imageID = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Compute/images/absent"
+
+    static func template(_ customize: String) -> String {
+        """
+        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
+         "properties": {"source": {"type": "ManagedImage", "imageId": "\(imageID)"},
+           "customize": \(customize),
+           "distribute": [{"type": "VHD", "runOutputName": "v"}]}}
+        """
+    }
+
+    @Test("fetch keeps verified downloads, pins those without a checksum, refuses a mismatch and names a missing source; --offline then lists only what is missing, before anything starts")
+    func fetchAndOffline() throws {
+        let work = try Workspace()
+        try "#!/bin/sh\necho a\n".write(toFile: work.served + "/a.sh", atomically: true, encoding: .utf8)
+        try "payload\n".write(toFile: work.served + "/b.txt", atomically: true, encoding: .utf8)
+        try "#!/bin/sh\necho c\n".write(toFile: work.served + "/c.sh", atomically: true, encoding: .utf8)
+        let server = try LoopbackHTTPServer(directory: work.served)
+        defer { server.stop() }
+        let actualA = try sha256(work.served + "/a.sh")
+        let local = try work.write("local.sh", "#!/bin/sh\ntrue\n")
+        let template = try work.write("t.json", Self.template("""
+        [{"type": "Shell", "name": "a", "scriptUri": "\(server.url("a.sh"))", "sha256Checksum": "\(actualA.uppercased())"},
+         {"type": "File", "name": "b", "sourceUri": "\(server.url("b.txt"))", "destination": "/tmp/b.txt"},
+         {"type": "Shell", "name": "c", "scriptUri": "\(server.url("c.sh"))", "sha256Checksum": "\(String(repeating: "0", count: 64))"},
+         {"type": "Shell", "name": "local", "scriptUri": "file://\(local)"}]
+        """))
+        let fetched = try work.kiln(["fetch", template])
+        #expect(fetched.status == 1, "a mismatch and a missing source fail the fetch")
+        #expect(fetched.stdout.contains("properties.customize[0].scriptUri: fetched \(server.url("a.sh"))") && fetched.stdout.contains("sha256Checksum verified"), "\(fetched.stdout)")
+        #expect(fetched.stdout.contains("properties.customize[1].sourceUri: fetched \(server.url("b.txt"))") && fetched.stdout.contains("no sha256Checksum: pinned"), "\(fetched.stdout)")
+        #expect(fetched.stderr.contains("properties.customize[2].scriptUri: sha256 checksum mismatch"), "\(fetched.stderr)")
+        #expect(fetched.stdout.contains("properties.customize[3].scriptUri: file://\(local) is a local file"))
+        #expect(fetched.stderr.contains(Self.imageID), "\(fetched.stderr)")
+        #expect(fetched.stdout.contains("2 download(s)") && fetched.stdout.contains("1 without a sha256Checksum"), "\(fetched.stdout)")
+        let index = try String(contentsOfFile: work.path + "/state/cache/downloads/index.json", encoding: .utf8)
+        #expect(index.contains("a.sh") && index.contains("b.txt") && !index.contains("c.sh"), "\(index)")
+
+        // The server is gone: offline, only c.sh is missing, and nothing is resolved or booted.
+        server.stop()
+        let offline = try work.kiln(["build", template, "--offline", "--json"])
+        #expect(offline.status == 1)
+        let events = offline.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let message = events.last?["message"] as? String ?? ""
+        #expect(message.contains("--offline: 1 download(s) are not in the download cache"), "\(offline.stdout)")
+        #expect(message.contains("properties.customize[2].scriptUri: \(server.url("c.sh"))"), "\(message)")
+        #expect(!message.contains("customize[0]"))
+        #expect(!events.contains { $0["detail"] as? String == "resolve source" })
+    }
+
+    @Test("cache and kept-VM commands on empty state; bad arguments are usage errors")
+    func emptyState() throws {
+        let work = try Workspace()
+        let list = try work.kiln(["cache", "list"])
+        #expect(list.status == 0 && list.stdout.contains("the build cache is empty"), "\(list.stdout)\(list.stderr)")
+        let prune = try work.kiln(["cache", "prune"])
+        #expect(prune.status == 0 && prune.stdout.contains("removed 0 checkpoint(s)"), "\(prune.stdout)")
+        let badAge = try work.kiln(["cache", "prune", "--older-than", "soon"])
+        #expect(badAge.status == 64 && badAge.stderr.contains("--older-than expects an age"), "\(badAge.stderr)")
+        let badSize = try work.kiln(["cache", "prune", "--max-size", "lots"])
+        #expect(badSize.status == 64 && badSize.stderr.contains("--max-size expects a size"))
+        let vms = try work.kiln(["vm", "list"])
+        #expect(vms.status == 0 && vms.stdout.contains("no kept build VMs"), "\(vms.stdout)")
+        for command in [["vm", "ssh", "nope"], ["vm", "stop", "nope"]] {
+            let result = try work.kiln(command)
+            #expect(result.status == 1 && result.stderr.contains("expected a kept build VM for run nope, found none"), "\(result.stderr)")
+        }
+        let resume = try work.kiln(["build", "--resume", "nope"])
+        #expect(resume.status == 1 && resume.stderr.contains("--resume: expected a run nope"), "\(resume.stderr)")
+        let neither = try work.kiln(["build"])
+        #expect(neither.status == 64 && neither.stderr.contains("expected a template file, or --resume RUN"), "\(neither.stderr)")
+    }
+
+    func sha256(_ path: String) throws -> String {
+        let result = try Process.output("/usr/bin/sha256sum", [path])
+        return String(result.prefix(64))
+    }
+}
+
+extension Process {
+    static func output(_ tool: String, _ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
