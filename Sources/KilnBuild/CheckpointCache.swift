@@ -88,10 +88,7 @@ public struct CheckpointCache: Sendable {
     }
 
     func read(_ folder: String) -> CheckpointEntry? {
-        guard let data = FileManager.default.contents(atPath: folder + "/meta.json") else { return nil }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(CheckpointEntry.self, from: data)
+        RecordFile.read(CheckpointEntry.self, from: folder + "/meta.json")
     }
 
     /// The newest complete checkpoint for `key` whose whole chain (every parent) is still there; with `within`,
@@ -133,8 +130,11 @@ public struct CheckpointCache: Sendable {
 
     /// Bytes the checkpoint's own files take on disk (allocated blocks: layers and memory images are sparse).
     public func sizeBytes(_ entry: CheckpointEntry) -> UInt64 {
-        ((try? FileManager.default.contentsOfDirectory(atPath: entry.machine.directory)) ?? [])
-            .reduce(UInt64(0)) { $0 + FileSize.allocatedBytes(entry.machine.directory + "/" + $1) }
+        CheckpointCache.folderBytes(entry.machine.directory)
+    }
+
+    static func folderBytes(_ folder: String) -> UInt64 {
+        ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).reduce(UInt64(0)) { $0 + FileSize.allocatedBytes(folder + "/" + $1) }
     }
 
     // MARK: Using
@@ -176,14 +176,7 @@ public struct CheckpointCache: Sendable {
     }
 
     private func writeMeta(_ entry: CheckpointEntry, into folder: String) throws(KilnError) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        do {
-            try AtomicFile.write(try encoder.encode(entry), to: folder + "/meta.json")
-        } catch {
-            throw KilnError(.io, "cannot write \(folder)/meta.json: \(error.localizedDescription)")
-        }
+        try RecordFile.write(entry, to: folder + "/meta.json")
     }
 
     // MARK: Removing
@@ -225,11 +218,7 @@ public struct CheckpointCache: Sendable {
     public func prune(olderThan: Duration? = nil, maxBytes: UInt64? = nil, now: Date = Date()) -> Removal {
         var total = Removal()
         for folder in unreadableFolders() {
-            guard let hold = CheckpointHold(folder: folder, exclusive: true, wait: false) else { continue }
-            let size = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [])
-                .reduce(UInt64(0)) { $0 + FileSize.allocatedBytes(folder + "/" + $1) }
-            if (try? FileManager.default.removeItem(atPath: folder)) != nil { total.freedBytes += size }
-            _ = hold
+            total.freedBytes += removeUnheld(folder)
         }
         var all = entries()
         var used = all.reduce(UInt64(0)) { $0 + sizeBytes($1) }
@@ -267,9 +256,16 @@ public struct CheckpointCache: Sendable {
     /// minute old: a build creates the folder just before it locks it.
     private func sweepAbandoned(_ path: String) {
         let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date ?? Date()
-        guard Date().timeIntervalSince(modified) > 60, let hold = CheckpointHold(folder: path, exclusive: true, wait: false) else { return }
-        try? FileManager.default.removeItem(atPath: path)
-        _ = hold
+        guard Date().timeIntervalSince(modified) > 60 else { return }
+        _ = removeUnheld(path)
+    }
+
+    /// Removes a folder no build holds; returns the bytes it freed (0 when held or not removed).
+    private func removeUnheld(_ folder: String) -> UInt64 {
+        guard let hold = CheckpointHold(folder: folder, exclusive: true, wait: false) else { return 0 }
+        defer { _ = hold }
+        let size = CheckpointCache.folderBytes(folder)
+        return (try? FileManager.default.removeItem(atPath: folder)) != nil ? size : 0
     }
 }
 
@@ -358,14 +354,14 @@ public enum ByteSize {
 public enum AgeText {
     public static func parse(_ text: String) -> Duration? {
         var rest = Substring(text.trimmingCharacters(in: .whitespaces))
-        var days: Double = 0
+        var days: Duration?
         if let d = rest.firstIndex(of: "d") {
             guard let value = Double(rest[..<d]) else { return nil }
-            days = value
+            days = .seconds(value * 86400)
             rest = rest[rest.index(after: d)...]
         }
-        if rest.isEmpty { return days > 0 || text.hasPrefix("0") ? .seconds(days * 86400) : nil }
+        if rest.isEmpty { return days }
         guard let remainder = DurationText.parse(String(rest)) else { return nil }
-        return .seconds(days * 86400) + remainder
+        return (days ?? .zero) + remainder
     }
 }

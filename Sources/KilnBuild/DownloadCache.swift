@@ -25,16 +25,12 @@ public struct DownloadCache: Sendable {
     public func blobPath(_ sha256: String) -> String { directory + "/sha256/" + sha256 }
 
     public func index() -> [String: Entry] {
-        guard let data = FileManager.default.contents(atPath: indexPath) else { return [:] }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return (try? decoder.decode([String: Entry].self, from: data)) ?? [:]
+        RecordFile.read([String: Entry].self, from: indexPath) ?? [:]
     }
 
-    /// The cached copy of `uri`, checked against its recorded sha256 (a damaged copy counts as missing).
+    /// The cached copy of `uri`, if the index names one and its file is there (`materialize` checks its content).
     public func lookup(_ uri: String) -> Entry? {
-        guard let entry = index()[uri], FileManager.default.fileExists(atPath: blobPath(entry.sha256)),
-              (try? SHA256Digest.hex(ofFile: blobPath(entry.sha256))) == entry.sha256 else { return nil }
+        guard let entry = index()[uri], FileManager.default.fileExists(atPath: blobPath(entry.sha256)) else { return nil }
         return entry
     }
 
@@ -65,18 +61,12 @@ public struct DownloadCache: Sendable {
         flock(lock, LOCK_EX)
         var all = index()
         all[file.uri] = entry
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        do {
-            try AtomicFile.write(try encoder.encode(all), to: indexPath)
-        } catch {
-            throw KilnError(.io, "cannot write \(indexPath): \(error)")
-        }
+        try RecordFile.write(all, to: indexPath)
         return entry
     }
 
-    /// Copies the cached content of `uri` to `destination`, as Fetcher would have written it.
+    /// Copies the cached content of `uri` to `destination`, as Fetcher would have written it, and checks the copy
+    /// against the sha256 recorded when it was fetched (a damaged cache is an error, not a different script).
     public func materialize(_ entry: Entry, to destination: String) throws(KilnError) -> FetchedFile {
         do {
             try? FileManager.default.removeItem(atPath: destination)
@@ -84,6 +74,11 @@ public struct DownloadCache: Sendable {
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: destination)
         } catch {
             throw KilnError(.io, "cannot copy \(entry.uri) from the download cache: \(error.localizedDescription)")
+        }
+        let actual = try SHA256Digest.hex(ofFile: destination)
+        guard actual == entry.sha256 else {
+            try? FileManager.default.removeItem(atPath: destination)
+            throw KilnError(.checksumMismatch, "the download cache's copy of \(entry.uri) is damaged: sha256 \(actual), recorded \(entry.sha256) when fetched; kiln fetch it again")
         }
         return FetchedFile(uri: entry.uri, localPath: destination, sha256: entry.sha256, sizeBytes: entry.sizeBytes)
     }

@@ -36,15 +36,8 @@ public struct KeptVM: Codable, Sendable, Equatable {
     static func path(runDirectory: String) -> String { runDirectory + "/kept.json" }
 
     func write(runDirectory: String) throws(KilnError) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        do {
-            try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
-            try AtomicFile.write(try encoder.encode(self), to: KeptVM.path(runDirectory: runDirectory))
-        } catch {
-            throw KilnError(.io, "cannot record the kept VM in \(runDirectory): \(error)")
-        }
+        try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
+        try RecordFile.write(self, to: KeptVM.path(runDirectory: runDirectory))
     }
 
     static func remove(runDirectory: String) {
@@ -53,10 +46,7 @@ public struct KeptVM: Codable, Sendable, Equatable {
     }
 
     public static func read(runDirectory: String) -> KeptVM? {
-        guard let data = FileManager.default.contents(atPath: path(runDirectory: runDirectory)) else { return nil }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(KeptVM.self, from: data)
+        RecordFile.read(KeptVM.self, from: path(runDirectory: runDirectory))
     }
 
     /// The kept VMs whose keeping process still runs; records a killed process left behind are removed.

@@ -1,4 +1,5 @@
 import Foundation
+import KilnSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,8 +17,5 @@ func printError(_ line: String) {
 
 /// Prints `value` as pretty, key-sorted JSON with ISO 8601 dates (the `--json` of list commands).
 func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    encoder.dateEncodingStrategy = .iso8601
-    print(String(decoding: try encoder.encode(value), as: UTF8.self))
+    print(String(decoding: try RecordFile.encode(value), as: UTF8.self))
 }

@@ -18,10 +18,9 @@ public struct MachineCheckpoint: Sendable, Codable, Equatable {
     public var domainUUID: String
     public var domainName: String
     public var hasSeed: Bool
-    public var uefi: Bool
 
     public init(directory: String, rootDirectory: String, username: String, hostKey: String, domainUUID: String, domainName: String,
-                hasSeed: Bool, uefi: Bool) {
+                hasSeed: Bool) {
         self.directory = directory
         self.rootDirectory = rootDirectory
         self.username = username
@@ -29,7 +28,6 @@ public struct MachineCheckpoint: Sendable, Codable, Equatable {
         self.domainUUID = domainUUID
         self.domainName = domainName
         self.hasSeed = hasSeed
-        self.uefi = uefi
     }
 
     public var memoryPath: String { directory + "/memory.save" }
@@ -37,9 +35,6 @@ public struct MachineCheckpoint: Sendable, Codable, Equatable {
     public var nvramPath: String { directory + "/nvram.fd" }
     public var keyPath: String { rootDirectory + "/key.raw" }
     public var seedPath: String { rootDirectory + "/seed.img" }
-
-    /// The files this checkpoint adds (the root also holds the key and the seed).
-    public static let fileNames = ["memory.save", "disk.qcow2", "nvram.fd", "key.raw", "seed.img"]
 }
 
 extension BuildMachine {
@@ -59,7 +54,7 @@ extension BuildMachine {
         let directory = (overlayPath as NSString).deletingLastPathComponent
         let uefi = options.source.firmware == .uefi
         let checkpoint = MachineCheckpoint(directory: directory, rootDirectory: root?.rootDirectory ?? directory, username: options.username,
-                                           hostKey: hostKey, domainUUID: uuid, domainName: domainName, hasSeed: attachedSeedPath != nil, uefi: uefi)
+                                           hostKey: hostKey, domainUUID: uuid, domainName: domainName, hasSeed: attachedSeedPath != nil)
         guard (overlayPath as NSString).lastPathComponent == "disk.qcow2", overlayPath != options.runDirectory + "/disk.qcow2" else {
             throw KilnError(.internalError, "the build VM's overlay \(overlayPath) is not in a checkpoint folder")
         }
@@ -95,7 +90,7 @@ extension BuildMachine {
     }
 
     /// Boots nothing: creates this run's overlay on the checkpoint's disk layer and resumes the saved guest from
-    /// its memory image, under this run's name, console and SSH port.
+    /// its memory image, with this run's console and SSH port (and the domain name it was saved under).
     public static func resume(_ options: MachineOptions, from checkpoint: MachineCheckpoint,
                               events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> BuildMachine {
         let raw: Data

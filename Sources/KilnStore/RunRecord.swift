@@ -83,17 +83,10 @@ public struct RunRecord: Codable, Sendable {
     }
 
     public func write(to path: String) {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        guard let data = try? encoder.encode(self) else { return }
-        try? AtomicFile.write(data, to: path)
+        try? RecordFile.write(self, to: path)
     }
 
     public static func read(from path: String) -> RunRecord? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return try? decoder.decode(RunRecord.self, from: data)
+        RecordFile.read(RunRecord.self, from: path)
     }
 }

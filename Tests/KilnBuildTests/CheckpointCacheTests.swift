@@ -28,7 +28,7 @@ struct CheckpointCacheTests {
             try Data(repeating: 0x5A, count: bytes).write(to: URL(fileURLWithPath: pending.folder + "/memory.save"))
             let machine = MachineCheckpoint(directory: pending.folder, rootDirectory: parent?.machine.rootDirectory ?? pending.folder,
                                             username: "packer", hostKey: "ssh-ed25519 AAAA", domainUUID: UUID().uuidString,
-                                            domainName: "kiln-\(runID)", hasSeed: true, uefi: false)
+                                            domainName: "kiln-\(runID)", hasSeed: true)
             let used = Date().addingTimeInterval(-usedSecondsAgo)
             let entry = CheckpointEntry(key: key, parentKey: parent?.key, parentFolder: parent?.folder, step: step,
                                         label: step.map { "customize[\($0)]" } ?? "boot", templateName: "t", runID: runID,
