@@ -39,6 +39,9 @@ let package = Package(
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // WS-Management (WinRM) client: HTTP(S) over OpenSSL, Basic and NTLMv2 with message encryption.
+        .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "CKilnShim",
+                                                  .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
         .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest",
                                                     .product(name: "Logging", package: "swift-log")]),
@@ -57,12 +60,17 @@ let package = Package(
         .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
-        .target(name: "KilnTestSupport", path: "Tests/KilnTestSupport"),
+        .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",
+                                                        .product(name: "NIOCore", package: "swift-nio"),
+                                                        .product(name: "NIOPosix", package: "swift-nio"),
+                                                        .product(name: "NIOHTTP1", package: "swift-nio")],
+                path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport"]),
         .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
         .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
+        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnSSH", "KilnSupport", "KilnTestSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -2,3 +2,4 @@
 #include <openssl/err.h>
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
+#include <openssl/ssl.h>
