@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest", "KilnStore"]),
         // CLI
         .target(name: "KilnCommands", dependencies: [
-            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore",
+            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

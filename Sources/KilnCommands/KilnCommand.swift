@@ -8,7 +8,7 @@ public struct KilnCommand: AsyncParsableCommand {
         commandName: "kiln",
         abstract: "Run Azure Image Builder templates on your own host, with real VMs.",
         version: KilnVersion.current,
-        subcommands: [ValidateCommand.self, BuildCommand.self, TemplateCommand.self, VMCommand.self, ImageCommand.self, CacheCommand.self, FetchCommand.self, DoctorCommand.self, VersionCommand.self]
+        subcommands: [ValidateCommand.self, BuildCommand.self, TemplateCommand.self, VMCommand.self, ImageCommand.self, CacheCommand.self, FetchCommand.self, WinRMCommand.self, DoctorCommand.self, VersionCommand.self]
     )
 
     public init() {}
