@@ -48,7 +48,7 @@ let package = Package(
         // Layer 2: templates, runs, runOutputs, managed images and gallery versions in SQLite under the state dir.
         .target(name: "KilnStore", dependencies: ["KilnSupport", "KilnTemplate", .product(name: "GRDB", package: "GRDB.swift")]),
         // Layer 3
-        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest", "KilnStore"]),
+        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM"]),
         // CLI
         .target(name: "KilnCommands", dependencies: [
             "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",
@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport"]),
         .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
-        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate"]),
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnSSH", "KilnSupport", "KilnTestSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
