@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
-        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest",
+        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
                                                     .product(name: "Logging", package: "swift-log")]),
         // Layer 2: templates, runs, runOutputs, managed images and gallery versions in SQLite under the state dir.
         .target(name: "KilnStore", dependencies: ["KilnSupport", "KilnTemplate", .product(name: "GRDB", package: "GRDB.swift")]),
@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport"]),
         .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
-        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM"]),
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnSSH", "KilnSupport", "KilnTestSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),

@@ -71,10 +71,10 @@ public let buildTimeoutMessage = "[ERROR] Failed while waiting for packerizer: T
 public final class BuildEngine: @unchecked Sendable {
     let request: BuildRequest
     let events: @Sendable (BuildEvent) -> Void
-    private var record: RunRecord
+    var record: RunRecord
     private(set) var runDirectory: String
     private var log: CustomizationLog?
-    private var machine: BuildMachine?
+    var machine: BuildMachine?
     private var phaseStart = ContinuousClock.now
     private var currentPhase: String?
     private var store: StateStore?
@@ -178,7 +178,7 @@ public final class BuildEngine: @unchecked Sendable {
         return result
     }
 
-    private func enterPhase(_ subState: RunSubState, _ name: String) {
+    func enterPhase(_ subState: RunSubState, _ name: String) {
         endPhase()
         record.runSubState = subState
         currentPhase = name
@@ -196,7 +196,7 @@ public final class BuildEngine: @unchecked Sendable {
         currentPhase = nil
     }
 
-    private func persist() {
+    func persist() {
         record.write(to: runDirectory + "/run.json")
         do {
             try store?.saveRun(record, runDirectory: runDirectory, fromCreatedTemplate: request.createdTemplateName != nil)
@@ -205,7 +205,7 @@ public final class BuildEngine: @unchecked Sendable {
         }
     }
 
-    private var keepVMOnError = false
+    var keepVMOnError = false
 
     private func build(_ loaded: LoadedTemplate) async throws {
         let template = loaded.template
@@ -255,9 +255,6 @@ public final class BuildEngine: @unchecked Sendable {
         if let problem = rules.first(where: { $0.severity == .error }) {
             throw Outcome.failed("\(request.templatePath): \(problem)")
         }
-        guard guestOS == .linux else {
-            throw Outcome.failed("Windows guests need the WinRM communicator, which this build of Kiln does not include")
-        }
 
         let validate = template.properties.validate
         let sourceOnly = validate?.sourceValidationOnly == true
@@ -276,6 +273,12 @@ public final class BuildEngine: @unchecked Sendable {
         var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
             downloaded.append(try await prefetcher.prefetch(step, index: index, path: path.description))
+        }
+        if guestOS == .windows {
+            try await buildWindows(template, source: source, steps: steps.map { ($0.0.description, $0.1) },
+                                   validations: validations.map { ($0.0.description, $0.1) }, size: size, accelerator: decision.accelerator,
+                                   downloads: downloads, prefetcher: prefetcher, log: log)
+            return
         }
 
         // Checkpoint keys: the booted source, then each customizer on top of the one before.
@@ -342,7 +345,7 @@ public final class BuildEngine: @unchecked Sendable {
         if firstStep < steps.count {
             enterPhase(.customizing, "customize")
             for (index, (path, step)) in steps.enumerated() where index >= firstStep {
-                try await runStep(runner, step, index: index, path: path.description, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
+                try await runStep(runner.run, step, index: index, path: path.description, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
                 if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
                                                              parent: parent, step: index,
                                                              label: StepRunner.label(step, index: index), machine: machine,
@@ -357,7 +360,7 @@ public final class BuildEngine: @unchecked Sendable {
             enterPhase(.validating, "validate")
             for (offset, (path, step)) in validations.enumerated() {
                 do {
-                    try await runStep(runner, step, index: steps.count + offset, path: path.description,
+                    try await runStep(runner.run, step, index: steps.count + offset, path: path.description,
                                       onError: request.onError ?? template.properties.errorHandling.onValidationError)
                 } catch let failure as StepFailure {
                     validationFailure = failure.message
@@ -564,14 +567,14 @@ public final class BuildEngine: @unchecked Sendable {
         _ = try await session.exec("sudo -n date -u -s @\(Int(Date().timeIntervalSince1970)) >/dev/null 2>&1 || true")
     }
 
-    private func runStep(_ runner: StepRunner, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
+    func runStep(_ run: (Customizer, Int, String) async throws -> Void, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
         let label = StepRunner.label(step, index: index)
         events(.customizerStarted(index: index, name: label, type: step.typeName))
         log?.write(label, "start \(step.typeName) (\(path))")
         let clock = ContinuousClock()
         let start = clock.now
         do {
-            try await runner.run(step, index: index, path: path)
+            try await run(step, index, path)
             let elapsed = clock.now - start
             log?.write(label, "finished in \(DurationText.format(elapsed))")
             events(.customizerFinished(index: index, name: label, seconds: elapsed.inSeconds, outcome: "succeeded"))
@@ -586,7 +589,7 @@ public final class BuildEngine: @unchecked Sendable {
         }
     }
 
-    private func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
+    func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
                             log: CustomizationLog) async throws {
         let info = try await DiskImageProbe.inspect(machine.overlayPath)
         let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,
@@ -632,14 +635,20 @@ public final class BuildEngine: @unchecked Sendable {
                             domainName: machine.domainName, sshPort: machine.sshPort, username: machine.username,
                             privateKeyPath: machine.privateKeyPath, knownHostsPath: runDirectory + "/known_hosts",
                             hostKey: machine.hostKeyPin.pinnedKey ?? "", owner: ProcessIdentity.current.description,
-                            keptAt: Date(), failure: record.message)
+                            keptAt: Date(), failure: record.message,
+                            winrmURL: machine.winRMOptions.map { $0.endpoint.description })
+            if let windows = machine.options.windows {
+                try? AtomicFile.write(Data(windows.password.utf8), to: runDirectory + "/winrm-password")
+                chmod(runDirectory + "/winrm-password", 0o600)
+            }
             do {
                 try vm.write(runDirectory: runDirectory)
             } catch {
                 events(.warning("\(error)"))
             }
             kept = vm
-            record.message += "\nThe build VM is kept (errorHandling abort): kiln vm ssh \(record.runID), or \(vm.sshCommand)"
+            record.message += vm.winrmURL == nil ? "\nThe build VM is kept (errorHandling abort): kiln vm ssh \(record.runID), or \(vm.sshCommand)"
+                                                 : "\nThe build VM is kept (errorHandling abort): \(vm.reachCommand); kiln vm stop \(record.runID) when done"
         } else {
             await machine?.teardown(keepFiles: false)
             abandonPending()

@@ -20,6 +20,14 @@ public struct KeptVM: Codable, Sendable, Equatable {
     public var owner: String
     public var keptAt: Date
     public var failure: String
+    /// A Windows VM: reached with `kiln winrm exec` at this URL (the password in the run's winrm-password file).
+    public var winrmURL: String? = nil
+
+    /// How to reach the VM, as printed when it is kept.
+    public var reachCommand: String {
+        guard let winrmURL else { return sshCommand }
+        return "kiln winrm exec --url \(winrmURL) --username \(username) --insecure -- CMD (KILN_WINRM_PASSWORD from \(knownHostsPath.replacingOccurrences(of: "known_hosts", with: "winrm-password")))"
+    }
 
     public var sshCommand: String {
         (["ssh"] + sshArguments).map(ShellQuote.quoteIfNeeded).joined(separator: " ")
@@ -36,6 +44,10 @@ public struct KeptVM: Codable, Sendable, Equatable {
     static func path(runDirectory: String) -> String { runDirectory + "/kept.json" }
 
     func write(runDirectory: String) throws(KilnError) {
+        if winrmURL != nil {
+            try RecordFile.write(self, to: KeptVM.path(runDirectory: runDirectory))
+            return
+        }
         try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
         try RecordFile.write(self, to: KeptVM.path(runDirectory: runDirectory))
     }
@@ -43,6 +55,7 @@ public struct KeptVM: Codable, Sendable, Equatable {
     static func remove(runDirectory: String) {
         try? FileManager.default.removeItem(atPath: path(runDirectory: runDirectory))
         try? FileManager.default.removeItem(atPath: runDirectory + "/known_hosts")
+        try? FileManager.default.removeItem(atPath: runDirectory + "/winrm-password")
     }
 
     public static func read(runDirectory: String) -> KeptVM? {

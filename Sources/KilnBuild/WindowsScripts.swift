@@ -1,4 +1,5 @@
 import Foundation
+import KilnTemplate
 import KilnWinRM
 
 /// The PowerShell Kiln generates for Windows guests: every value enters as a single-quoted literal
@@ -107,19 +108,16 @@ public enum WindowsScripts {
     [Console]::Out.WriteLine(('{0} restarted.' -f [System.Net.Dns]::GetHostName()))
     """)
 
-    public static let defaultRestartCommand = #"shutdown /r /f /t 0 /c "packer restart""#
     public static let rebootCommand = #"shutdown /r /f /t 0 /c "kiln windows update""#
     public static let powerOffCommand = #"shutdown /s /f /t 0 /c "kiln shutdown""#
-
-    public static let defaultSearchCriteria = "BrowseOnly=0 and IsInstalled=0"
 
     /// Windows Update through the Windows Update Agent API, run as SYSTEM. Filters are `include:EXPR` or
     /// `exclude:EXPR`, evaluated with `$_` bound to each update; the first match decides, none matching skips
     /// it. Exits 101 when a restart is needed (after installing, or with updates already pending), 0 when
     /// nothing is left to do.
     public static func windowsUpdate(searchCriteria: String?, filters: [String], updateLimit: Int?) -> String {
-        let criteria = (searchCriteria?.isEmpty == false ? searchCriteria! : defaultSearchCriteria)
-        let limit = max(1, updateLimit ?? 1000)
+        let criteria = (searchCriteria?.isEmpty == false ? searchCriteria! : WindowsUpdateCustomizer.defaultSearchCriteria)
+        let limit = max(1, updateLimit ?? WindowsUpdateCustomizer.defaultUpdateLimit)
         let filterLines = (filters.isEmpty ? ["include:$true"] : filters).map { filter -> String in
             let parts = filter.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
             let action = parts.count == 2 ? parts[0].trimmingCharacters(in: .whitespaces).lowercased() : "include"

@@ -105,6 +105,13 @@ extension GuestfsHandle {
         return status == 1
     }
 
+    /// The path as the file system spells it, matched without regard to case (NTFS names from a Windows path).
+    /// Components that do not exist yet keep the given spelling.
+    public func caseSensitivePath(_ path: String) throws(KilnError) -> String {
+        guard let resolved = takeString(guestfs_case_sensitive_path(try open(), path)) else { throw error("case_sensitive_path \(path)") }
+        return resolved
+    }
+
     public func readFile(_ path: String) throws(KilnError) -> [UInt8] {
         var size = 0
         guard let content = guestfs_read_file(try open(), path, &size) else { throw error("read_file \(path)") }

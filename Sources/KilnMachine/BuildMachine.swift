@@ -2,6 +2,26 @@ import Foundation
 import KilnLibvirt
 import KilnSSH
 import KilnSupport
+import KilnWinRM
+
+/// How Kiln reaches a Windows guest: WinRM over HTTPS on 5986 as `username`. For a generalized image the
+/// answer file (which sets that password) and the WinRM setup script are written before the first boot.
+public struct WindowsAccess: Sendable {
+    public var username: String
+    public var password: String
+    /// True when Kiln chose the password: it only works if the answer file is read, so the image must be generalized.
+    public var passwordFromAnswerFile: Bool
+    public var answerFile: String
+    public var setupScript: String
+
+    public init(username: String, password: String, passwordFromAnswerFile: Bool, answerFile: String, setupScript: String) {
+        self.username = username
+        self.password = password
+        self.passwordFromAnswerFile = passwordFromAnswerFile
+        self.answerFile = answerFile
+        self.setupScript = setupScript
+    }
+}
 
 public enum CredentialInjection: String, Sendable, CaseIterable {
     /// cloud-init NoCloud when the image has cloud-init, otherwise offline through libguestfs.
@@ -29,10 +49,12 @@ public struct MachineOptions: Sendable {
     /// Where the VM's writable overlay goes; nil: `disk.qcow2` in the run directory. A build that keeps
     /// checkpoints puts it in the next checkpoint's folder, so the snapshot that completes it needs no move.
     public var overlayPath: String?
+    /// A Windows guest, reached over WinRM instead of SSH.
+    public var windows: WindowsAccess?
 
     public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
                 libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,
-                username: String = "packer", overlayPath: String? = nil) {
+                username: String = "packer", overlayPath: String? = nil, windows: WindowsAccess? = nil) {
         self.runID = runID
         self.source = source
         self.size = size
@@ -45,6 +67,7 @@ public struct MachineOptions: Sendable {
         self.injection = injection
         self.username = username
         self.overlayPath = overlayPath
+        self.windows = windows
     }
 
     public var domainName: String { "kiln-\(runID)" }
@@ -60,6 +83,7 @@ public final class BuildMachine: @unchecked Sendable {
     public internal(set) var sshPort: Int = 0
     public private(set) var inspection: OfflineInspection?
     public private(set) var credentialsInjectedOffline = false
+    public private(set) var windowsPreparation: WindowsPreparation?
     let events: @Sendable (String) -> Void
     var connection: LibvirtConnection?
     var domain: LibvirtDomain?
@@ -145,6 +169,18 @@ public final class BuildMachine: @unchecked Sendable {
     /// needs the seed attached.
     private func prepareDisks() async throws(KilnError) -> Bool {
         try await createOverlay()
+        if let windows = options.windows {
+            events("preparing the Windows image with libguestfs (one appliance launch)")
+            let prepared = try await OfflineProvisioner.prepareWindows(disk: overlayPath, format: "qcow2", accelerator: options.accelerator,
+                                                                       answerFile: windows.answerFile, setupScript: windows.setupScript)
+            windowsPreparation = prepared
+            events("image: \(prepared.productName), ImageState \(prepared.imageState)"
+                   + (prepared.answerFileWritten ? "; answer file written (Administrator password, WinRM over HTTPS)" : ""))
+            if !prepared.answerFileWritten && windows.passwordFromAnswerFile {
+                throw KilnError(.invalidArgument, "the image's ImageState is \(prepared.imageState), not IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE: it is not generalized, so its first boot reads no answer file and Kiln cannot set a password. Generalize it (Sysprep /generalize /oobe), or name an account that has WinRM over HTTPS enabled with KILN_WINRM_USERNAME and KILN_WINRM_PASSWORD")
+            }
+            return false
+        }
         try writePrivateKey()
         let credentials = BuildCredentials(username: options.username, authorizedKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"))
         var useSeed = false
@@ -203,7 +239,9 @@ public final class BuildMachine: @unchecked Sendable {
     /// The domain as Kiln defines it: the same for a fresh boot and for a resume (libvirt requires the resumed
     /// domain's guest-visible hardware to match the saved one; paths, name and port forward may differ).
     var domainSpec: DomainSpec {
-        var disks = [DomainSpec.Disk(path: overlayPath, format: "qcow2", readOnly: false, device: .virtioDisk(target: "vda"))]
+        // Windows images carry no virtio drivers (Azure's have Hyper-V ones): SATA and an e1000e NIC work inbox.
+        let windows = options.windows != nil
+        var disks = [DomainSpec.Disk(path: overlayPath, format: "qcow2", readOnly: false, device: windows ? .sataDisk(target: "sda") : .virtioDisk(target: "vda"))]
         if let attachedSeedPath {
             // A virtio disk, not a CD-ROM: cloud-init's ds-identify runs before udev loads CD-ROM drivers, and
             // the reference images' initramfs carries virtio only.
@@ -214,7 +252,8 @@ public final class BuildMachine: @unchecked Sendable {
         return DomainSpec(name: domainName, uuid: domainUUID, accelerator: options.accelerator, vCPUs: vCPUs,
                           memoryMiB: options.size.memoryMiB, firmware: options.source.firmware,
                           nvramPath: options.source.firmware == .uefi ? nvramPath : nil, disks: disks, serialLogPath: consolePath,
-                          portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: 22)])
+                          portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: windows ? 5986 : 22)],
+                          windowsHardware: windows)
     }
 
     private func startDomain(withSeed: Bool) async throws(KilnError) {
@@ -222,7 +261,7 @@ public final class BuildMachine: @unchecked Sendable {
         attachedSeedPath = withSeed ? seedPath : nil
         let spec = domainSpec
         try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
-        events("booting \(domainName): \(options.size.name) (\(spec.vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), ssh 127.0.0.1:\(sshPort)")
+        events("booting \(domainName): \(options.size.name) (\(spec.vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), \(options.windows == nil ? "ssh" : "winrm https") 127.0.0.1:\(sshPort)")
         do {
             domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
             EmbeddedDriver.keepCapabilities(uri: connection.uri)
@@ -264,6 +303,30 @@ public final class BuildMachine: @unchecked Sendable {
         })
     }
 
+    /// The WinRM endpoint a Windows guest answers on (its HTTPS port forwarded to 127.0.0.1).
+    public var winRMOptions: WinRMOptions? {
+        guard let windows = options.windows else { return nil }
+        return WinRMOptions(endpoint: WinRMEndpoint(secure: true, host: "127.0.0.1", port: sshPort), username: windows.username,
+                            password: windows.password, auth: .ntlm, insecure: true)
+    }
+
+    /// Waits for WinRM over HTTPS (tolerating refusals while Windows boots and runs setup), failing at once if
+    /// the VM stops. Uploads are then served from the host for the guest to fetch through 10.0.2.2.
+    public func waitForWinRM(timeout: Duration) async throws(KilnError) -> WinRMSession {
+        guard let options = winRMOptions else { throw KilnError(.internalError, "not a Windows guest") }
+        let clock = ContinuousClock()
+        let start = clock.now
+        let events = self.events
+        return try await WinRMSession.waitUntilReady(options, timeout: timeout, hostAddressForGuest: "10.0.2.2", progress: { events($0) },
+                                                     abort: { [weak self] in
+            guard let self else { return KilnError(.cancelled, "machine gone") }
+            guard await self.isRunning() else {
+                return KilnError(.external, "the VM stopped while waiting for WinRM after \(DurationText.format(clock.now - start)); last console lines:\n\(self.consoleTail(lines: 15))")
+            }
+            return nil
+        })
+    }
+
     /// The last lines of the serial console, without terminal escapes.
     public func consoleTail(lines: Int) -> String {
         guard let data = FileManager.default.contents(atPath: consolePath) else { return "(no console output)" }
@@ -295,7 +358,8 @@ public final class BuildMachine: @unchecked Sendable {
         guard let domain, await domain.state().isActive else { return true }
         if let session {
             events("asking the guest to power off")
-            _ = try? await session.exec("sudo -n systemctl poweroff || sudo -n poweroff || sudo -n shutdown -h now")
+            _ = try? await session.exec(options.windows != nil ? #"shutdown /s /f /t 0 /c "kiln shutdown""#
+                                                              : "sudo -n systemctl poweroff || sudo -n poweroff || sudo -n shutdown -h now")
             await session.close()
         } else {
             events("asking the guest to power off (ACPI)")

@@ -11,6 +11,7 @@ public struct DomainSpec: Sendable, Equatable {
 
         public enum Device: Sendable, Equatable {
             case virtioDisk(target: String)
+            case sataDisk(target: String)
             case cdrom(target: String)
         }
     }
@@ -37,6 +38,9 @@ public struct DomainSpec: Sendable, Equatable {
     public var serialLogPath: String
     /// Forwards from 127.0.0.1 on the host to the guest, over QEMU user-mode networking.
     public var portForwards: [PortForward]
+    /// A Windows guest: inbox drivers only (SATA disk, e1000e NIC), the RTC in UTC as Azure keeps it, Hyper-V
+    /// enlightenments under KVM.
+    public var windowsHardware = false
 
     public static let ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
     public static let ovmfVarsTemplate = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -59,7 +63,11 @@ public struct DomainSpec: Sendable, Equatable {
         }
         lines.append("    <boot dev='hd'/>")
         lines.append("  </os>")
-        lines.append("  <features><acpi/><apic/></features>")
+        if windowsHardware && accelerator == .kvm {
+            lines.append("  <features><acpi/><apic/><hyperv><relaxed state='on'/><vapic state='on'/><spinlocks state='on' retries='8191'/></hyperv></features>")
+        } else {
+            lines.append("  <features><acpi/><apic/></features>")
+        }
         // TCG: the most capable emulated CPU; KVM: the host's.
         lines.append(accelerator == .kvm ? "  <cpu mode='host-passthrough'/>" : "  <cpu mode='maximum'/>")
         lines.append("  <clock offset='utc'/>")
@@ -77,6 +85,12 @@ public struct DomainSpec: Sendable, Equatable {
                                            : "      <driver name='qemu' type='\(disk.format)' cache='unsafe' discard='unmap'/>")
                 lines.append("      <source file='\(XML.escape(disk.path))'/>")
                 lines.append("      <target dev='\(target)' bus='virtio'/>")
+            case .sataDisk(let target):
+                lines.append("    <disk type='file' device='disk'>")
+                lines.append(disk.readOnly ? "      <driver name='qemu' type='\(disk.format)'/>"
+                                           : "      <driver name='qemu' type='\(disk.format)' cache='unsafe' discard='unmap'/>")
+                lines.append("      <source file='\(XML.escape(disk.path))'/>")
+                lines.append("      <target dev='\(target)' bus='sata'/>")
             case .cdrom(let target):
                 lines.append("    <disk type='file' device='cdrom'>")
                 lines.append("      <driver name='qemu' type='\(disk.format)'/>")
@@ -100,7 +114,7 @@ public struct DomainSpec: Sendable, Equatable {
         lines.append("    <qemu:arg value='-netdev'/>")
         lines.append("    <qemu:arg value='user,id=kilnnet0\(forwards.isEmpty ? "" : "," + forwards)'/>")
         lines.append("    <qemu:arg value='-device'/>")
-        lines.append("    <qemu:arg value='virtio-net-pci,netdev=kilnnet0,bus=pci.0,addr=0x1f'/>")
+        lines.append("    <qemu:arg value='\(windowsHardware ? "e1000e" : "virtio-net-pci"),netdev=kilnnet0,bus=pci.0,addr=0x1f'/>")
         lines.append("  </qemu:commandline>")
         lines.append("</domain>")
         return lines.joined(separator: "\n") + "\n"

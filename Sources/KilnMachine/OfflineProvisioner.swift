@@ -61,6 +61,55 @@ public enum OfflineProvisioner {
                                  productName: inspection.productName, hasCloudInit: hasCloudInit, injectedCredentials: injected)
     }
 
+    /// Prepares a Windows image for its first boot under Kiln: reads its ImageState and, when it is generalized
+    /// (the AIB case), writes an answer file that sets the Administrator password and enables WinRM over HTTPS.
+    public static func prepareWindows(disk: String, format: String, accelerator: Accelerator,
+                                      answerFile: String, setupScript: String) async throws(KilnError) -> WindowsPreparation {
+        let outcome: Result<WindowsPreparation, KilnError> = await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                do throws(KilnError) {
+                    continuation.resume(returning: .success(try windows(disk: disk, format: format, accelerator: accelerator,
+                                                                        answerFile: answerFile, setupScript: setupScript)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try outcome.get()
+    }
+
+    static func windows(disk: String, format: String, accelerator: Accelerator, answerFile: String, setupScript: String) throws(KilnError) -> WindowsPreparation {
+        let handle = try GuestfsHandle()
+        defer { handle.close() }
+        if accelerator == .tcg { try handle.setBackendSettings(["force_tcg"]) }
+        try handle.setBackend("direct")
+        try handle.addDrive(disk, format: format, readOnly: false)
+        try handle.launch()
+        guard let inspection = try handle.inspectOperatingSystems().first else {
+            throw KilnError(.invalidArgument, "expected an operating system on \(disk), found none (libguestfs inspection)")
+        }
+        guard inspection.type == "windows" else {
+            throw KilnError(.invalidArgument, "expected a Windows image, found \(inspection.productName) (\(inspection.type))")
+        }
+        try handle.mountAll(inspection, readOnly: false)
+        let statePath = try handle.caseSensitivePath("/Windows/Setup/State/State.ini")
+        var imageState = "unknown (no State.ini)"
+        if try handle.exists(statePath) {
+            imageState = WindowsPreparation.imageState(fromStateINI: try handle.readFile(statePath)) ?? "unknown"
+        }
+        let generalized = imageState == "IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE"
+        if generalized {
+            let panther = try handle.caseSensitivePath("/Windows/Panther")
+            try handle.mkdirP(panther)
+            try handle.writeFile(try handle.caseSensitivePath("/Windows/Panther/unattend.xml"), Array(answerFile.utf8))
+            let scripts = try handle.caseSensitivePath("/Windows/Setup/Scripts")
+            try handle.mkdirP(scripts)
+            try handle.writeFile(try handle.caseSensitivePath("/Windows/Setup/Scripts/kiln-winrm.ps1"), [0xEF, 0xBB, 0xBF] + Array(setupScript.utf8))
+        }
+        try handle.finish()
+        return WindowsPreparation(productName: inspection.productName, imageState: imageState, answerFileWritten: generalized)
+    }
+
     static func addLinuxUser(_ g: GuestfsHandle, _ credentials: BuildCredentials) throws(KilnError) {
         let user = credentials.username
         let passwd = String(decoding: try g.readFile("/etc/passwd"), as: UTF8.self)
@@ -98,5 +147,31 @@ public enum OfflineProvisioner {
         if !hasHostKey && hasKeygen {
             _ = try g.command(["/usr/bin/ssh-keygen", "-A"])
         }
+    }
+}
+
+/// What Kiln found and wrote in a Windows image before its first boot.
+public struct WindowsPreparation: Sendable {
+    public var productName: String
+    /// HKLM\...\Setup\State ImageState as State.ini records it.
+    public var imageState: String
+    public var answerFileWritten: Bool
+
+    /// `ImageState=…` from State.ini, which Windows writes in UTF-16LE with a byte order mark (or ANSI).
+    public static func imageState(fromStateINI bytes: [UInt8]) -> String? {
+        let text: String
+        if bytes.starts(with: [0xFF, 0xFE]) {
+            let units = stride(from: 2, to: bytes.count - 1, by: 2).map { UInt16(bytes[$0]) | UInt16(bytes[$0 + 1]) << 8 }
+            text = String(decoding: units, as: UTF16.self)
+        } else {
+            text = String(decoding: bytes, as: UTF8.self)
+        }
+        for line in text.split(whereSeparator: \.isNewline) {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces).lowercased() == "imagestate" {
+                return parts[1].trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return nil
     }
 }

@@ -81,13 +81,15 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
     /// Waits until the service runs a command for these credentials, like the SSH wait: every failure before the
     /// deadline is retried, with progress; an authentication refusal after the service answered is final.
     public static func waitUntilReady(_ options: WinRMOptions, timeout: Duration, hostAddressForGuest: String? = nil,
-                                      progress: @escaping @Sendable (String) -> Void = { _ in }) async throws(KilnError) -> WinRMSession {
+                                      progress: @escaping @Sendable (String) -> Void = { _ in },
+                                      abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> WinRMSession {
         let clock = ContinuousClock()
         let start = clock.now
         var lastReport = start
         var lastError = "no answer yet"
         while clock.now - start < timeout {
             if Task.isCancelled { throw KilnError(.cancelled, "canceled while waiting for WinRM") }
+            if let reason = await abort() { throw reason }
             var quick = options
             quick.retries = 0
             let client = WinRMClient(quick)

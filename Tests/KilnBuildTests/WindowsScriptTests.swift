@@ -66,7 +66,6 @@ import FoundationXML
     @Test func restartProbes() {
         #expect(PowerShell.decode(commandLine: WindowsScripts.restartedProbe)!.contains("'{0} restarted.' -f [System.Net.Dns]::GetHostName()"))
         #expect(PowerShell.decode(commandLine: WindowsScripts.bootIdentity)!.contains("LastBootUpTime"))
-        #expect(WindowsScripts.defaultRestartCommand == #"shutdown /r /f /t 0 /c "packer restart""#)
     }
 
     @Test func windowsUpdateScript() {

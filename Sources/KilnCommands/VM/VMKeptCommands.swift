@@ -47,6 +47,9 @@ struct VMSSHCommand: AsyncParsableCommand {
 
     func run() async throws {
         let vm = try requireKept(run, state: stateFlags.state)
+        if vm.winrmURL != nil {
+            throw fail(KilnError(.invalidArgument, "run \(run) kept a Windows VM, which has no SSH; reach it with \(vm.reachCommand)"))
+        }
         guard let ssh = Subprocess.find("ssh") else {
             throw fail(KilnError(.notFound, "expected OpenSSH's ssh client on PATH, found none (apt-get install openssh-client); the VM answers at \(vm.sshCommand)"))
         }

@@ -1,0 +1,90 @@
+import Foundation
+import KilnMachine
+import KilnSupport
+import KilnTemplate
+import KilnWinRM
+
+extension BuildEngine {
+    /// A Windows build: the image prepared offline (answer file with a per-build Administrator password, WinRM
+    /// over HTTPS), boot, WinRM, customizers, validation, Sysprep (or the template's script), power-off,
+    /// distribution. Windows guests take no checkpoints: the build cache is Linux-only for now.
+    func buildWindows(_ template: ImageTemplate, source: SourceImage, steps: [(String, Customizer)], validations: [(String, Customizer)],
+                      size: VMSize, accelerator: Accelerator, downloads: String, prefetcher: StepRunner, log: CustomizationLog) async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let givenPassword = environment["KILN_WINRM_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
+        let username = environment["KILN_WINRM_USERNAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "Administrator"
+        let password = givenPassword ?? WindowsScripts.generatePassword()
+        let access = WindowsAccess(username: username, password: password, passwordFromAnswerFile: givenPassword == nil,
+                                   answerFile: WindowsScripts.unattend(administratorPassword: password),
+                                   setupScript: WindowsScripts.enableWinRMHTTPS)
+        log.write("kiln", "Windows guest: WinRM over HTTPS as \(username) (" + (givenPassword == nil ? "a per-build password set by the answer file" : "the password in KILN_WINRM_PASSWORD") + ")")
+        if request.writeCheckpoints || request.useCache {
+            log.write("kiln", "the build cache does not cover Windows guests: no checkpoints are read or written")
+        }
+        let options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
+                                     accelerator: accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
+                                     stateDirectory: request.state, windows: access)
+        enterPhase(.building, "boot")
+        let machine = try await BuildMachine.boot(options) { [events] message in
+            log.write("kiln", message)
+            events(.message(message))
+        }
+        self.machine = machine
+        let session = try await machine.waitForWinRM(timeout: request.sshTimeout)
+        log.write("kiln", "WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman as \(username)")
+        events(.message("WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman"))
+        let runner = WindowsStepRunner(session: session, log: log, events: events, downloads: downloads, fetcher: prefetcher,
+                                       administrator: (username, password))
+
+        if !steps.isEmpty {
+            enterPhase(.customizing, "customize")
+            for (index, (path, step)) in steps.enumerated() {
+                try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
+            }
+        }
+        let validate = template.properties.validate
+        if !validations.isEmpty {
+            enterPhase(.validating, "validate")
+            var failure: String?
+            for (offset, (path, step)) in validations.enumerated() {
+                do {
+                    try await runStep(runner.run, step, index: steps.count + offset, path: path,
+                                      onError: request.onError ?? template.properties.errorHandling.onValidationError)
+                } catch let stepFailure as StepFailure {
+                    failure = stepFailure.message
+                    break
+                }
+            }
+            if let failure {
+                guard validate?.continueDistributeOnFailure == true, validate?.sourceValidationOnly != true else {
+                    throw Outcome.failed("validation failed: \(failure)")
+                }
+                events(.warning("validation failed; distributing anyway (continueDistributeOnFailure): \(failure)"))
+            }
+        }
+        if validate?.sourceValidationOnly == true {
+            record.message = "source validation succeeded; nothing is distributed with sourceValidationOnly"
+            await session.close()
+            return
+        }
+
+        enterPhase(.customizing, "deprovision")
+        log.write("deprovision", "running C:\\DeprovisioningScript.ps1 if the template wrote one, else AIB's default Sysprep")
+        let (result, tail) = try await runner.stream(WindowsScripts.deprovision, label: "deprovision")
+        guard result.succeeded else {
+            throw Outcome.failed("deprovisioning failed with \(result). Last output:\n\(tail.text)")
+        }
+
+        enterPhase(.customizing, "shutdown")
+        log.write("kiln", "powering off: \(WindowsScripts.powerOffCommand)")
+        _ = try? await session.exec(WindowsScripts.powerOffCommand)
+        await session.close()
+        // A generalized guest is never forced off: a half-written image is worse than a failed build.
+        guard await machine.waitForStop(timeout: .seconds(600)) else {
+            throw Outcome.failed("the guest did not power off within 10m0s after deprovisioning; it was not forced off, and nothing is distributed")
+        }
+
+        enterPhase(.distributing, "distribute")
+        try await distribute(template, machine: machine, source: source, guestOS: .windows, log: log)
+    }
+}
