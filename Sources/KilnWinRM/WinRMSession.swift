@@ -66,7 +66,7 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
         client.close()
     }
 
-    static func sha256(ofFile path: String) throws(KilnError) -> String {
+    public static func sha256(ofFile path: String) throws(KilnError) -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw KilnError(.io, "cannot read \(path)") }
         defer { try? handle.close() }
         var hasher = SHA256()
@@ -118,14 +118,14 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
 
 /// Serves one file on 127.0.0.1 under an unguessable path, for the guest to fetch through the user-mode network
 /// gateway. Stops with `stop()`.
-final class LoopbackFileShare: @unchecked Sendable {
-    let port: Int
-    let token = UUID().uuidString.lowercased()
+public final class LoopbackFileShare: @unchecked Sendable {
+    public let port: Int
+    public let token = UUID().uuidString.lowercased()
     private let path: String
     private let listener: Int32
     private let stopped = Locked(false)
 
-    init(path: String) throws(KilnError) {
+    public init(path: String) throws(KilnError) {
         self.path = path
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         self.listener = listener
@@ -190,7 +190,7 @@ final class LoopbackFileShare: @unchecked Sendable {
         }
     }
 
-    func stop() {
+    public func stop() {
         guard !stopped.withLock({ let was = $0; $0 = true; return was }) else { return }
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)

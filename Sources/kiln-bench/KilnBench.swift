@@ -2,14 +2,14 @@ import Foundation
 import KilnLibvirt
 import KilnSupport
 
-/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild` (README, "Benchmarks").
+/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild`, `upload` (README, "Benchmarks").
 @main
 enum KilnBench {
     static func main() async {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -33,8 +33,10 @@ enum KilnBench {
                                        dataMiB: Int(option("--data-mib") ?? "1024") ?? 1024).run()
             case "rebuild":
                 try await RebuildBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2, size: option("--size") ?? "Standard_D2s_v3").run()
+            case "upload":
+                try await UploadBenchmark(mib: Int(option("--mib") ?? "20") ?? 20, rounds: Int(option("--rounds") ?? "3") ?? 3).run()
             default:
-                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild")
+                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild, upload")
                 exit(2)
             }
         } catch {
