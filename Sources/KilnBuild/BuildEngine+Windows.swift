@@ -10,6 +10,9 @@ extension BuildEngine {
     /// distribution. Windows guests take no checkpoints: the build cache is Linux-only for now.
     func buildWindows(_ template: ImageTemplate, source: SourceImage, steps: [(String, Customizer)], validations: [(String, Customizer)],
                       size: VMSize, accelerator: Accelerator, downloads: String, prefetcher: StepRunner, log: CustomizationLog) async throws {
+        if let run = request.resumeRun {
+            throw Outcome.failed("--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")
+        }
         let environment = ProcessInfo.processInfo.environment
         let givenPassword = environment["KILN_WINRM_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
         let username = environment["KILN_WINRM_USERNAME"].flatMap { $0.isEmpty ? nil : $0 } ?? "Administrator"

@@ -9,7 +9,7 @@ enum KilnBench {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -26,7 +26,10 @@ enum KilnBench {
                 let size = option("--size") ?? "Standard_D2s_v3"
                 try await BootBenchmark(urn: arguments.first ?? "Debian:debian-12:12", runs: runs, size: size).run()
             case "build-vs-packer":
-                try await PackerBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2).run()
+                let rounds = Int(option("--rounds") ?? "2") ?? 2
+                let mode = option("--mode") ?? "both"
+                if mode == "cold" || mode == "both" { try await PackerBenchmark(rounds: rounds, warmSource: false).run() }
+                if mode == "warm" || mode == "both" { try await PackerBenchmark(rounds: rounds, warmSource: true).run() }
             case "vhd":
                 let sizes = (option("--sizes") ?? "2,8").split(separator: ",").compactMap { Int($0) }
                 try await VHDBenchmark(sizesGiB: sizes, rounds: Int(option("--rounds") ?? "7") ?? 7,
