@@ -385,14 +385,10 @@ public final class BuildEngine: @unchecked Sendable {
         let deprovision = LinuxDeprovisioner.deprovisionCommand(hasOverride: hasOverride)
         log.write("deprovision", hasOverride ? "running the template's \(LinuxDeprovisioner.overrideScript)" : "running AIB's default deprovisioning")
         log.write("deprovision", "command: \(deprovision)")
-        let tail = OutputTail(lines: 20)
-        let result = try await connection.session.exec(deprovision) { [events] chunk in
-            for line in chunk.text.split(separator: "\n") {
-                tail.append(String(line))
-                log.write("deprovision", String(line))
-                events(.output(customizer: "deprovision", stream: chunk.stream.rawValue, line: String(line)))
-            }
-        }
+        let output = StepOutput(label: "deprovision", log: log, events: events)
+        let tail = output.tail
+        let result = try await connection.session.exec(deprovision) { output.feed($0.stream.rawValue, $0.bytes) }
+        output.finish()
         log.write("deprovision", "\(result)")
         guard result.succeeded else {
             throw Outcome.failed("deprovisioning failed with \(result). Last output:\n\(tail.text)")

@@ -69,3 +69,34 @@ final class LineSplitter: @unchecked Sendable {
         return rest
     }
 }
+
+/// A step's streamed output: each line to the log and the event stream under the customizer's name, the last lines
+/// kept for a failure message.
+final class StepOutput: @unchecked Sendable {
+    let tail = OutputTail(lines: 20)
+    private let splitter = LineSplitter()
+    private let label: String
+    private let log: CustomizationLog
+    private let events: @Sendable (BuildEvent) -> Void
+
+    init(label: String, log: CustomizationLog, events: @escaping @Sendable (BuildEvent) -> Void) {
+        self.label = label
+        self.log = log
+        self.events = events
+    }
+
+    func feed(_ stream: String, _ bytes: [UInt8]) {
+        for line in splitter.feed(stream, bytes) { emit(stream, line) }
+    }
+
+    /// Emits a last line without its newline, if any.
+    func finish() {
+        for (stream, rest) in splitter.flush() { emit(stream, rest) }
+    }
+
+    private func emit(_ stream: String, _ line: String) {
+        tail.append(line)
+        log.write(label, line)
+        events(.output(customizer: label, stream: stream, line: line))
+    }
+}

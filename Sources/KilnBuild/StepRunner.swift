@@ -179,21 +179,10 @@ struct StepRunner {
         let bootID = try await currentBootID()
         let command = runner(remote)
         log.write(label, "running: \(command)")
-        let tail = OutputTail(lines: 20)
-        let splitter = LineSplitter()
-        let log = self.log, events = self.events
-        let result = try await session.exec(command) { chunk in
-            for line in splitter.feed(chunk.stream.rawValue, chunk.bytes) {
-                tail.append(line)
-                log.write(label, line)
-                events(.output(customizer: label, stream: chunk.stream.rawValue, line: line))
-            }
-        }
-        for (stream, rest) in splitter.flush() {
-            tail.append(rest)
-            log.write(label, rest)
-            events(.output(customizer: label, stream: stream, line: rest))
-        }
+        let output = StepOutput(label: label, log: log, events: events)
+        let tail = output.tail
+        let result = try await session.exec(command) { output.feed($0.stream.rawValue, $0.bytes) }
+        output.finish()
         switch result.outcome {
         case .exited(let code):
             log.write(label, "exit status \(code)")

@@ -1,4 +1,5 @@
 import Foundation
+import KilnSupport
 import KilnTemplate
 import KilnWinRM
 
@@ -257,8 +258,8 @@ public enum WindowsScripts {
         func encode(_ value: String, suffix: String) -> String {
             Data((value + suffix).utf16.flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }).base64EncodedString()
         }
-        let escapedName = WSMan.escape(computerName)
-        let command = WSMan.escape("powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File " + winRMSetupScriptPath)
+        let escapedName = XMLText.escape(computerName)
+        let command = XMLText.escape("powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File " + winRMSetupScriptPath)
         let component = #"processorArchitecture="amd64" publicKeyToken="31bf3856ad364e35" language="neutral" versionScope="nonSxS" xmlns:wcm="http://schemas.microsoft.com/WMIConfig/2002/State" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance""#
         return """
         <?xml version="1.0" encoding="utf-8"?>

@@ -117,24 +117,11 @@ struct WindowsStepRunner {
 
     /// Runs a command, each output line to the log and the event stream with the customizer's name.
     func stream(_ command: String, label: String) async throws -> (ExecResult, OutputTail) {
-        let tail = OutputTail(lines: 20)
-        let splitter = LineSplitter()
-        let log = self.log, events = self.events
-        let result = try await session.exec(command) { chunk in
-            for line in splitter.feed(chunk.stream.rawValue, chunk.bytes) {
-                let clean = line.hasSuffix("\r") ? String(line.dropLast()) : line
-                tail.append(clean)
-                log.write(label, clean)
-                events(.output(customizer: label, stream: chunk.stream.rawValue, line: clean))
-            }
-        }
-        for (stream, rest) in splitter.flush() {
-            tail.append(rest)
-            log.write(label, rest)
-            events(.output(customizer: label, stream: stream, line: rest))
-        }
+        let output = StepOutput(label: label, log: log, events: events)
+        let result = try await session.exec(command) { output.feed($0.stream.rawValue, $0.bytes) }
+        output.finish()
         log.write(label, "\(result)")
-        return (result, tail)
+        return (result, output.tail)
     }
 
     private func check(_ outcome: (ExecResult, OutputTail), validExitCodes: [Int], label: String, path: String) throws {

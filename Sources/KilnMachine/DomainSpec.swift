@@ -49,8 +49,8 @@ public struct DomainSpec: Sendable, Equatable {
         var lines: [String] = []
         let type = accelerator == .kvm ? "kvm" : "qemu"
         lines.append("<domain type='\(type)' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>")
-        lines.append("  <name>\(XML.escape(name))</name>")
-        if let uuid { lines.append("  <uuid>\(XML.escape(uuid))</uuid>") }
+        lines.append("  <name>\(XMLText.escape(name))</name>")
+        if let uuid { lines.append("  <uuid>\(XMLText.escape(uuid))</uuid>") }
         lines.append("  <memory unit='MiB'>\(memoryMiB)</memory>")
         lines.append("  <vcpu>\(vCPUs)</vcpu>")
         lines.append("  <os>")
@@ -58,7 +58,7 @@ public struct DomainSpec: Sendable, Equatable {
         if firmware == .uefi {
             lines.append("    <loader readonly='yes' type='pflash'>\(DomainSpec.ovmfCode)</loader>")
             if let nvramPath {
-                lines.append("    <nvram template='\(DomainSpec.ovmfVarsTemplate)'>\(XML.escape(nvramPath))</nvram>")
+                lines.append("    <nvram template='\(DomainSpec.ovmfVarsTemplate)'>\(XMLText.escape(nvramPath))</nvram>")
             }
         }
         lines.append("    <boot dev='hd'/>")
@@ -77,31 +77,27 @@ public struct DomainSpec: Sendable, Equatable {
         lines.append("  <devices>")
         for disk in disks {
             switch disk.device {
-            case .virtioDisk(let target):
+            case .virtioDisk(let target), .sataDisk(let target):
                 // cache=unsafe: a build VM's disk is disposable until shutdown, and fsync-heavy package installs
                 // run much faster; discard=unmap lets fstrim in the guest keep the overlay sparse.
+                let bus: String
+                if case .sataDisk = disk.device { bus = "sata" } else { bus = "virtio" }
                 lines.append("    <disk type='file' device='disk'>")
                 lines.append(disk.readOnly ? "      <driver name='qemu' type='\(disk.format)'/>"
                                            : "      <driver name='qemu' type='\(disk.format)' cache='unsafe' discard='unmap'/>")
-                lines.append("      <source file='\(XML.escape(disk.path))'/>")
-                lines.append("      <target dev='\(target)' bus='virtio'/>")
-            case .sataDisk(let target):
-                lines.append("    <disk type='file' device='disk'>")
-                lines.append(disk.readOnly ? "      <driver name='qemu' type='\(disk.format)'/>"
-                                           : "      <driver name='qemu' type='\(disk.format)' cache='unsafe' discard='unmap'/>")
-                lines.append("      <source file='\(XML.escape(disk.path))'/>")
-                lines.append("      <target dev='\(target)' bus='sata'/>")
+                lines.append("      <source file='\(XMLText.escape(disk.path))'/>")
+                lines.append("      <target dev='\(target)' bus='\(bus)'/>")
             case .cdrom(let target):
                 lines.append("    <disk type='file' device='cdrom'>")
                 lines.append("      <driver name='qemu' type='\(disk.format)'/>")
-                lines.append("      <source file='\(XML.escape(disk.path))'/>")
+                lines.append("      <source file='\(XMLText.escape(disk.path))'/>")
                 lines.append("      <target dev='\(target)' bus='ide'/>")
             }
             if disk.readOnly { lines.append("      <readonly/>") }
             lines.append("    </disk>")
         }
         lines.append("    <serial type='file'>")
-        lines.append("      <source path='\(XML.escape(serialLogPath))'/>")
+        lines.append("      <source path='\(XMLText.escape(serialLogPath))'/>")
         lines.append("      <target port='0'/>")
         lines.append("    </serial>")
         lines.append("    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
@@ -118,22 +114,5 @@ public struct DomainSpec: Sendable, Equatable {
         lines.append("  </qemu:commandline>")
         lines.append("</domain>")
         return lines.joined(separator: "\n") + "\n"
-    }
-}
-
-enum XML {
-    static func escape(_ text: String) -> String {
-        var output = ""
-        for character in text {
-            switch character {
-            case "&": output += "&amp;"
-            case "<": output += "&lt;"
-            case ">": output += "&gt;"
-            case "'": output += "&apos;"
-            case "\"": output += "&quot;"
-            default: output.append(character)
-            }
-        }
-        return output
     }
 }

@@ -60,11 +60,11 @@ extension BuildMachine {
         }
         var disks = ["    <disk name='vda' snapshot='external' type='file'>",
                      "      <driver type='qcow2'/>",
-                     "      <source file='\(XML.escape(nextOverlay))'/>",
+                     "      <source file='\(XMLText.escape(nextOverlay))'/>",
                      "    </disk>"]
         if attachedSeedPath != nil { disks.append("    <disk name='vdb' snapshot='no'/>") }
         let xml = (["<domainsnapshot>",
-                    "  <memory snapshot='external' file='\(XML.escape(checkpoint.memoryPath))'/>",
+                    "  <memory snapshot='external' file='\(XMLText.escape(checkpoint.memoryPath))'/>",
                     "  <disks>"] + disks + ["  </disks>", "</domainsnapshot>"]).joined(separator: "\n")
         try await domain.createExternalSnapshot(xml: xml)
         let layer = overlayPath

@@ -24,22 +24,7 @@ public enum WSMan {
     /// ERROR_WSMAN_OPERATION_TIMEDOUT: a Receive found no output within OperationTimeout. Poll again.
     public static let timedOutCode = "2150858793"
 
-    public static func escape(_ text: String) -> String {
-        var escaped = ""
-        escaped.reserveCapacity(text.utf8.count)
-        for character in text.unicodeScalars {
-            switch character {
-            case "&": escaped += "&amp;"
-            case "<": escaped += "&lt;"
-            case ">": escaped += "&gt;"
-            case "\"": escaped += "&quot;"
-            case "'": escaped += "&apos;"
-            case "\r": escaped += "&#13;"
-            default: escaped.unicodeScalars.append(character)
-            }
-        }
-        return escaped
-    }
+    static func escape(_ text: String) -> String { XMLText.escape(text) }
 
     /// A complete SOAP envelope. `options` become a w:OptionSet, `shellID` a ShellId selector.
     public static func envelope(to endpoint: String, action: Action, operationTimeout: Duration, maxEnvelopeSize: Int = 153_600,

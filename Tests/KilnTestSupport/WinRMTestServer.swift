@@ -1,4 +1,5 @@
 import Foundation
+import KilnSupport
 import KilnWinRM
 import NIOCore
 import NIOHTTP1
@@ -195,9 +196,9 @@ public final class WinRMTestServer: @unchecked Sendable {
     func fault(_ subcode: String, code: String, message: String, relatesTo: String, sender: Bool = true) -> String {
         envelope(action: "http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relatesTo: relatesTo, body: """
         <s:Fault><s:Code><s:Value>\(sender ? "s:Sender" : "s:Receiver")</s:Value><s:Subcode><s:Value>\(subcode)</s:Value></s:Subcode></s:Code>\
-        <s:Reason><s:Text xml:lang="">\(WSMan.escape(message))</s:Text></s:Reason><s:Detail>\
+        <s:Reason><s:Text xml:lang="">\(XMLText.escape(message))</s:Text></s:Reason><s:Detail>\
         <f:WSManFault xmlns:f="http://schemas.microsoft.com/wbem/wsman/1/wsmanfault" Code="\(code)" Machine="127.0.0.1">\
-        <f:Message>\(WSMan.escape(message))</f:Message></f:WSManFault></s:Detail></s:Fault>
+        <f:Message>\(XMLText.escape(message))</f:Message></f:WSManFault></s:Detail></s:Fault>
         """)
     }
 
