@@ -64,6 +64,7 @@ struct HTTPResponse: Sendable {
 final class HTTPConnection: @unchecked Sendable {
     let endpoint: WinRMEndpoint
     let verifyCertificate: Bool
+    let pinnedCertificateSHA256: [UInt8]?
     private let connectTimeout: Duration
     private var fd: Int32 = -1
     private var tls: OpaquePointer?
@@ -71,9 +72,10 @@ final class HTTPConnection: @unchecked Sendable {
     private let fdLock = NSLock()
     private(set) var peerCertificateSHA256: [UInt8]?
 
-    init(endpoint: WinRMEndpoint, verifyCertificate: Bool, connectTimeout: Duration = .seconds(10)) {
+    init(endpoint: WinRMEndpoint, verifyCertificate: Bool, pinnedCertificateSHA256: [UInt8]? = nil, connectTimeout: Duration = .seconds(10)) {
         self.endpoint = endpoint
         self.verifyCertificate = verifyCertificate
+        self.pinnedCertificateSHA256 = pinnedCertificateSHA256
         self.connectTimeout = connectTimeout
         signal(SIGPIPE, SIG_IGN)
     }
@@ -115,6 +117,12 @@ final class HTTPConnection: @unchecked Sendable {
                 tls = session
                 var digest = [UInt8](repeating: 0, count: 32)
                 peerCertificateSHA256 = kiln_tls_peer_sha256(session, &digest) == 1 ? digest : nil
+                if let pin = pinnedCertificateSHA256, peerCertificateSHA256 != pin {
+                    let seen = peerCertificateSHA256.map { $0.map { String(format: "%02x", $0) }.joined() } ?? "none"
+                    close()
+                    // Not a connection error: retrying would not change the certificate.
+                    throw KilnError(.external, "\(endpoint) presented a certificate (sha256 \(seen)) other than the one pinned when the guest first answered (\(pin.map { String(format: "%02x", $0) }.joined())); refusing it")
+                }
             }
             return
         }

@@ -19,6 +19,9 @@ public struct WinRMOptions: Sendable {
     public var maxEnvelopeSize: Int
     /// Reconnects after a lost connection, for requests that are safe to repeat.
     public var retries: Int
+    /// HTTPS: the SHA-256 of the only certificate accepted (trust on first use, as SSH pins a host key): a build
+    /// pins the certificate its guest presented first, so a later connection cannot be answered by another.
+    public var pinnedCertificateSHA256: [UInt8]?
 
     public init(endpoint: WinRMEndpoint, username: String, password: String, auth: WinRMAuth = .ntlm, insecure: Bool = false,
                 operationTimeout: Duration = .seconds(20), maxEnvelopeSize: Int = 153_600, retries: Int = 3) {
@@ -50,7 +53,7 @@ public final class WinRMClient: @unchecked Sendable {
 
     public init(_ options: WinRMOptions) {
         self.options = options
-        connection = HTTPConnection(endpoint: options.endpoint, verifyCertificate: !options.insecure)
+        connection = HTTPConnection(endpoint: options.endpoint, verifyCertificate: !options.insecure, pinnedCertificateSHA256: options.pinnedCertificateSHA256)
     }
 
     /// SHA-256 of the certificate the HTTPS service presented, once connected.

@@ -96,8 +96,10 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
             do {
                 let result = try await client.run("echo kiln-ready", output: { _ in })
                 if result.succeeded {
+                    var pinned = options
+                    if options.endpoint.secure, pinned.pinnedCertificateSHA256 == nil { pinned.pinnedCertificateSHA256 = client.peerCertificateSHA256 }
                     client.close()
-                    return WinRMSession(client: WinRMClient(options), hostAddressForGuest: hostAddressForGuest)
+                    return WinRMSession(client: WinRMClient(pinned), hostAddressForGuest: hostAddressForGuest)
                 }
                 lastError = "`echo` ended with \(result)"
             } catch where error.code == .cancelled {

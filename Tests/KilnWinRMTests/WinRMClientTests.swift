@@ -195,6 +195,24 @@ import Testing
         #expect(stdout == "over tls\n")
         #expect(client.peerCertificateSHA256?.count == 32)
 
+        // waitUntilReady pins the certificate it saw first; a connection presenting another is refused at once.
+        let ready = try await WinRMSession.waitUntilReady(WinRMOptions(endpoint: try WinRMEndpoint(url: url), username: server.username,
+                                                                       password: server.password, auth: .ntlm, insecure: true), timeout: .seconds(30))
+        #expect(ready.client.options.pinnedCertificateSHA256 == client.peerCertificateSHA256)
+        #expect(try await ready.exec("echo pinned", output: { _ in }).succeeded)
+        await ready.close()
+        var wrongPin = WinRMOptions(endpoint: try WinRMEndpoint(url: url), username: server.username, password: server.password,
+                                    auth: .ntlm, insecure: true, operationTimeout: .seconds(5))
+        wrongPin.pinnedCertificateSHA256 = [UInt8](repeating: 7, count: 32)
+        let pinnedClient = WinRMClient(wrongPin)
+        defer { pinnedClient.close() }
+        do {
+            _ = try await Self.run(pinnedClient, "echo never")
+            Issue.record("expected the certificate to be refused")
+        } catch let error as KilnError {
+            #expect(error.message.contains("other than the one pinned"), "\(error)")
+        }
+
         // Without --insecure a self-signed certificate is refused, with the way out named.
         let strict = WinRMClient(WinRMOptions(endpoint: try WinRMEndpoint(url: url), username: server.username, password: server.password,
                                               auth: .ntlm, insecure: false, operationTimeout: .seconds(5), retries: 0))
