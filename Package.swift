@@ -40,7 +40,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // WS-Management (WinRM) client: HTTP(S) over OpenSSL, Basic and NTLMv2 with message encryption.
-        .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "CKilnShim",
+        .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "KilnDigest", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
         .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
@@ -57,7 +57,7 @@ let package = Package(
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
-        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM"]),
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",
@@ -70,7 +70,7 @@ let package = Package(
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
         .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
-        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnSSH", "KilnSupport", "KilnTestSupport"]),
+        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnSSH", "KilnSupport", "KilnTestSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -45,28 +45,7 @@ extension BuildEngine {
                 try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
             }
         }
-        let validate = template.properties.validate
-        if !validations.isEmpty {
-            enterPhase(.validating, "validate")
-            var failure: String?
-            for (offset, (path, step)) in validations.enumerated() {
-                do {
-                    try await runStep(runner.run, step, index: steps.count + offset, path: path,
-                                      onError: request.onError ?? template.properties.errorHandling.onValidationError)
-                } catch let stepFailure as StepFailure {
-                    failure = stepFailure.message
-                    break
-                }
-            }
-            if let failure {
-                guard validate?.continueDistributeOnFailure == true, validate?.sourceValidationOnly != true else {
-                    throw Outcome.failed("validation failed: \(failure)")
-                }
-                events(.warning("validation failed; distributing anyway (continueDistributeOnFailure): \(failure)"))
-            }
-        }
-        if validate?.sourceValidationOnly == true {
-            record.message = "source validation succeeded; nothing is distributed with sourceValidationOnly"
+        if try await runValidations(validations, firstIndex: steps.count, template: template, run: runner.run) {
             await session.close()
             return
         }

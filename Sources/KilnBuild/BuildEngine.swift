@@ -355,27 +355,7 @@ public final class BuildEngine: @unchecked Sendable {
             }
         }
 
-        var validationFailure: String?
-        if !validations.isEmpty {
-            enterPhase(.validating, "validate")
-            for (offset, (path, step)) in validations.enumerated() {
-                do {
-                    try await runStep(runner.run, step, index: steps.count + offset, path: path.description,
-                                      onError: request.onError ?? template.properties.errorHandling.onValidationError)
-                } catch let failure as StepFailure {
-                    validationFailure = failure.message
-                    break
-                }
-            }
-            if let validationFailure {
-                guard validate?.continueDistributeOnFailure == true, !sourceOnly else {
-                    throw Outcome.failed("validation failed: \(validationFailure)")
-                }
-                events(.warning("validation failed; distributing anyway (continueDistributeOnFailure): \(validationFailure)"))
-            }
-        }
-        if sourceOnly {
-            record.message = "source validation succeeded; nothing is distributed with sourceValidationOnly"
+        if try await runValidations(validations.map { ($0.0.description, $0.1) }, firstIndex: steps.count, template: template, run: runner.run) {
             await connection.close()
             return
         }
@@ -563,6 +543,38 @@ public final class BuildEngine: @unchecked Sendable {
         _ = try await session.exec("sudo -n date -u -s @\(Int(Date().timeIntervalSince1970)) >/dev/null 2>&1 || true")
     }
 
+    /// Runs `validate.inVMValidations` (numbered after the customizers). A failure ends the build unless
+    /// continueDistributeOnFailure is set (and sourceValidationOnly is not). True when the build ends here:
+    /// sourceValidationOnly distributes nothing.
+    func runValidations(_ validations: [(path: String, step: Customizer)], firstIndex: Int, template: ImageTemplate,
+                        run: (Customizer, Int, String) async throws -> Void) async throws -> Bool {
+        let validate = template.properties.validate
+        let sourceOnly = validate?.sourceValidationOnly == true
+        if !validations.isEmpty {
+            enterPhase(.validating, "validate")
+            var failure: String?
+            for (offset, (path, step)) in validations.enumerated() {
+                do {
+                    try await runStep(run, step, index: firstIndex + offset, path: path,
+                                      onError: request.onError ?? template.properties.errorHandling.onValidationError)
+                } catch let stepFailure as StepFailure {
+                    failure = stepFailure.message
+                    break
+                }
+            }
+            if let failure {
+                guard validate?.continueDistributeOnFailure == true, !sourceOnly else {
+                    throw Outcome.failed("validation failed: \(failure)")
+                }
+                events(.warning("validation failed; distributing anyway (continueDistributeOnFailure): \(failure)"))
+            }
+        }
+        if sourceOnly {
+            record.message = "source validation succeeded; nothing is distributed with sourceValidationOnly"
+        }
+        return sourceOnly
+    }
+
     func runStep(_ run: (Customizer, Int, String) async throws -> Void, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
         let label = StepRunner.label(step, index: index)
         events(.customizerStarted(index: index, name: label, type: step.typeName))
@@ -632,13 +644,10 @@ public final class BuildEngine: @unchecked Sendable {
                             privateKeyPath: machine.privateKeyPath, knownHostsPath: runDirectory + "/known_hosts",
                             hostKey: machine.hostKeyPin.pinnedKey ?? "", owner: ProcessIdentity.current.description,
                             keptAt: Date(), failure: record.message,
-                            winrmURL: machine.winRMOptions.map { $0.endpoint.description })
-            if let windows = machine.options.windows {
-                try? AtomicFile.write(Data(windows.password.utf8), to: runDirectory + "/winrm-password")
-                chmod(runDirectory + "/winrm-password", 0o600)
-            }
+                            winrmURL: machine.winRMOptions.map { $0.endpoint.description },
+                            winrmPasswordPath: machine.options.windows.map { _ in KeptVM.passwordPath(runDirectory: runDirectory) })
             do {
-                try vm.write(runDirectory: runDirectory)
+                try vm.write(runDirectory: runDirectory, winrmPassword: machine.options.windows?.password)
             } catch {
                 events(.warning("\(error)"))
             }

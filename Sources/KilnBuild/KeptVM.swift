@@ -20,13 +20,16 @@ public struct KeptVM: Codable, Sendable, Equatable {
     public var owner: String
     public var keptAt: Date
     public var failure: String
-    /// A Windows VM: reached with `kiln winrm exec` at this URL (the password in the run's winrm-password file).
+    /// A Windows VM: reached with `kiln winrm exec` at this URL, with the password in `winrmPasswordPath` (mode 0600).
     public var winrmURL: String? = nil
+    public var winrmPasswordPath: String? = nil
+
+    static func passwordPath(runDirectory: String) -> String { runDirectory + "/winrm-password" }
 
     /// How to reach the VM, as printed when it is kept.
     public var reachCommand: String {
         guard let winrmURL else { return sshCommand }
-        return "kiln winrm exec --url \(winrmURL) --username \(username) --insecure -- CMD (KILN_WINRM_PASSWORD from \(knownHostsPath.replacingOccurrences(of: "known_hosts", with: "winrm-password")))"
+        return "kiln winrm exec --url \(winrmURL) --username \(username) --insecure -- CMD (KILN_WINRM_PASSWORD from \(winrmPasswordPath ?? "?"))"
     }
 
     public var sshCommand: String {
@@ -43,19 +46,20 @@ public struct KeptVM: Codable, Sendable, Equatable {
 
     static func path(runDirectory: String) -> String { runDirectory + "/kept.json" }
 
-    func write(runDirectory: String) throws(KilnError) {
-        if winrmURL != nil {
-            try RecordFile.write(self, to: KeptVM.path(runDirectory: runDirectory))
-            return
+    /// Writes the record with what reaches the VM: the pinned host key for SSH, or the WinRM password.
+    func write(runDirectory: String, winrmPassword: String? = nil) throws(KilnError) {
+        if let winrmPasswordPath {
+            try AtomicFile.write(Data((winrmPassword ?? "").utf8), to: winrmPasswordPath, permissions: 0o600)
+        } else {
+            try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
         }
-        try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
         try RecordFile.write(self, to: KeptVM.path(runDirectory: runDirectory))
     }
 
     static func remove(runDirectory: String) {
         try? FileManager.default.removeItem(atPath: path(runDirectory: runDirectory))
         try? FileManager.default.removeItem(atPath: runDirectory + "/known_hosts")
-        try? FileManager.default.removeItem(atPath: runDirectory + "/winrm-password")
+        try? FileManager.default.removeItem(atPath: passwordPath(runDirectory: runDirectory))
     }
 
     public static func read(runDirectory: String) -> KeptVM? {

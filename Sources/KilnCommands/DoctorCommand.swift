@@ -76,20 +76,18 @@ struct DoctorCommand: AsyncParsableCommand {
         } else {
             let clock = ContinuousClock()
             let start = clock.now
-            let outcome: Result<Void, KilnError> = await withCheckedContinuation { continuation in
-                DispatchQueue.global().async {
-                    do throws(KilnError) {
-                        let handle = try GuestfsHandle()
-                        defer { handle.close() }
-                        if decision.accelerator == .tcg { try handle.setBackendSettings(["force_tcg"]) }
-                        try handle.setBackend("direct")
-                        try handle.launch()
-                        try handle.finish()
-                        continuation.resume(returning: .success(()))
-                    } catch {
-                        continuation.resume(returning: .failure(error))
-                    }
-                }
+            let outcome: Result<Void, KilnError>
+            do throws(KilnError) {
+                outcome = .success(try await Blocking.run { () throws(KilnError) in
+                    let handle = try GuestfsHandle()
+                    defer { handle.close() }
+                    if decision.accelerator == .tcg { try handle.setBackendSettings(["force_tcg"]) }
+                    try handle.setBackend("direct")
+                    try handle.launch()
+                    try handle.finish()
+                })
+            } catch {
+                outcome = .failure(error)
             }
             switch outcome {
             case .success: add(Check(name: "libguestfs appliance", ok: true, detail: "launched and shut down in \(DurationText.format(clock.now - start)) (\(decision.accelerator.rawValue))"))

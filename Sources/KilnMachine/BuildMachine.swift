@@ -83,7 +83,6 @@ public final class BuildMachine: @unchecked Sendable {
     public internal(set) var sshPort: Int = 0
     public private(set) var inspection: OfflineInspection?
     public private(set) var credentialsInjectedOffline = false
-    public private(set) var windowsPreparation: WindowsPreparation?
     let events: @Sendable (String) -> Void
     var connection: LibvirtConnection?
     var domain: LibvirtDomain?
@@ -173,7 +172,6 @@ public final class BuildMachine: @unchecked Sendable {
             events("preparing the Windows image with libguestfs (one appliance launch)")
             let prepared = try await OfflineProvisioner.prepareWindows(disk: overlayPath, format: "qcow2", accelerator: options.accelerator,
                                                                        answerFile: windows.answerFile, setupScript: windows.setupScript)
-            windowsPreparation = prepared
             events("image: \(prepared.productName), ImageState \(prepared.imageState)"
                    + (prepared.answerFileWritten ? "; answer file written (Administrator password, WinRM over HTTPS)" : ""))
             if !prepared.answerFileWritten && windows.passwordFromAnswerFile {
@@ -358,8 +356,7 @@ public final class BuildMachine: @unchecked Sendable {
         guard let domain, await domain.state().isActive else { return true }
         if let session {
             events("asking the guest to power off")
-            _ = try? await session.exec(options.windows != nil ? #"shutdown /s /f /t 0 /c "kiln shutdown""#
-                                                              : "sudo -n systemctl poweroff || sudo -n poweroff || sudo -n shutdown -h now")
+            _ = try? await session.exec("sudo -n systemctl poweroff || sudo -n poweroff || sudo -n shutdown -h now")
             await session.close()
         } else {
             events("asking the guest to power off (ACPI)")

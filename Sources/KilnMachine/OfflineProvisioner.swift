@@ -17,23 +17,9 @@ public struct OfflineInspection: Sendable {
 public enum OfflineProvisioner {
     public static func inspectAndProvision(disk: String, format: String, accelerator: Accelerator,
                                            credentials: BuildCredentials?, forceOffline: Bool) async throws(KilnError) -> OfflineInspection {
-        try await offCooperativePool { () throws(KilnError) -> OfflineInspection in
+        try await Blocking.run { () throws(KilnError) -> OfflineInspection in
             try run(disk: disk, format: format, accelerator: accelerator, credentials: credentials, forceOffline: forceOffline)
         }
-    }
-
-    /// libguestfs blocks for the whole appliance launch: the work runs on a Dispatch thread, not the cooperative pool.
-    static func offCooperativePool<T: Sendable>(_ body: @escaping @Sendable () throws(KilnError) -> T) async throws(KilnError) -> T {
-        let outcome: Result<T, KilnError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                do throws(KilnError) {
-                    continuation.resume(returning: .success(try body()))
-                } catch {
-                    continuation.resume(returning: .failure(error))
-                }
-            }
-        }
-        return try outcome.get()
     }
 
     static func run(disk: String, format: String, accelerator: Accelerator, credentials: BuildCredentials?,
@@ -70,7 +56,7 @@ public enum OfflineProvisioner {
     /// (the AIB case), writes an answer file that sets the Administrator password and enables WinRM over HTTPS.
     public static func prepareWindows(disk: String, format: String, accelerator: Accelerator,
                                       answerFile: String, setupScript: String) async throws(KilnError) -> WindowsPreparation {
-        try await offCooperativePool { () throws(KilnError) -> WindowsPreparation in
+        try await Blocking.run { () throws(KilnError) -> WindowsPreparation in
             try windows(disk: disk, format: format, accelerator: accelerator, answerFile: answerFile, setupScript: setupScript)
         }
     }

@@ -8,10 +8,12 @@ public enum AtomicFile {
         }
     }
 
-    /// Writes `data` to a temporary file beside `path`, then renames it into place.
-    public static func write(_ data: Data, to path: String) throws(KilnError) {
+    /// Writes `data` to a temporary file beside `path`, then renames it into place. `permissions` apply from the
+    /// file's creation (a secret is never readable by others, not even briefly).
+    public static func write(_ data: Data, to path: String, permissions: Int? = nil) throws(KilnError) {
         let temporary = path + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+        guard FileManager.default.createFile(atPath: temporary, contents: data,
+                                             attributes: permissions.map { [.posixPermissions: $0] }) else {
             throw KilnError(.io, "cannot write \(temporary)")
         }
         do throws(KilnError) {

@@ -30,12 +30,9 @@ public enum Subprocess {
         guard let executable = find(tool) else {
             throw KilnError(.notFound, "\(tool) is not installed (run scripts/install-deps)")
         }
-        let outcome: Swift.Result<Result, KilnError> = await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(returning: runBlocking(executable, arguments, timeout: timeout, environment: environment, stdinText: stdinText))
-            }
+        return try await Blocking.run { () throws(KilnError) -> Result in
+            try runBlocking(executable, arguments, timeout: timeout, environment: environment, stdinText: stdinText).get()
         }
-        return try outcome.get()
     }
 
     /// Runs and requires exit status 0; the error carries the tool's standard error.

@@ -24,14 +24,12 @@ public enum WSMan {
     /// ERROR_WSMAN_OPERATION_TIMEDOUT: a Receive found no output within OperationTimeout. Poll again.
     public static let timedOutCode = "2150858793"
 
-    static func escape(_ text: String) -> String { XMLText.escape(text) }
-
     /// A complete SOAP envelope. `options` become a w:OptionSet, `shellID` a ShellId selector.
     public static func envelope(to endpoint: String, action: Action, operationTimeout: Duration, maxEnvelopeSize: Int = 153_600,
                                 shellID: String? = nil, options: [(String, String)] = [], body: String,
                                 messageID: UUID = UUID()) -> String {
         var header = """
-        <a:To>\(escape(endpoint))</a:To>\
+        <a:To>\(XMLText.escape(endpoint))</a:To>\
         <a:ReplyTo><a:Address s:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:Address></a:ReplyTo>\
         <w:MaxEnvelopeSize s:mustUnderstand="true">\(maxEnvelopeSize)</w:MaxEnvelopeSize>\
         <a:MessageID>uuid:\(messageID.uuidString)</a:MessageID>\
@@ -42,10 +40,10 @@ public enum WSMan {
         <a:Action s:mustUnderstand="true">\(action.rawValue)</a:Action>
         """
         if !options.isEmpty {
-            header += "<w:OptionSet>" + options.map { "<w:Option Name=\"\(escape($0.0))\">\(escape($0.1))</w:Option>" }.joined() + "</w:OptionSet>"
+            header += "<w:OptionSet>" + options.map { "<w:Option Name=\"\(XMLText.escape($0.0))\">\(XMLText.escape($0.1))</w:Option>" }.joined() + "</w:OptionSet>"
         }
         if let shellID {
-            header += "<w:SelectorSet><w:Selector Name=\"ShellId\">\(escape(shellID))</w:Selector></w:SelectorSet>"
+            header += "<w:SelectorSet><w:Selector Name=\"ShellId\">\(XMLText.escape(shellID))</w:Selector></w:SelectorSet>"
         }
         return """
         <?xml version="1.0" encoding="utf-8"?>\
@@ -60,28 +58,28 @@ public enum WSMan {
         var body = "<rsp:Shell>"
         if !environment.isEmpty {
             body += "<rsp:Environment>" + environment.sorted { $0.key < $1.key }
-                .map { "<rsp:Variable Name=\"\(escape($0.key))\">\(escape($0.value))</rsp:Variable>" }.joined() + "</rsp:Environment>"
+                .map { "<rsp:Variable Name=\"\(XMLText.escape($0.key))\">\(XMLText.escape($0.value))</rsp:Variable>" }.joined() + "</rsp:Environment>"
         }
-        if let workingDirectory { body += "<rsp:WorkingDirectory>\(escape(workingDirectory))</rsp:WorkingDirectory>" }
+        if let workingDirectory { body += "<rsp:WorkingDirectory>\(XMLText.escape(workingDirectory))</rsp:WorkingDirectory>" }
         return body + "<rsp:InputStreams>stdin</rsp:InputStreams><rsp:OutputStreams>stdout stderr</rsp:OutputStreams></rsp:Shell>"
     }
 
     public static func commandBody(_ command: String, arguments: [String] = []) -> String {
-        "<rsp:CommandLine><rsp:Command>\(escape(command))</rsp:Command>"
-            + arguments.map { "<rsp:Arguments>\(escape($0))</rsp:Arguments>" }.joined() + "</rsp:CommandLine>"
+        "<rsp:CommandLine><rsp:Command>\(XMLText.escape(command))</rsp:Command>"
+            + arguments.map { "<rsp:Arguments>\(XMLText.escape($0))</rsp:Arguments>" }.joined() + "</rsp:CommandLine>"
     }
 
     public static func sendBody(commandID: String, bytes: [UInt8], end: Bool) -> String {
-        "<rsp:Send><rsp:Stream Name=\"stdin\" CommandId=\"\(escape(commandID))\"\(end ? " End=\"true\"" : "")>"
+        "<rsp:Send><rsp:Stream Name=\"stdin\" CommandId=\"\(XMLText.escape(commandID))\"\(end ? " End=\"true\"" : "")>"
             + Data(bytes).base64EncodedString() + "</rsp:Stream></rsp:Send>"
     }
 
     public static func receiveBody(commandID: String) -> String {
-        "<rsp:Receive><rsp:DesiredStream CommandId=\"\(escape(commandID))\">stdout stderr</rsp:DesiredStream></rsp:Receive>"
+        "<rsp:Receive><rsp:DesiredStream CommandId=\"\(XMLText.escape(commandID))\">stdout stderr</rsp:DesiredStream></rsp:Receive>"
     }
 
     public static func signalBody(commandID: String, code: String) -> String {
-        "<rsp:Signal CommandId=\"\(escape(commandID))\"><rsp:Code>\(escape(code))</rsp:Code></rsp:Signal>"
+        "<rsp:Signal CommandId=\"\(XMLText.escape(commandID))\"><rsp:Code>\(XMLText.escape(code))</rsp:Code></rsp:Signal>"
     }
 }
 

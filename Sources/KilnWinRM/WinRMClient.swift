@@ -285,14 +285,11 @@ public final class WinRMClient: @unchecked Sendable {
     /// A connection lost for good while the command runs is the `.disconnected` outcome (a restart, usually).
     public func run(_ command: String, stdin: [UInt8]? = nil, output: @escaping @Sendable (OutputChunk) -> Void) async throws(KilnError) -> ExecResult {
         guard let stdin else { return try await run(command, input: nil, output: output) }
-        let limit = maxSendBytes
-        let offset = Locked(0)
+        let pending = Locked<[UInt8]?>(stdin)
         return try await run(command, input: { () throws(KilnError) -> [UInt8]? in
-            offset.withLock { at in
-                guard at < stdin.count || (at == 0 && stdin.isEmpty) else { return nil }
-                let end = min(stdin.count, at + limit)
-                defer { at = end == at ? at + 1 : end }
-                return Array(stdin[at..<end])
+            pending.withLock { piece in
+                defer { piece = nil }
+                return piece
             }
         }, output: output)
     }

@@ -1,5 +1,5 @@
-import Crypto
 import Foundation
+import KilnDigest
 import KilnSSH
 import KilnSupport
 
@@ -21,7 +21,7 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
 
     /// Copies a host file into the guest and checks its sha256 there.
     public func upload(localPath: String, remotePath: String) async throws(KilnError) {
-        let expected = try Self.sha256(ofFile: localPath)
+        let expected = try SHA256Digest.hex(ofFile: localPath)
         let collected = OutputCollector()
         let result: ExecResult
         if let host = hostAddressForGuest {
@@ -66,20 +66,9 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
         client.close()
     }
 
-    public static func sha256(ofFile path: String) throws(KilnError) -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw KilnError(.io, "cannot read \(path)") }
-        defer { try? handle.close() }
-        var hasher = SHA256()
-        while true {
-            let data = handle.readData(ofLength: 1 << 20)
-            if data.isEmpty { break }
-            hasher.update(data: data)
-        }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
-    }
-
     /// Waits until the service runs a command for these credentials, like the SSH wait: every failure before the
-    /// deadline is retried, with progress; an authentication refusal after the service answered is final.
+    /// deadline (a refused connection, a listener not there yet, credentials not yet set by setup) is retried,
+    /// with progress every 30 s.
     public static func waitUntilReady(_ options: WinRMOptions, timeout: Duration, hostAddressForGuest: String? = nil,
                                       progress: @escaping @Sendable (String) -> Void = { _ in },
                                       abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> WinRMSession {

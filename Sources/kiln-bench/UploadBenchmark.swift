@@ -1,4 +1,5 @@
 import Foundation
+import KilnDigest
 import KilnMachine
 import KilnSSH
 import KilnSupport
@@ -19,7 +20,7 @@ struct UploadBenchmark {
         var bytes = [UInt8](repeating: 0, count: mib << 20)
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }
         guard FileManager.default.createFile(atPath: payload, contents: Data(bytes)) else { throw KilnError(.io, "cannot write \(payload)") }
-        let expected = try WinRMSession.sha256(ofFile: payload)
+        let expected = try SHA256Digest.hex(ofFile: payload)
 
         let catalog = try ImageCatalog.locate(state: state)
         let image = try await catalog.resolve(reference: "Debian:debian-12:12")

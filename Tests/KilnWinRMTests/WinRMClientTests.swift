@@ -1,4 +1,5 @@
 import Foundation
+import KilnDigest
 import KilnSSH
 import KilnSupport
 import KilnTestSupport
@@ -37,7 +38,8 @@ import Testing
         let echoed = try await client.run("od -An -tx1 -v | tr -d ' \\n' | sha256sum | cut -c1-64", stdin: input) { collector.append($0) }
         #expect(echoed.succeeded)
         let expected = input.map { String(format: "%02x", $0) }.joined()
-        #expect(collector.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == sha256Hex(Array(expected.utf8)))
+        let expectedSum = try SHA256Digest.hex(of: expected)
+        #expect(collector.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == expectedSum)
         #expect(server.actions.filter { $0 == "Send" }.count >= 2)
 
         // Long output arrives whole over many Receives.
@@ -259,13 +261,6 @@ import Testing
         """.utf8))
         #expect(ReceiveResult(receive).exitCode == Int32(bitPattern: 3_221_225_786))
     }
-}
-
-func sha256Hex(_ bytes: [UInt8]) -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent(UUID().uuidString).path
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
-    defer { try? FileManager.default.removeItem(atPath: path) }
-    return (try? WinRMSession.sha256(ofFile: path)) ?? ""
 }
 
 /// socat in front of a plain HTTP port, with a fresh self-signed certificate.
