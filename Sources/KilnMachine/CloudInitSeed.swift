@@ -14,11 +14,13 @@ public struct BuildCredentials: Sendable {
 
 /// A cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` holding `meta-data` and `user-data`.
 public enum CloudInitSeed {
+    /// The build user is the only account the seed creates. No `default` entry: that would also create the
+    /// distribution's default user (`debian`, in the sudo group), which nothing removes, so it would ship in the
+    /// image; on Azure the template's admin user takes the default user's place, so AIB's images have no such account.
     public static func userData(_ credentials: BuildCredentials) -> String {
         """
         #cloud-config
         users:
-          - default
           - name: \(credentials.username)
             gecos: Kiln build user
             shell: /bin/bash

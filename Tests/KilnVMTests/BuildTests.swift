@@ -188,8 +188,11 @@ struct BuildTests {
         #expect(try SHA256Digest.hex(of: handle.readFile("/opt/kiln/payload.txt")) == payloadSum)
         #expect(try read("/opt/kiln/boot-before") != (try read("/opt/kiln/boot-after")))
         #expect(try read("/var/lib/kiln-deprovisioned") == "override\n")
-        #expect(try !read("/etc/passwd").contains("packer:"))
+        let accounts = try read("/etc/passwd").split(separator: "\n").map { $0.prefix { $0 != ":" } }
+        #expect(!accounts.contains("packer"))
+        #expect(!accounts.contains("debian"), "cloud-init's default user is not created, so it does not ship in the image")
         #expect(try !handle.exists("/home/packer"))
+        #expect(try !handle.exists("/home/debian"))
         #expect(try !handle.exists("/etc/sudoers.d/90-cloud-init-users"))
         #expect(try !handle.exists("/etc/ssh/ssh_host_ed25519_key"))
         #expect(try !handle.exists("/etc/ssh/ssh_host_ecdsa_key"))
