@@ -8,7 +8,7 @@ extension BuildEngine {
     /// A Windows build: the image prepared offline (answer file with a per-build Administrator password, WinRM
     /// over HTTPS), boot, WinRM, customizers, validation, Sysprep (or the template's script), power-off,
     /// distribution. Windows guests take no checkpoints: the build cache is Linux-only for now.
-    func buildWindows(_ template: ImageTemplate, source: SourceImage, steps: [(String, Customizer)], validations: [(String, Customizer)],
+    func buildWindows(_ template: ImageTemplate, source: SourceImage, steps: [(path: String, step: Customizer)], validations: [(path: String, step: Customizer)],
                       size: VMSize, accelerator: Accelerator, downloads: String, prefetcher: StepRunner, log: CustomizationLog) async throws {
         if let run = request.resumeRun {
             throw Outcome.failed("--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")

@@ -258,8 +258,8 @@ public final class BuildEngine: @unchecked Sendable {
 
         let validate = template.properties.validate
         let sourceOnly = validate?.sourceValidationOnly == true
-        let steps = sourceOnly ? [] : Array(zip(loaded.stepPaths.customize, template.properties.customize))
-        let validations = Array(zip(loaded.stepPaths.inVMValidations, validate?.inVMValidations ?? []))
+        let steps = sourceOnly ? [] : zip(loaded.stepPaths.customize, template.properties.customize).map { (path: $0.description, step: $1) }
+        let validations = zip(loaded.stepPaths.inVMValidations, validate?.inVMValidations ?? []).map { (path: $0.description, step: $1) }
 
         let size = try VMSize.named(template.properties.vmProfile.vmSize)
         let decision = await AcceleratorProbe.decide(request.accelerator, cacheDirectory: request.state.path)
@@ -272,11 +272,10 @@ public final class BuildEngine: @unchecked Sendable {
         let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
         var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
-            downloaded.append(try await prefetcher.prefetch(step, index: index, path: path.description))
+            downloaded.append(try await prefetcher.prefetch(step, index: index, path: path))
         }
         if guestOS == .windows {
-            try await buildWindows(template, source: source, steps: steps.map { ($0.0.description, $0.1) },
-                                   validations: validations.map { ($0.0.description, $0.1) }, size: size, accelerator: decision.accelerator,
+            try await buildWindows(template, source: source, steps: steps, validations: validations, size: size, accelerator: decision.accelerator,
                                    downloads: downloads, prefetcher: prefetcher, log: log)
             return
         }
@@ -345,7 +344,7 @@ public final class BuildEngine: @unchecked Sendable {
         if firstStep < steps.count {
             enterPhase(.customizing, "customize")
             for (index, (path, step)) in steps.enumerated() where index >= firstStep {
-                try await runStep(runner.run, step, index: index, path: path.description, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
+                try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
                 if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
                                                              parent: parent, step: index,
                                                              label: StepRunner.label(step, index: index), machine: machine,
@@ -355,7 +354,7 @@ public final class BuildEngine: @unchecked Sendable {
             }
         }
 
-        if try await runValidations(validations.map { ($0.0.description, $0.1) }, firstIndex: steps.count, template: template, run: runner.run) {
+        if try await runValidations(validations, firstIndex: steps.count, template: template, run: runner.run) {
             await connection.close()
             return
         }
@@ -365,10 +364,7 @@ public final class BuildEngine: @unchecked Sendable {
         let deprovision = LinuxDeprovisioner.deprovisionCommand(hasOverride: hasOverride)
         log.write("deprovision", hasOverride ? "running the template's \(LinuxDeprovisioner.overrideScript)" : "running AIB's default deprovisioning")
         log.write("deprovision", "command: \(deprovision)")
-        let output = StepOutput(label: "deprovision", log: log, events: events)
-        let tail = output.tail
-        let result = try await connection.session.exec(deprovision) { output.feed($0.stream.rawValue, $0.bytes) }
-        output.finish()
+        let (result, tail) = try await StepOutput.exec(deprovision, on: connection.session, label: "deprovision", log: log, events: events)
         log.write("deprovision", "\(result)")
         guard result.succeeded else {
             throw Outcome.failed("deprovisioning failed with \(result). Last output:\n\(tail.text)")

@@ -1,5 +1,7 @@
 import Foundation
+import KilnSSH
 import KilnStore
+import KilnSupport
 
 /// What a build reports while it runs. The CLI prints these for people, or as one JSON object per line.
 public enum BuildEvent: Sendable {
@@ -70,27 +72,36 @@ final class LineSplitter: @unchecked Sendable {
     }
 }
 
-/// A step's streamed output: each line to the log and the event stream under the customizer's name, the last lines
-/// kept for a failure message.
+/// A command's streamed output: each line to the log and the event stream under the customizer's name, the last
+/// lines kept for a failure message.
 final class StepOutput: @unchecked Sendable {
-    let tail = OutputTail(lines: 20)
+    private let tail = OutputTail(lines: 20)
     private let splitter = LineSplitter()
     private let label: String
     private let log: CustomizationLog
     private let events: @Sendable (BuildEvent) -> Void
 
-    init(label: String, log: CustomizationLog, events: @escaping @Sendable (BuildEvent) -> Void) {
+    /// Runs `command` on `session` with its output streamed under `label`: the result and the output's last lines.
+    static func exec(_ command: String, on session: any GuestSession, label: String, log: CustomizationLog,
+                     events: @escaping @Sendable (BuildEvent) -> Void) async throws(KilnError) -> (result: ExecResult, tail: OutputTail) {
+        let output = StepOutput(label: label, log: log, events: events)
+        let result = try await session.exec(command) { output.feed($0.stream.rawValue, $0.bytes) }
+        output.finish()
+        return (result, output.tail)
+    }
+
+    private init(label: String, log: CustomizationLog, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.label = label
         self.log = log
         self.events = events
     }
 
-    func feed(_ stream: String, _ bytes: [UInt8]) {
+    private func feed(_ stream: String, _ bytes: [UInt8]) {
         for line in splitter.feed(stream, bytes) { emit(stream, line) }
     }
 
     /// Emits a last line without its newline, if any.
-    func finish() {
+    private func finish() {
         for (stream, rest) in splitter.flush() { emit(stream, rest) }
     }
 

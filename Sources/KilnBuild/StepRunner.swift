@@ -179,10 +179,7 @@ struct StepRunner {
         let bootID = try await currentBootID()
         let command = runner(remote)
         log.write(label, "running: \(command)")
-        let output = StepOutput(label: label, log: log, events: events)
-        let tail = output.tail
-        let result = try await session.exec(command) { output.feed($0.stream.rawValue, $0.bytes) }
-        output.finish()
+        let (result, tail) = try await StepOutput.exec(command, on: session, label: label, log: log, events: events)
         switch result.outcome {
         case .exited(let code):
             log.write(label, "exit status \(code)")

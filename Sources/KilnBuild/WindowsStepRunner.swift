@@ -117,11 +117,9 @@ struct WindowsStepRunner {
 
     /// Runs a command, each output line to the log and the event stream with the customizer's name.
     func stream(_ command: String, label: String) async throws -> (ExecResult, OutputTail) {
-        let output = StepOutput(label: label, log: log, events: events)
-        let result = try await session.exec(command) { output.feed($0.stream.rawValue, $0.bytes) }
-        output.finish()
+        let (result, tail) = try await StepOutput.exec(command, on: session, label: label, log: log, events: events)
         log.write(label, "\(result)")
-        return (result, output.tail)
+        return (result, tail)
     }
 
     private func check(_ outcome: (ExecResult, OutputTail), validExitCodes: [Int], label: String, path: String) throws {
