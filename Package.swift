@@ -70,7 +70,7 @@ let package = Package(
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
         .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport"]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
-        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnSSH", "KilnSupport", "KilnTestSupport"]),
+        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnSSH", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],
     swiftLanguageModes: [.v6]

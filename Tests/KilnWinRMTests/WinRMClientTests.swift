@@ -1,5 +1,6 @@
 import Foundation
 import KilnDigest
+import KilnMachine
 import KilnSSH
 import KilnSupport
 import KilnTestSupport
@@ -265,10 +266,12 @@ import Testing
 
 /// socat in front of a plain HTTP port, with a fresh self-signed certificate.
 final class TLSTerminator {
-    let port = Int.random(in: 40001...50000)
-    private let process = Process()
+    private(set) var port = 0
+    private var process = Process()
     private let directory: String
 
+    /// Starts socat on a port the kernel reports free and waits until it accepts connections. A socat that exits
+    /// (the port was taken in between) is started again on another port; one that never listens fails the test.
     init(forwardingTo target: Int) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-tls-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -280,17 +283,25 @@ final class TLSTerminator {
         openssl.standardError = FileHandle.nullDevice
         try openssl.run()
         openssl.waitUntilExit()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
-        process.arguments = ["OPENSSL-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork,cert=\(directory)/cert.pem,key=\(directory)/key.pem,verify=0",
-                             "TCP:127.0.0.1:\(target)"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        for _ in 0..<50 {
-            let probe = HTTPProbe.isListening(port: port)
-            if probe { return }
-            Thread.sleep(forTimeInterval: 0.1)
+        for _ in 0..<5 {
+            port = try PortAllocator.reserve(nil)
+            process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
+            process.arguments = ["OPENSSL-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork,cert=\(directory)/cert.pem,key=\(directory)/key.pem,verify=0",
+                                 "TCP:127.0.0.1:\(target)"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            // Generous: the VM tests load the machine while this runs.
+            let deadline = Date().addingTimeInterval(30)
+            while process.isRunning && Date() < deadline {
+                if HTTPProbe.isListening(port: port) { return }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            if process.isRunning { break }
         }
+        stop()
+        throw KilnError(.timeout, "socat did not listen on 127.0.0.1:\(port)")
     }
 
     func stop() {
