@@ -330,13 +330,21 @@ public final class BuildEngine: @unchecked Sendable {
             session = try await machine.waitForSSH(timeout: request.sshTimeout)
         }
         let sshTimeout = request.sshTimeout
-        let connection = GuestConnection(session: session) { [weak machine] () async throws(KilnError) -> any GuestSession in
+        let connection = GuestConnection(session: session, reconnectTimeout: sshTimeout) { [weak machine] () async throws(KilnError) -> any GuestSession in
             guard let machine else { throw KilnError(.cancelled, "the build VM is gone") }
             return try await machine.waitForSSH(timeout: sshTimeout)
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
-        let runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
+        var runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
+        let errorHandling = template.properties.errorHandling
+        runner.keepFailedScripts = (request.onError ?? errorHandling.onCustomizerError) == .abort
+            || (request.onError ?? errorHandling.onValidationError) == .abort
         if resumed == nil {
+            let written = try await connection.session.exec("cat > \(LinuxDeprovisioner.scriptPath)", stdin: Array(LinuxDeprovisioner.defaultScript.utf8)) { _ in }
+            guard written.succeeded else {
+                throw Outcome.failed("could not write AIB's default \(LinuxDeprovisioner.scriptPath) in the guest: \(written)")
+            }
+            log.write("kiln", "wrote AIB's default \(LinuxDeprovisioner.scriptPath) (a customizer may replace it)")
             parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
                                               label: "boot", machine: machine, connection: connection, templateName: template.name)
         }
@@ -360,19 +368,29 @@ public final class BuildEngine: @unchecked Sendable {
         }
 
         enterPhase(.customizing, "deprovision")
-        let hasOverride = try await connection.session.exec("test -f \(LinuxDeprovisioner.overrideScript)").succeeded
-        let deprovision = LinuxDeprovisioner.deprovisionCommand(hasOverride: hasOverride)
-        log.write("deprovision", hasOverride ? "running the template's \(LinuxDeprovisioner.overrideScript)" : "running AIB's default deprovisioning")
-        log.write("deprovision", "command: \(deprovision)")
-        let (result, tail) = try await StepOutput.exec(deprovision, on: connection.session, label: "deprovision", log: log, events: events)
-        log.write("deprovision", "\(result)")
-        guard result.succeeded else {
-            throw Outcome.failed("deprovisioning failed with \(result). Last output:\n\(tail.text)")
+        log.packerDebug("deprovision", "[INFO] (telemetry) Starting provisioner shell")
+        let current = OutputCollector()
+        let present = try await connection.session.exec("cat \(LinuxDeprovisioner.scriptPath)") { current.append($0) }.succeeded
+        if !present {
+            log.packerUI("deprovision", LinuxDeprovisioner.missingScriptMessage, stdout: true)
+            events(.warning("deprovisioning skipped: a customizer removed \(LinuxDeprovisioner.scriptPath) (AIB goes on the same way; the image is not generalized)"))
+        } else {
+            log.write("deprovision", current.stdoutText == LinuxDeprovisioner.defaultScript
+                      ? "running AIB's default deprovisioning (\(LinuxDeprovisioner.scriptPath) as written after boot)"
+                      : "running the template's \(LinuxDeprovisioner.scriptPath)")
+            log.write("deprovision", "command: \(LinuxDeprovisioner.command)")
+            log.packerDebug("deprovision", "[DEBUG] starting remote command: \(LinuxDeprovisioner.command)")
+            let (result, tail) = try await StepOutput.exec(LinuxDeprovisioner.command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
+            log.write("deprovision", "\(result)")
+            guard result.succeeded else {
+                throw Outcome.failed("deprovisioning (\(LinuxDeprovisioner.scriptPath)) failed with \(result). Last output:\n\(tail.text)")
+            }
         }
+        log.packerDebug("deprovision", "[INFO] (telemetry) ending shell")
 
         enterPhase(.customizing, "shutdown")
         log.write("kiln", "removing the build user \(machine.username), its key and home, and the SSH host keys; powering off")
-        _ = try? await connection.session.exec(LinuxDeprovisioner.finalCleanup(username: machine.username))
+        _ = try? await connection.session.exec(LinuxDeprovisioner.finalCleanup(username: machine.username, placedFiles: connection.placedFiles))
         await connection.close()
         // The cleanup powers the guest off itself; ACPI only if it does not.
         let stopped = await machine.waitForStop(timeout: .seconds(180))
@@ -575,6 +593,8 @@ public final class BuildEngine: @unchecked Sendable {
         let label = StepRunner.label(step, index: index)
         events(.customizerStarted(index: index, name: label, type: step.typeName))
         log?.write(label, "start \(step.typeName) (\(path))")
+        log?.packerDebug(label, "[INFO] (telemetry) Starting provisioner \(step.packerProvisioner)")
+        defer { log?.packerDebug(label, "[INFO] (telemetry) ending \(step.packerProvisioner)") }
         let clock = ContinuousClock()
         let start = clock.now
         do {

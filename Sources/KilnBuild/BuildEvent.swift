@@ -82,10 +82,12 @@ final class StepOutput: @unchecked Sendable {
     private let events: @Sendable (BuildEvent) -> Void
 
     /// Runs `command` on `session` with its output streamed under `label`: the result and the output's last lines.
-    static func exec(_ command: String, on session: any GuestSession, label: String, log: CustomizationLog,
+    /// `stdin` nil leaves the command's standard input open; `[]` gives it end-of-file at once, as Packer's
+    /// communicators do, so that a command that asks a question fails instead of waiting for the build timeout.
+    static func exec(_ command: String, on session: any GuestSession, stdin: [UInt8]? = nil, label: String, log: CustomizationLog,
                      events: @escaping @Sendable (BuildEvent) -> Void) async throws(KilnError) -> (result: ExecResult, tail: OutputTail) {
         let output = StepOutput(label: label, log: log, events: events)
-        let result = try await session.exec(command) { output.feed($0.stream.rawValue, $0.bytes) }
+        let result = try await session.exec(command, stdin: stdin) { output.feed($0.stream.rawValue, $0.bytes) }
         output.finish()
         return (result, output.tail)
     }
@@ -107,7 +109,7 @@ final class StepOutput: @unchecked Sendable {
 
     private func emit(_ stream: String, _ line: String) {
         tail.append(line)
-        log.write(label, line)
+        log.packerUI(label, line, stdout: stream == OutputChunk.Stream.stdout.rawValue)
         events(.output(customizer: label, stream: stream, line: line))
     }
 }

@@ -302,7 +302,7 @@ public final class CheckpointHold: @unchecked Sendable {
 /// does, so editing customize[6] changes the keys from customize[6] on and keeps the ones before.
 public struct CheckpointKeys: Sendable {
     /// Kiln's checkpoint format; a change here invalidates every older checkpoint.
-    static let format = "kiln-checkpoint-4"
+    static let format = "kiln-checkpoint-5"
 
     /// The booted source: the image file (path, size, modification time), the VM's profile and how the build user
     /// got in. Memory images resume only on the same CPU model and machine, hence the accelerator.

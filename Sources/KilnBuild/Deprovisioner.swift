@@ -1,11 +1,14 @@
 import KilnSSH
 import KilnSupport
 
-/// The last step of a Linux build: the template's /tmp/DeprovisioningScript.sh if a customizer wrote one, else
-/// AIB's waagent command; then the build user, its key and home and the SSH host keys are removed whatever ran,
-/// free space is trimmed so exported disks stay small, and the guest powers off.
+/// The last step of a Linux build, as AIB's hidden last customizer: AIB writes its default deprovisioning
+/// script to /tmp/DeprovisioningScript.sh before the template's customizers run (so that one of them can
+/// replace it), and at the end prints it and runs it with `sh` (customization.log excerpts in
+/// docs/aib-customizers.md). Kiln does the same: the script is written right after boot, then run as root.
+/// Whatever ran, the build user, its key and home and the SSH host keys are removed, the scripts Kiln put in the
+/// guest too, free space is trimmed so exported disks stay small, and the guest powers off.
 enum LinuxDeprovisioner {
-    static let overrideScript = "/tmp/DeprovisioningScript.sh"
+    static let scriptPath = "/tmp/DeprovisioningScript.sh"
 
     /// AIB's default, preferring waagent on PATH.
     static let defaultCommand = """
@@ -15,15 +18,28 @@ enum LinuxDeprovisioner {
     $WAAGENT -force -deprovision+user && export HISTSIZE=0 && sync
     """
 
-    static func deprovisionCommand(hasOverride: Bool) -> String {
-        hasOverride ? "sudo -n /bin/sh \(overrideScript)" : "sudo -n /bin/sh -c \(ShellQuote.quote(defaultCommand))"
-    }
+    /// What Kiln writes to `scriptPath` after boot.
+    static let defaultScript = defaultCommand + "\n"
+
+    /// What AIB prints when a customizer deleted the script (its Windows step's text, with the Linux path); the
+    /// build goes on, as AIB's does.
+    static let missingScriptMessage = "Deprovisioning script [\(scriptPath)] could not be found. Image build may fail or the VM created from the Image may not boot. Please make sure the deprovisioning script is not accidentally deleted by a Customizer in the Template."
+
+    /// Prints the script, then runs it as root with `sh`.
+    static let command = "cat \(scriptPath); \(StepRunner.packerEnvironment)sudo -E sh \(scriptPath)"
 
     /// Runs detached (setsid) as root, so it survives the end of the SSH session it removes.
-    static func finalCleanup(username: String) -> String {
+    static func finalCleanup(username: String, placedFiles: [String]) -> String {
+        "sudo -n setsid -f /bin/sh -c \(ShellQuote.quote(cleanupScript(username: username, placedFiles: placedFiles))) </dev/null >/dev/null 2>&1"
+    }
+
+    /// What `finalCleanup` runs as root.
+    static func cleanupScript(username: String, placedFiles: [String]) -> String {
         let user = ShellQuote.quote(username)
-        let script = """
+        let files = ([scriptPath] + placedFiles).map(ShellQuote.quote).joined(separator: " ")
+        return """
         sleep 1
+        rm -f \(files)
         fstrim -a >/dev/null 2>&1 || true
         pkill -KILL -u \(user) >/dev/null 2>&1 || true
         userdel -f -r \(user) >/dev/null 2>&1 || userdel -f \(user) >/dev/null 2>&1 || true
@@ -33,6 +49,5 @@ enum LinuxDeprovisioner {
         sync
         systemctl poweroff || poweroff
         """
-        return "sudo -n setsid -f /bin/sh -c \(ShellQuote.quote(script)) </dev/null >/dev/null 2>&1"
     }
 }

@@ -13,11 +13,23 @@ public struct StepFailure: Error, Sendable {
 public final class GuestConnection: @unchecked Sendable {
     private(set) var session: any GuestSession
     private let reconnect: @Sendable () async throws(KilnError) -> any GuestSession
+    /// How long the guest may take to answer again after a disconnect: the build's SSH timeout.
+    let reconnectTimeout: Duration
 
-    init(session: any GuestSession, reconnect: @escaping @Sendable () async throws(KilnError) -> any GuestSession) {
+    init(session: any GuestSession, reconnectTimeout: Duration,
+         reconnect: @escaping @Sendable () async throws(KilnError) -> any GuestSession) {
         self.session = session
+        self.reconnectTimeout = reconnectTimeout
         self.reconnect = reconnect
     }
+
+    /// Scripts Kiln put in the guest and has not removed yet (a step that rebooted the guest, or failed while
+    /// its VM is kept for inspection): the final cleanup removes them.
+    private let placed = Locked<Set<String>>([])
+
+    func placed(_ path: String) { placed.withLock { _ = $0.insert(path) } }
+    func removed(_ path: String) { placed.withLock { _ = $0.remove(path) } }
+    var placedFiles: [String] { placed.withLock { $0.sorted() } }
 
     func renew() async throws(KilnError) {
         await session.close()
@@ -27,8 +39,11 @@ public final class GuestConnection: @unchecked Sendable {
     public func close() async { await session.close() }
 }
 
-/// Runs Linux customizers (Shell, File, PowerShell through pwsh) against a guest session, as Packer's provisioners
-/// that AIB is built on do: scripts are uploaded to /tmp and run as the build user.
+/// Runs Linux customizers (Shell, File, PowerShell through pwsh) against a guest session, as AIB runs them through
+/// Packer's shell and file provisioners (docs/aib-customizers.md has the evidence): a script goes to
+/// /tmp/script_NNNN.sh, runs with Packer's environment variables and end-of-file on standard input, and is removed
+/// afterwards. Inline lines run as one `#!/bin/sh -e` script as the build user (AIB's docs: prefix commands with
+/// sudo); a scriptUri script runs as root through `sudo -E sh`, as Microsoft's quickstart scripts need.
 struct StepRunner {
     /// nil while prefetching, before the VM exists.
     let connection: GuestConnection?
@@ -53,6 +68,27 @@ struct StepRunner {
         }
         return []
     }
+
+    /// What Packer's shell provisioner puts before the script: the variables AIB's build VM sees (AIB's logs
+    /// show exactly these two, with azure-arm for both), each as `KEY='value' `.
+    static let packerEnvironment = "PACKER_BUILDER_TYPE='azure-arm' PACKER_BUILD_NAME='azure-arm' "
+
+    /// The command that runs an uploaded Shell script: inline lines as the build user (Packer's default
+    /// execute_command, as AIB's log shows it); a scriptUri script as root through `sh`, which also runs a
+    /// script without a shebang (Packer's documented Azure execute_command).
+    static func shellCommand(remotePath: String, elevated: Bool) -> String {
+        let quoted = ShellQuote.quote(remotePath)
+        return elevated ? "chmod +x \(quoted); \(packerEnvironment)sudo -E sh \(quoted)"
+                        : "chmod +x \(quoted); \(packerEnvironment) \(quoted)"
+    }
+
+    /// Packer's remote name for a script: /tmp/script_<0…9998>.<ext>.
+    static func remoteScriptPath(fileExtension: String) -> String {
+        "/tmp/script_\(Int.random(in: 0..<9999)).\(fileExtension)"
+    }
+
+    /// A kept VM (errorHandling abort) keeps a failed step's script for inspection; otherwise it is removed.
+    var keepFailedScripts = false
 
     /// The label used in logs: the step's name, or `customize[2] (Shell)` for an unnamed one.
     static func label(_ step: Customizer, index: Int, list: String = "customize") -> String {
@@ -98,15 +134,18 @@ struct StepRunner {
         switch step {
         case .shell(let shell):
             let script = try await materialize(shell.script, checksum: shell.sha256Checksum, label: label, path: path, index: index, fileExtension: "sh")
-            try await execute(script: script, runner: { "chmod +x \($0) && \($0)" }, validExitCodes: [0], label: label, index: index, path: path)
+            let elevated: Bool
+            if case .scriptUri = shell.script { elevated = true } else { elevated = false }
+            try await execute(script: script, runner: { StepRunner.shellCommand(remotePath: $0, elevated: elevated) },
+                              validExitCodes: [0], label: label, index: index, path: path)
         case .powerShell(let ps):
             let check = try await session.exec("command -v pwsh")
             guard check.succeeded else {
                 throw StepFailure(message: "\(path) (\(label)): expected PowerShell (pwsh) in the Linux guest to run a PowerShell customizer, found none; install it in an earlier Shell step")
             }
             let script = try await materialize(ps.script, checksum: ps.sha256Checksum, label: label, path: path, index: index, fileExtension: "ps1")
-            let elevate = ps.runElevated ? "sudo -n " : ""
-            try await execute(script: script, runner: { "\(elevate)pwsh -NoProfile -NonInteractive -ExecutionPolicy Bypass -File \($0)" },
+            let elevate = ps.runElevated ? "sudo -E " : ""
+            try await execute(script: script, runner: { "\(StepRunner.packerEnvironment)\(elevate)pwsh -NoProfile -NonInteractive -ExecutionPolicy Bypass -File \(ShellQuote.quote($0))" },
                               validExitCodes: ps.validExitCodes, label: label, index: index, path: path)
         case .file(let file):
             try await upload(file, label: label, path: path, index: index)
@@ -173,31 +212,39 @@ struct StepRunner {
     }
 
     /// Uploads the script to /tmp and runs it; a dropped connection is a reboot if the guest's boot ID changed.
+    /// The script is removed afterwards, whatever its outcome (a kept VM keeps a failed step's script).
     private func execute(script local: String, runner: (String) -> String, validExitCodes: [Int], label: String, index: Int, path: String) async throws {
-        let remote = "/tmp/script_\(index)_\(UInt32.random(in: 0...UInt32.max)).\(URL(fileURLWithPath: local).pathExtension)"
+        let remote = StepRunner.remoteScriptPath(fileExtension: URL(fileURLWithPath: local).pathExtension)
+        let kind = local.hasSuffix(".ps1") ? "powershell" : "shell"
+        log.packerUI(label, "Provisioning with \(kind) script: \(local)")
+        connection?.placed(remote)
         try await session.upload(localPath: local, remotePath: remote)
         let bootID = try await currentBootID()
         let command = runner(remote)
         log.write(label, "running: \(command)")
-        let (result, tail) = try await StepOutput.exec(command, on: session, label: label, log: log, events: events)
+        log.packerDebug(label, "[DEBUG] starting remote command: \(command)")
+        let (result, tail) = try await StepOutput.exec(command, on: session, stdin: [], label: label, log: log, events: events)
         switch result.outcome {
         case .exited(let code):
             log.write(label, "exit status \(code)")
+            log.packerDebug(label, "[INFO] RPC client: Communicator ended with: \(code)")
             guard validExitCodes.contains(Int(code)) else {
+                if !keepFailedScripts { await remove(remote, label: label) }
                 throw StepFailure(message: "\(path) (\(label)) failed with exit status \(code)"
                                   + (validExitCodes == [0] ? "" : " (valid: \(validExitCodes.map(String.init).joined(separator: ", ")))")
                                   + ". Last output:\n" + tail.text)
             }
             try await settle(afterBootID: bootID, label: label)
+            await remove(remote, label: label)
         case .signaled(let signal):
             log.write(label, "killed by signal \(signal)")
+            if !keepFailedScripts { await remove(remote, label: label) }
             throw StepFailure(message: "\(path) (\(label)) was killed by signal \(signal). Last output:\n" + tail.text)
         case .disconnected(let reason):
             try Task.checkCancellation()
             log.write(label, "connection lost (\(reason)); waiting for the guest to come back")
             events(.message("\(label): connection lost; waiting for the guest (a reboot?)"))
-            try await connection?.renew()
-            let newBootID = try await currentBootID()
+            let newBootID = try await reconnectedBootID(label: label)
             if newBootID == bootID {
                 // The connection may have raced a shutdown that is still under way.
                 guard try await isShuttingDown() else {
@@ -208,11 +255,46 @@ struct StepRunner {
                 log.write(label, "the guest restarted (boot ID \(bootID) → \(newBootID)); continuing with the next step")
                 events(.message("\(label): the guest restarted; reconnected"))
             }
+            log.packerDebug(label, "[INFO] RPC client: Communicator ended with: 2300218")
+            await remove(remote, label: label)
         }
+    }
+
+    /// `rm -f` of a script Kiln placed (Packer's cleanup of its remote file). It never fails the step: a script
+    /// that is not removed now (the guest going down after the step, say) is removed by the final cleanup.
+    private func remove(_ remote: String, label: String) async {
+        guard let result = try? await session.exec("rm -f \(ShellQuote.quote(remote))"), result.succeeded else {
+            log.write(label, "could not remove \(remote) now; the final cleanup will")
+            return
+        }
+        connection?.removed(remote)
     }
 
     private func currentBootID() async throws -> String {
         try await session.run("cat /proc/sys/kernel/random/boot_id").trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// After a disconnect: a renewed session and the boot ID read on it. A login can reach the old boot's sshd
+    /// while the guest goes down, and that session closes under the read; so the read is retried on a new
+    /// session until the guest answers or the SSH timeout ends. Waiting for a login is `renew`'s own (it fails
+    /// when the SSH timeout ends or the VM stops).
+    private func reconnectedBootID(label: String) async throws -> String {
+        guard let connection else { throw KilnError(.invalidState, "no guest connection") }
+        let clock = ContinuousClock()
+        let start = clock.now
+        while true {
+            try await connection.renew()
+            do {
+                return try await currentBootID()
+            } catch {
+                try Task.checkCancellation()
+                guard clock.now - start < connection.reconnectTimeout else {
+                    throw StepFailure(message: "\(label): the guest accepted SSH logins but did not answer a command within \(DurationText.format(connection.reconnectTimeout)) after the connection was lost; last error: \(error)")
+                }
+                log.write(label, "reconnected, but the session ended before the guest answered (\(error)); the guest may be going down, retrying")
+                try await Task.sleep(for: .seconds(2))
+            }
+        }
     }
 
     /// True when systemd is taking the guest down (or the connection is already gone).
@@ -233,17 +315,18 @@ struct StepRunner {
     }
 
     private func waitForNewBoot(after bootID: String, label: String) async throws {
+        guard let connection else { throw KilnError(.invalidState, "no guest connection") }
         let clock = ContinuousClock()
         let start = clock.now
         while true {
-            try await connection?.renew()
-            if let newBootID = try? await currentBootID(), newBootID != bootID {
+            let newBootID = try await reconnectedBootID(label: label)
+            if newBootID != bootID {
                 log.write(label, "the guest restarted (boot ID \(bootID) → \(newBootID)); continuing with the next step")
                 events(.message("\(label): the guest restarted; reconnected"))
                 return
             }
-            guard clock.now - start < .seconds(20 * 60) else {
-                throw StepFailure(message: "\(label): the guest began to restart but did not come back within 20m0s")
+            guard clock.now - start < connection.reconnectTimeout else {
+                throw StepFailure(message: "\(label): the guest began to restart but did not come back within \(DurationText.format(connection.reconnectTimeout))")
             }
             try await Task.sleep(for: .seconds(2))
         }
@@ -262,6 +345,20 @@ struct StepRunner {
         log.write(label, "uploading \(file.sourceUri) to \(file.destination)")
         try await session.upload(localPath: local, remotePath: file.destination)
         log.write(label, "uploaded to \(file.destination)")
+    }
+}
+
+extension Customizer {
+    /// The Packer provisioner AIB runs for this customizer, as its log's `(telemetry) Starting provisioner …`
+    /// lines name it.
+    var packerProvisioner: String {
+        switch self {
+        case .shell: "shell"
+        case .powerShell: "powershell"
+        case .file: "file"
+        case .windowsRestart: "windows-restart"
+        case .windowsUpdate: "windows-update"
+        }
     }
 }
 

@@ -16,11 +16,13 @@ public enum WindowsScripts {
         "$ProgressPreference = 'SilentlyContinue'\n" + lines.joined(separator: "\n") + "\nexit $LASTEXITCODE\n"
     }
 
-    /// The cmd.exe line that runs a script file: execution policy bypassed, progress off, its exit code passed on
-    /// (a script that throws exits 1).
+    /// The cmd.exe line that runs a script file: execution policy bypassed, progress off, Packer's environment
+    /// variables set as its powershell provisioner sets them (PACKER_BUILDER_TYPE and PACKER_BUILD_NAME, both
+    /// azure-arm on AIB's build VM), its exit code passed on (a script that throws exits 1).
     public static func runScriptCommand(path: String) -> String {
         PowerShell.commandLine("""
         $ProgressPreference = 'SilentlyContinue'
+        $env:PACKER_BUILDER_TYPE = 'azure-arm'; $env:PACKER_BUILD_NAME = 'azure-arm'
         & \(PowerShell.quote(path))
         if ($null -ne $LASTEXITCODE) { exit $LASTEXITCODE } elseif ($?) { exit 0 } else { exit 1 }
         """)

@@ -105,6 +105,12 @@ extension GuestfsHandle {
         return status == 1
     }
 
+    /// The names in a directory (without `.` and `..`).
+    public func ls(_ directory: String) throws(KilnError) -> [String] {
+        guard let names = guestfs_ls(try open(), directory) else { throw error("ls \(directory)") }
+        return takeStringList(names)
+    }
+
     /// The path as the file system spells it, matched without regard to case (NTFS names from a Windows path).
     /// Components that do not exist yet keep the given spelling.
     public func caseSensitivePath(_ path: String) throws(KilnError) -> String {

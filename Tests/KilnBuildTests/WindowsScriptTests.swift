@@ -40,6 +40,7 @@ import FoundationXML
         let run = PowerShell.decode(commandLine: WindowsScripts.runScriptCommand(path: #"C:\Windows\Temp\script-it's.ps1"#))!
         #expect(run.contains(#"& 'C:\Windows\Temp\script-it''s.ps1'"#))
         #expect(run.contains("exit $LASTEXITCODE"))
+        #expect(run.contains("$env:PACKER_BUILDER_TYPE = 'azure-arm'; $env:PACKER_BUILD_NAME = 'azure-arm'"))
     }
 
     @Test func elevatedWrapperAsUserAndAsSystem() {

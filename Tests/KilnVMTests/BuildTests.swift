@@ -105,7 +105,16 @@ struct BuildTests {
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
         let served = work.files + "/served"
         try FileManager.default.createDirectory(atPath: served, withIntermediateDirectories: true)
-        let setup = "#!/bin/sh\nset -e\necho from-http | sudo tee /opt/kiln/from-http\necho \"http script ran as $(id -un)\"\n"
+        // Microsoft's quickstart pattern: no shebang, writes under /etc without sudo (AIB runs a scriptUri script as root).
+        let setup = """
+        # Add a banner to MOTD
+        cat >> /etc/motd << EOF
+        *** This image was customized by a Kiln quickstart build ***
+        EOF
+        echo from-http > /opt/kiln/from-http
+        echo "http script ran as $(id -un) for ${SUDO_USER:-nobody} with $PACKER_BUILDER_TYPE/$PACKER_BUILD_NAME"
+
+        """
         try setup.write(toFile: served + "/setup.sh", atomically: true, encoding: .utf8)
         try "payload \(UUID().uuidString)\n".write(toFile: served + "/payload.txt", atomically: true, encoding: .utf8)
         let payloadSum = try SHA256Digest.hex(ofFile: served + "/payload.txt")
@@ -117,6 +126,12 @@ struct BuildTests {
         [
           {"type": "Shell", "name": "inline-array", "inline": ["echo one | sudo tee /var/lib/kiln-one", "sudo mkdir -p /opt/kiln"]},
           {"type": "Shell", "name": "inline-string", "inline": "echo two | sudo tee /opt/kiln/two"},
+          {"type": "Shell", "name": "environment", "inline": [
+            "echo \\"inline ran as $(id -un) with $PACKER_BUILDER_TYPE/$PACKER_BUILD_NAME in $(pwd)\\"",
+            "read answer || echo 'stdin: end of file'",
+            "sudo apt-get -q update >/dev/null",
+            "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q hello"
+          ]},
           {"type": "Shell", "name": "http-script", "scriptUri": "\(server.url("setup.sh"))", "sha256Checksum": "\(setupSum)"},
           {"type": "File", "name": "payload", "sourceUri": "\(server.url("payload.txt"))", "destination": "/tmp/payload.txt", "sha256Checksum": "\(payloadSum)"},
           {"type": "Shell", "name": "file-script", "scriptUri": "file://\(local)"},
@@ -138,8 +153,15 @@ struct BuildTests {
 
         // Events: phases, each customizer's start and end, output lines with the customizer's name.
         let started = events.filter { $0["event"] as? String == "customizerStart" }.compactMap { $0["name"] as? String }
-        #expect(started == ["inline-array", "inline-string", "http-script", "payload", "file-script", "reboot", "after-reboot", "deprovision-override"])
-        #expect(events.contains { $0["event"] as? String == "output" && $0["customizer"] as? String == "http-script" && ($0["line"] as? String)?.contains("http script ran as packer") == true })
+        #expect(started == ["inline-array", "inline-string", "environment", "http-script", "payload", "file-script", "reboot", "after-reboot", "deprovision-override"])
+        func printed(_ customizer: String, _ text: String) -> Bool {
+            events.contains { $0["event"] as? String == "output" && $0["customizer"] as? String == customizer && ($0["line"] as? String)?.contains(text) == true }
+        }
+        // As AIB runs them: inline lines as the build user, a scriptUri script as root through sudo -E sh, both
+        // with Packer's variables, in the user's home, with end-of-file on standard input.
+        #expect(printed("http-script", "http script ran as root for packer with azure-arm/azure-arm"))
+        #expect(printed("environment", "inline ran as packer with azure-arm/azure-arm in /home/packer"))
+        #expect(printed("environment", "stdin: end of file"))
         #expect(Set(events.compactMap { $0["runSubState"] as? String }).isSuperset(of: ["Building", "Customizing", "Distributing"]))
 
         // The run directory: record, log, the VHD.
@@ -150,6 +172,16 @@ struct BuildTests {
         #expect(log.contains("[payload] checksum verified: \(payloadSum)"))
         #expect(log.contains("[reboot] the guest restarted"))
         #expect(log.contains("[deprovision] running the template's /tmp/DeprovisioningScript.sh"))
+        // The lines AIB's troubleshooting guide sends users to, around and inside each step.
+        #expect(log.contains("[http-script] PACKER ERR "), "\(log.prefix(3000))")
+        #expect(log.contains("[INFO] (telemetry) Starting provisioner shell"))
+        #expect(log.contains("[INFO] (telemetry) ending shell"))
+        #expect(log.contains("[INFO] (telemetry) Starting provisioner file"))
+        #expect(log.contains("[http-script] PACKER OUT     azure-arm: http script ran as root"))
+        #expect(log.contains("[http-script] PACKER OUT ==> azure-arm: Provisioning with shell script: "))
+        #expect(log.contains("[DEBUG] starting remote command: chmod +x '/tmp/script_"))
+        #expect(log.contains("PACKER_BUILDER_TYPE='azure-arm' PACKER_BUILD_NAME='azure-arm' sudo -E sh '/tmp/script_"))
+        #expect(log.contains("[deprovision] PACKER OUT     azure-arm: echo override > /var/lib/kiln-deprovisioned"), "the script is printed before it runs")
         let record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/run.json"))) as? [String: Any])
         #expect(record["runState"] as? String == "PartiallySucceeded")
         let outputs = try #require(record["runOutputs"] as? [[String: Any]])
@@ -185,6 +217,11 @@ struct BuildTests {
         #expect(try read("/var/lib/kiln-one") == "one\n")
         #expect(try read("/opt/kiln/two") == "two\n")
         #expect(try read("/opt/kiln/from-http") == "from-http\n")
+        #expect(try read("/etc/motd").contains("*** This image was customized by a Kiln quickstart build ***"), "the quickstart's banner")
+        #expect(try handle.exists("/usr/bin/hello"), "apt-get install -y in a step installs the package")
+        // Nothing of Kiln's is left in the guest: no uploaded script, not the deprovisioning script.
+        let leftovers = try handle.ls("/tmp").filter { $0.hasPrefix("script_") || $0 == "DeprovisioningScript.sh" }
+        #expect(leftovers.isEmpty, "\(leftovers)")
         #expect(try SHA256Digest.hex(of: handle.readFile("/opt/kiln/payload.txt")) == payloadSum)
         #expect(try read("/opt/kiln/boot-before") != (try read("/opt/kiln/boot-after")))
         #expect(try read("/var/lib/kiln-deprovisioned") == "override\n")
@@ -221,12 +258,12 @@ struct BuildTests {
         var log = ""
         while clock.now - waitStart < .seconds(600) {
             log = (try? work.kiln(["template", "logs", "roundtrip"]).stdout) ?? ""
-            if log.contains("[long] long-step-started") || log.contains("runState") { break }
+            if log.contains("[long] PACKER OUT     azure-arm: long-step-started") || log.contains("runState") { break }
             try await Task.sleep(for: .seconds(3))
         }
-        #expect(log.contains("[from-gallery] two"), "\(log.suffix(3000))")
+        #expect(log.contains("[from-gallery] PACKER OUT     azure-arm: two"), "\(log.suffix(3000))")
         #expect(log.contains("resolved to \(Self.galleryImage)/versions/1.0.0"), "\(log.prefix(3000))")
-        #expect(log.contains("[long] long-step-started"), "\(log.suffix(3000))")
+        #expect(log.contains("[long] PACKER OUT     azure-arm: long-step-started"), "\(log.suffix(3000))")
 
         let show = try work.kiln(["template", "show", "roundtrip", "--json"])
         let status = ((try? JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])?["properties"] as? [String: Any])?["lastRunStatus"] as? [String: Any]
