@@ -284,8 +284,19 @@ public final class BuildEngine: @unchecked Sendable {
         var options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
                                      accelerator: decision.accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
                                      stateDirectory: request.state)
+        if guestOS == .linux {
+            // What the instance metadata service tells the guest: AIB's build VM in the template's location.
+            var metadata = InstanceMetadata(location: template.location, vmSize: size.name,
+                                            tags: Dictionary(template.tags.map { ($0.key, $0.value) }, uniquingKeysWith: { $1 }))
+            if case .platformImage(let image) = template.properties.source {
+                (metadata.publisher, metadata.offer, metadata.sku) = (image.publisher, image.offer, image.sku)
+                metadata.version = source.version ?? image.version
+            }
+            options.instanceMetadata = metadata
+        }
         var keys = [try CheckpointKeys.boot(source: source, size: size, osDiskSizeGB: options.osDiskSizeGB,
-                                            accelerator: decision.accelerator, username: options.username)]
+                                            accelerator: decision.accelerator, username: options.username,
+                                            instanceMetadata: options.instanceMetadata)]
         for (index, (_, step)) in steps.enumerated() {
             keys.append(try CheckpointKeys.step(parent: keys[index], index: index, step: step, downloadedSHA256: downloaded[index]))
         }

@@ -302,18 +302,21 @@ public final class CheckpointHold: @unchecked Sendable {
 /// does, so editing customize[6] changes the keys from customize[6] on and keeps the ones before.
 public struct CheckpointKeys: Sendable {
     /// Kiln's checkpoint format; a change here invalidates every older checkpoint.
-    static let format = "kiln-checkpoint-5"
+    static let format = "kiln-checkpoint-6"
 
-    /// The booted source: the image file (path, size, modification time), the VM's profile and how the build user
-    /// got in. Memory images resume only on the same CPU model and machine, hence the accelerator.
-    public static func boot(source: SourceImage, size: VMSize, osDiskSizeGB: Int, accelerator: Accelerator, username: String) throws(KilnError) -> String {
+    /// The booted source: the image file (path, size, modification time), the VM's profile, how the build user
+    /// got in, and what the guest's instance metadata says (a step may have read it). Memory images resume only
+    /// on the same CPU model and machine, hence the accelerator.
+    public static func boot(source: SourceImage, size: VMSize, osDiskSizeGB: Int, accelerator: Accelerator, username: String,
+                            instanceMetadata: InstanceMetadata? = nil) throws(KilnError) -> String {
         let attributes = (try? FileManager.default.attributesOfItem(atPath: source.path)) ?? [:]
         let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
         let fileSize = (attributes[.size] as? NSNumber)?.uint64Value ?? 0
         return try hash([
             format, "source", source.path, String(fileSize), String(format: "%.6f", modified), source.format, source.firmware.rawValue,
             "vm", size.name.lowercased(), String(size.vCPUs), String(size.memoryMiB), String(osDiskSizeGB), accelerator.rawValue,
-            "user", username,
+            "user", username, "provisioning", source.provisioning?.rawValue ?? "-",
+            "metadata", instanceMetadata?.canonicalText ?? "-",
         ])
     }
 

@@ -51,6 +51,8 @@ public struct MachineOptions: Sendable {
     public var overlayPath: String?
     /// A Windows guest, reached over WinRM instead of SSH.
     public var windows: WindowsAccess?
+    /// What a Linux guest's instance metadata service reports (location, VM size, tags); nil: defaults.
+    public var instanceMetadata: InstanceMetadata?
 
     public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
                 libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,
@@ -84,6 +86,13 @@ public final class BuildMachine: @unchecked Sendable {
     public private(set) var inspection: OfflineInspection?
     public private(set) var credentialsInjectedOffline = false
     let events: @Sendable (String) -> Void
+    /// A Linux guest's Azure endpoints (wireserver, instance metadata), answered on the host; nil for Windows
+    /// guests and on a libvirt other than the embedded driver.
+    public private(set) var fabric: AzureFabric?
+    /// How the guest got its build user, once decided.
+    public private(set) var provisioning: LinuxProvisioning?
+    /// What Kiln found in the image that decided it (for messages when logins keep failing).
+    public private(set) var provisioningFindings: String?
     var connection: LibvirtConnection?
     var domain: LibvirtDomain?
     private let lock = NSLockLike()
@@ -138,8 +147,32 @@ public final class BuildMachine: @unchecked Sendable {
             throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
         }
         sshPort = try PortAllocator.reserve(options.sshPort)
+        if domainUUID == nil { domainUUID = UUID().uuidString.lowercased() }
+        try startFabric()
         let useSeed = try await connectLibvirt { () async throws(KilnError) -> Bool in try await prepareDisks() }
         try await startDomain(withSeed: useSeed)
+    }
+
+    /// Azure's addresses on the guest's network (Linux guests on the embedded driver): a 168.0.0.0/7 user-mode
+    /// network holds both the wireserver and the instance metadata address, so QEMU can hand the guest's
+    /// connections to them to the fabric (docs/azure-presentation.md).
+    static let azureNetworkOptions = ["net=168.0.0.0/7", "host=168.0.0.2", "dns=168.0.0.3", "dhcpstart=168.0.0.15"]
+    /// The SMBIOS chassis asset tag of every Azure VM, which cloud-init's ds-identify looks for.
+    public static let azureChassisAssetTag = "7783-7084-3265-9085-8269-3286-77"
+
+    /// Starts the fabric of a Linux guest on the embedded driver (whose QEMU may spawn the `socat` that joins a
+    /// guest connection to it; a daemon's QEMU runs under a seccomp sandbox that kills it for that).
+    func startFabric() throws(KilnError) {
+        guard options.windows == nil, options.libvirtURI == nil, let uuid = domainUUID else { return }
+        var socket = options.runDirectory + "/azure.sock"
+        if socket.utf8.count > 100 { socket = NSTemporaryDirectory() + "kiln-azure-\(options.runID)-\(getpid()).sock" }
+        var metadata = options.instanceMetadata ?? InstanceMetadata()
+        if options.instanceMetadata == nil { metadata.vmSize = options.size.name }
+        let events = self.events
+        let fabric = AzureFabric(socketPath: socket, metadata: metadata, vmName: domainName, vmID: uuid, username: options.username,
+                                 publicKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"), log: { events($0) })
+        try fabric.start()
+        self.fabric = fabric
     }
 
     /// Opens libvirt (on a process's first VM: starts the embedded driver) while `prepare` gets the disks ready.
@@ -181,25 +214,41 @@ public final class BuildMachine: @unchecked Sendable {
         }
         try writePrivateKey()
         let credentials = BuildCredentials(username: options.username, authorizedKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"))
-        var useSeed = false
+        var chosen: LinuxProvisioning
         switch options.injection {
         case .cloudInit:
-            useSeed = true
+            chosen = .noCloud
         case .offline:
             try await provisionOffline(credentials, force: true)
+            chosen = .offline
         case .auto:
-            if options.source.hasCloudInit == true {
-                useSeed = true
+            if let known = options.source.provisioning ?? (options.source.hasCloudInit == true ? .noCloud : nil) {
+                chosen = known
+                if known == .offline { try await provisionOffline(credentials, force: true) }
             } else {
-                // Unknown or no cloud-init: one libguestfs launch inspects and, if needed, injects.
+                // Unknown: one libguestfs launch inspects and, if the image needs it, writes the user offline.
                 try await provisionOffline(credentials, force: false)
-                useSeed = inspection?.hasCloudInit == true && !credentialsInjectedOffline
+                chosen = credentialsInjectedOffline ? .offline : (inspection?.provisioning ?? .noCloud)
             }
         }
-        if useSeed {
+        provisioning = chosen
+        switch chosen {
+        case .noCloud:
             try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
+            events("build user \(credentials.username): cloud-init NoCloud seed")
+            return true
+        case .azure:
+            guard fabric != nil else {
+                throw KilnError(.unsupported, "the image's cloud-init reads only the Azure datasource (\(provisioningFindings ?? "datasource_list [ Azure ]")); Kiln presents the build VM as Azure does only on its embedded libvirt driver, not on \(options.libvirtURI ?? "?")")
+            }
+            try await ISOImage.write(to: seedPath, volumeID: "OVF_ENV",
+                                     files: ["ovf-env.xml": OVFEnvironment.xml(username: credentials.username, hostname: domainName,
+                                                                               publicKey: credentials.authorizedKey)])
+            events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's cloud-init Azure datasource")
+            return true
+        case .offline:
+            return false
         }
-        return useSeed
     }
 
     private func createOverlay() async throws(KilnError) {
@@ -230,7 +279,8 @@ public final class BuildMachine: @unchecked Sendable {
                                                                       credentials: credentials, forceOffline: force)
         inspection = result
         credentialsInjectedOffline = result.injectedCredentials
-        events("image: \(result.productName) (\(result.osType)), cloud-init \(result.hasCloudInit ? "present" : "absent")"
+        provisioningFindings = result.configuration?.description
+        events("image: \(result.productName) (\(result.osType)), " + (result.configuration?.description ?? "cloud-init \(result.hasCloudInit ? "present" : "absent")")
                + (result.injectedCredentials ? "; build user \(credentials.username) written offline" : ""))
     }
 
@@ -247,11 +297,16 @@ public final class BuildMachine: @unchecked Sendable {
         }
         let hostCores = ProcessInfo.processInfo.activeProcessorCount
         let vCPUs = options.accelerator == .tcg ? min(options.size.vCPUs, hostCores) : options.size.vCPUs
-        return DomainSpec(name: domainName, uuid: domainUUID, accelerator: options.accelerator, vCPUs: vCPUs,
-                          memoryMiB: options.size.memoryMiB, firmware: options.source.firmware,
-                          nvramPath: options.source.firmware == .uefi ? nvramPath : nil, disks: disks, serialLogPath: consolePath,
-                          portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: windows ? 5986 : 22)],
-                          windowsHardware: windows)
+        var spec = DomainSpec(name: domainName, uuid: domainUUID, accelerator: options.accelerator, vCPUs: vCPUs,
+                              memoryMiB: options.size.memoryMiB, firmware: options.source.firmware,
+                              nvramPath: options.source.firmware == .uefi ? nvramPath : nil, disks: disks, serialLogPath: consolePath,
+                              portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: windows ? 5986 : 22)],
+                              windowsHardware: windows)
+        if let fabric {
+            spec.chassisAssetTag = Self.azureChassisAssetTag
+            spec.userNetworkOptions = Self.azureNetworkOptions + fabric.guestForwards.map { $0.replacingOccurrences(of: ",", with: ",,") }
+        }
+        return spec
     }
 
     private func startDomain(withSeed: Bool) async throws(KilnError) {
@@ -278,27 +333,68 @@ public final class BuildMachine: @unchecked Sendable {
     }
 
     /// Waits for SSH (tolerating refused and reset connections while the guest boots), failing at once if the
-    /// VM stops.
-    public func waitForSSH(timeout: Duration) async throws(KilnError) -> SSHSession {
+    /// VM stops. A guest that keeps rejecting the build key long after its agent said it was provisioned (or for
+    /// `rejectionLimit` in any case) fails early; either failure says what Kiln found in the image, what it
+    /// presented, and what the guest reported.
+    public func waitForSSH(timeout: Duration, rejectionLimit: Duration = .seconds(300)) async throws(KilnError) -> SSHSession {
         let clock = ContinuousClock()
         let start = clock.now
         let reported = Locked(ContinuousClock.now)
+        let rejectedSince = Locked<ContinuousClock.Instant?>(nil)
         let events = self.events
         let port = sshPort
-        return try await SSHSession.waitForConnection(endpoint, timeout: timeout, progress: { attempt, elapsed, error in
-            let due = reported.withLock { last -> Bool in
-                guard ContinuousClock.now - last >= .seconds(15) else { return false }
-                last = .now
-                return true
-            }
-            if due { events("waiting for SSH on 127.0.0.1:\(port): \(DurationText.format(elapsed)) of \(DurationText.format(timeout)) (\(error.message))") }
-        }, abort: { [weak self] in
-            guard let self else { return KilnError(.cancelled, "machine gone") }
-            guard await self.isRunning() else {
-                return KilnError(.external, "the VM stopped while waiting for SSH after \(DurationText.format(clock.now - start)); last console lines:\n\(self.consoleTail(lines: 15))")
-            }
-            return nil
-        })
+        let fabric = self.fabric
+        do {
+            return try await SSHSession.waitForConnection(endpoint, timeout: timeout, progress: { attempt, elapsed, error in
+                let rejected = error.message.contains("rejected the build key")
+                rejectedSince.withLock { since in
+                    if !rejected { since = nil } else if since == nil { since = .now }
+                }
+                let due = reported.withLock { last -> Bool in
+                    guard ContinuousClock.now - last >= .seconds(15) else { return false }
+                    last = .now
+                    return true
+                }
+                if due { events("waiting for SSH on 127.0.0.1:\(port): \(DurationText.format(elapsed)) of \(DurationText.format(timeout)) (\(error.message))") }
+            }, abort: { [weak self] in
+                guard let self else { return KilnError(.cancelled, "machine gone") }
+                guard await self.isRunning() else {
+                    return KilnError(.external, "the VM stopped while waiting for SSH after \(DurationText.format(clock.now - start)); last console lines:\n\(self.consoleTail(lines: 15))")
+                }
+                if let since = rejectedSince.current {
+                    let ready = fabric?.healthReports.contains { $0.state == "Ready" } == true
+                    let limit = ready ? min(rejectionLimit, .seconds(120)) : rejectionLimit
+                    if ContinuousClock.now - since >= limit {
+                        return KilnError(.external, "the guest's sshd has rejected the build key for user \(self.username) for \(DurationText.format(limit))"
+                                         + (ready ? " after its agent reported that provisioning had finished" : "")
+                                         + "; it will not accept it. " + self.provisioningDiagnosis)
+                    }
+                }
+                return nil
+            })
+        } catch {
+            guard error.code == .timeout else { throw error }
+            throw KilnError(.timeout, error.message + ". " + provisioningDiagnosis, cause: error.cause)
+        }
+    }
+
+    /// What Kiln found in the image, what it presented, what the guest reported, and what to do.
+    public var provisioningDiagnosis: String {
+        var parts: [String] = []
+        if let provisioningFindings { parts.append("The image: \(provisioningFindings).") }
+        switch provisioning {
+        case .noCloud?:
+            parts.append("Kiln attached a cloud-init NoCloud seed for user \(username); if the image's cloud-init does not read NoCloud, import it with `kiln image import` (which inspects its datasource list) or pass --inject offline.")
+        case .azure?:
+            let reports = fabric?.healthReports ?? []
+            let said = reports.last.map { "the guest last reported \($0.state)" + ($0.description.map { " (\($0))" } ?? "") } ?? "the guest never reported to the wireserver"
+            parts.append("Kiln presented the VM as Azure (asset tag, ovf-env.xml for user \(username), wireserver, instance metadata; \(fabric?.requests ?? 0) requests answered); \(said). The console log (\(consolePath)) shows cloud-init's Azure datasource at work.")
+        case .offline?:
+            parts.append("Kiln wrote user \(username) and its key into the image offline; check that the image's sshd allows public-key logins.")
+        case nil:
+            break
+        }
+        return parts.joined(separator: " ")
     }
 
     /// The WinRM endpoint a Windows guest answers on (its HTTPS port forwarded to 127.0.0.1).
@@ -394,6 +490,7 @@ public final class BuildMachine: @unchecked Sendable {
         domain = nil
         await connection?.close()
         connection = nil
+        fabric?.stop()
         if !keepFiles {
             for path in [overlayPath, seedPath, nvramPath, privateKeyPath, options.runDirectory + "/domain.xml"] {
                 try? FileManager.default.removeItem(atPath: path)

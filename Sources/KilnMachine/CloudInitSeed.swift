@@ -39,17 +39,27 @@ public enum CloudInitSeed {
 
     /// Writes the seed ISO to `path`.
     public static func write(to path: String, credentials: BuildCredentials, instanceID: String, hostname: String) async throws(KilnError) {
+        try await ISOImage.write(to: path, volumeID: "cidata",
+                                 files: ["user-data": userData(credentials), "meta-data": metaData(instanceID: instanceID, hostname: hostname)])
+    }
+}
+
+/// A small ISO 9660 volume (with Joliet and Rock Ridge names) holding a few text files: the provisioning media
+/// the guest's agent reads.
+public enum ISOImage {
+    public static func write(to path: String, volumeID: String, files: [String: String]) async throws(KilnError) {
         let directory = path + ".d"
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            try userData(credentials).write(toFile: directory + "/user-data", atomically: true, encoding: .utf8)
-            try metaData(instanceID: instanceID, hostname: hostname).write(toFile: directory + "/meta-data", atomically: true, encoding: .utf8)
+            for (name, text) in files {
+                try text.write(toFile: directory + "/" + name, atomically: true, encoding: .utf8)
+            }
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
-            throw KilnError(.io, "cannot write the cloud-init seed files in \(directory): \(error.localizedDescription)")
+            throw KilnError(.io, "cannot write the provisioning files in \(directory): \(error.localizedDescription)")
         }
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try await Subprocess.check("xorriso", ["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output", path, directory],
+        try await Subprocess.check("xorriso", ["-as", "mkisofs", "-quiet", "-volid", volumeID, "-joliet", "-rock", "-output", path, directory],
                                    timeout: .seconds(60))
     }
 }

@@ -38,6 +38,11 @@ public struct DomainSpec: Sendable, Equatable {
     public var serialLogPath: String
     /// Forwards from 127.0.0.1 on the host to the guest, over QEMU user-mode networking.
     public var portForwards: [PortForward]
+    /// The SMBIOS chassis asset tag the guest reads (`/sys/class/dmi/id/chassis_asset_tag`); Azure's tells
+    /// cloud-init's ds-identify that it runs on Azure.
+    public var chassisAssetTag: String? = nil
+    /// Extra options for QEMU's user-mode network (`net=…`, `guestfwd=…`), commas inside values already doubled.
+    public var userNetworkOptions: [String] = []
     /// A Windows guest: inbox drivers only (SATA disk, e1000e NIC), the RTC in UTC as Azure keeps it, Hyper-V
     /// enlightenments under KVM.
     public var windowsHardware = false
@@ -62,7 +67,11 @@ public struct DomainSpec: Sendable, Equatable {
             }
         }
         lines.append("    <boot dev='hd'/>")
+        if chassisAssetTag != nil { lines.append("    <smbios mode='sysinfo'/>") }
         lines.append("  </os>")
+        if let chassisAssetTag {
+            lines.append("  <sysinfo type='smbios'><chassis><entry name='asset'>\(XMLText.escape(chassisAssetTag))</entry></chassis></sysinfo>")
+        }
         if windowsHardware && accelerator == .kvm {
             lines.append("  <features><acpi/><apic/><hyperv><relaxed state='on'/><vapic state='on'/><spinlocks state='on' retries='8191'/></hyperv></features>")
         } else {
@@ -105,10 +114,11 @@ public struct DomainSpec: Sendable, Equatable {
         lines.append("  </devices>")
         // libvirt 9.0 has no port forwarding for user-mode networking (passt is rejected), so the NIC is given to
         // QEMU directly. The explicit PCI address keeps it from colliding with libvirt's own devices.
-        let forwards = portForwards.map { "hostfwd=tcp:127.0.0.1:\($0.hostPort)-:\($0.guestPort)" }.joined(separator: ",")
+        let options = ["user", "id=kilnnet0"] + userNetworkOptions
+            + portForwards.map { "hostfwd=tcp:127.0.0.1:\($0.hostPort)-:\($0.guestPort)" }
         lines.append("  <qemu:commandline>")
         lines.append("    <qemu:arg value='-netdev'/>")
-        lines.append("    <qemu:arg value='user,id=kilnnet0\(forwards.isEmpty ? "" : "," + forwards)'/>")
+        lines.append("    <qemu:arg value='\(XMLText.escape(options.joined(separator: ",")))'/>")
         lines.append("    <qemu:arg value='-device'/>")
         lines.append("    <qemu:arg value='\(windowsHardware ? "e1000e" : "virtio-net-pci"),netdev=kilnnet0,bus=pci.0,addr=0x1f'/>")
         lines.append("  </qemu:commandline>")

@@ -11,6 +11,9 @@ public struct SourceImage: Sendable, Equatable {
     public var osType: String?
     /// Whether the image runs cloud-init at boot; nil when unknown (Kiln then inspects it).
     public var hasCloudInit: Bool?
+    /// How a Linux image gets its build user, when known (decided at import); nil: from `hasCloudInit`, or
+    /// inspected at boot.
+    public var provisioning: LinuxProvisioning?
     /// `Publisher:Offer:Sku:Version` with the version resolved, for catalog and imported images.
     public var urn: String?
     /// The image's version (a platform image's resolved version, a gallery version), for versioning scheme Source.
@@ -19,7 +22,8 @@ public struct SourceImage: Sendable, Equatable {
     public var reference: String?
 
     public init(path: String, format: String, virtualSizeBytes: UInt64, firmware: Firmware, osType: String?, hasCloudInit: Bool?,
-                urn: String?, version: String? = nil, reference: String? = nil) {
+                provisioning: LinuxProvisioning? = nil, urn: String?, version: String? = nil, reference: String? = nil) {
+        self.provisioning = provisioning
         self.path = path
         self.format = format
         self.virtualSizeBytes = virtualSizeBytes
@@ -45,6 +49,8 @@ public struct ImageRecord: Sendable, Codable, Equatable {
     public var firmware: Firmware
     public var osType: String?
     public var hasCloudInit: Bool?
+    /// Imported Linux images: decided once from inspection (older records have none).
+    public var provisioning: LinuxProvisioning?
     public var origin: String
     public var virtualSizeBytes: UInt64
 
@@ -52,7 +58,7 @@ public struct ImageRecord: Sendable, Codable, Equatable {
 
     public var source: SourceImage {
         SourceImage(path: path, format: format, virtualSizeBytes: virtualSizeBytes, firmware: firmware, osType: osType,
-                    hasCloudInit: hasCloudInit, urn: urn, version: version)
+                    hasCloudInit: hasCloudInit, provisioning: provisioning, urn: urn, version: version)
     }
 }
 
@@ -222,7 +228,8 @@ public struct ImageCatalog: Sendable {
     }
 
     /// Registers a user's qcow2/VHD under a URN. The file stays where it is and is never written.
-    public func importImage(_ file: String, urn: String, osType: String?, hasCloudInit: Bool?) async throws(KilnError) -> ImageRecord {
+    public func importImage(_ file: String, urn: String, osType: String?, hasCloudInit: Bool?,
+                            provisioning: LinuxProvisioning? = nil) async throws(KilnError) -> ImageRecord {
         let parts = urn.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 4, parts.allSatisfy({ !$0.isEmpty && !$0.contains("/") }) else {
             throw KilnError(.invalidArgument, "expected --urn Publisher:Offer:Sku:Version, found \"\(urn)\"")
@@ -233,7 +240,7 @@ public struct ImageCatalog: Sendable {
             throw KilnError(.invalidArgument, "an image with URN \(urn) already exists; remove it first with kiln image remove \(urn)")
         }
         let record = ImageRecord(publisher: parts[0], offer: parts[1], sku: parts[2], version: parts[3], path: path, format: info.format,
-                                 firmware: info.firmware, osType: osType, hasCloudInit: hasCloudInit, origin: "imported",
+                                 firmware: info.firmware, osType: osType, hasCloudInit: hasCloudInit, provisioning: provisioning, origin: "imported",
                                  virtualSizeBytes: info.virtualSizeBytes)
         do {
             try FileManager.default.createDirectory(atPath: importedDirectory, withIntermediateDirectories: true)

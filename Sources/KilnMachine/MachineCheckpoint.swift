@@ -120,6 +120,7 @@ extension BuildMachine {
         domainUUID = checkpoint.domainUUID
         domainName = checkpoint.domainName
         attachedSeedPath = checkpoint.hasSeed ? checkpoint.seedPath : nil
+        try startFabric()
         try await connectLibvirt { () async throws(KilnError) -> Void in
             try writePrivateKey()
             try await createOverlay(on: checkpoint.diskPath)

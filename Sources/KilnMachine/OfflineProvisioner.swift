@@ -10,6 +10,11 @@ public struct OfflineInspection: Sendable {
     public var productName: String
     public var hasCloudInit: Bool
     public var injectedCredentials: Bool
+    /// Linux: what the image's cloud-init and Azure Linux agent configuration say.
+    public var configuration: ProvisioningConfiguration?
+
+    /// How the image gets its build user (Linux).
+    public var provisioning: LinuxProvisioning? { configuration?.provisioning }
 }
 
 /// Inspects a disk with libguestfs and, when the guest has no cloud-init, writes the build user, its key and
@@ -35,21 +40,47 @@ public enum OfflineProvisioner {
         }
         try handle.mountAll(inspection, readOnly: credentials == nil)
         let hasCloudInit: Bool
+        var configuration: ProvisioningConfiguration?
         if inspection.type == "linux" {
-            let inUsrBin = try handle.exists("/usr/bin/cloud-init")
-            let inUsrLocalBin = try handle.exists("/usr/local/bin/cloud-init")
-            hasCloudInit = inUsrBin || inUsrLocalBin
+            let found = try linuxConfiguration(handle)
+            configuration = found
+            hasCloudInit = found.hasCloudInit
         } else {
             hasCloudInit = try handle.exists("/Program Files/Cloudbase Solutions/Cloudbase-Init")
         }
         var injected = false
-        if let credentials, inspection.type == "linux", forceOffline || !hasCloudInit {
+        if let credentials, inspection.type == "linux", forceOffline || configuration?.provisioning == .offline {
             try addLinuxUser(handle, credentials)
             injected = true
         }
         try handle.finish()
         return OfflineInspection(osType: inspection.type == "windows" ? "Windows" : "Linux", distro: inspection.distro,
-                                 productName: inspection.productName, hasCloudInit: hasCloudInit, injectedCredentials: injected)
+                                 productName: inspection.productName, hasCloudInit: hasCloudInit, injectedCredentials: injected,
+                                 configuration: configuration)
+    }
+
+    /// cloud-init (installed, switched off, its datasource list) and the Azure Linux agent, from the image's files.
+    static func linuxConfiguration(_ handle: GuestfsHandle) throws(KilnError) -> ProvisioningConfiguration {
+        let inUsrBin = try handle.exists("/usr/bin/cloud-init")
+        let inUsrLocalBin = try handle.exists("/usr/local/bin/cloud-init")
+        var configuration = ProvisioningConfiguration(hasCloudInit: inUsrBin || inUsrLocalBin)
+        if configuration.hasCloudInit {
+            configuration.cloudInitDisabled = try handle.exists("/etc/cloud/cloud-init.disabled")
+            let dropIns = try handle.exists("/etc/cloud/cloud.cfg.d") ? try handle.ls("/etc/cloud/cloud.cfg.d") : []
+            var texts: [String] = []
+            for file in ProvisioningConfiguration.configurationFiles(inDropInDirectory: dropIns) where try handle.exists(file) {
+                texts.append(String(decoding: try handle.readFile(file), as: UTF8.self))
+            }
+            configuration.datasourceList = ProvisioningConfiguration.datasourceList(fromFiles: texts)
+        }
+        for agent in ["/usr/sbin/waagent", "/usr/bin/waagent"] where try handle.exists(agent) {
+            configuration.hasWaagent = true
+        }
+        if configuration.hasWaagent, try handle.exists("/etc/waagent.conf") {
+            configuration.waagentProvisioningAgent = ProvisioningConfiguration.waagentProvisioningAgent(
+                fromConfiguration: String(decoding: try handle.readFile("/etc/waagent.conf"), as: UTF8.self))
+        }
+        return configuration
     }
 
     /// Prepares a Windows image for its first boot under Kiln: reads its ImageState and, when it is generalized

@@ -125,6 +125,7 @@ struct ImageImportCommand: AsyncParsableCommand {
             let catalog = try ImageCatalog.locate(state: state)
             var osType: String?
             var hasCloudInit: Bool?
+            var provisioning: LinuxProvisioning?
             if inspect {
                 let info = try await DiskImageProbe.inspect(file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file)
                 let decision = await AcceleratorProbe.decide(accel, cacheDirectory: state.path)
@@ -133,10 +134,18 @@ struct ImageImportCommand: AsyncParsableCommand {
                                                                                   credentials: nil, forceOffline: false)
                 osType = inspection.osType
                 hasCloudInit = inspection.hasCloudInit
-                printError("kiln: \(inspection.productName) (\(inspection.osType)), cloud-init \(inspection.hasCloudInit ? "present" : "absent")")
+                provisioning = inspection.provisioning
+                if let configuration = inspection.configuration, let provisioning {
+                    printError("kiln: \(inspection.productName) (\(inspection.osType)): \(configuration.description)")
+                    printError("kiln: the build user will be given by \(provisioning.summary)")
+                } else {
+                    printError("kiln: \(inspection.productName) (\(inspection.osType)), cloud-init \(inspection.hasCloudInit ? "present" : "absent")")
+                }
             }
-            let record = try await catalog.importImage(file, urn: urn, osType: osType, hasCloudInit: hasCloudInit)
-            print("imported \(record.urn): \(record.format), \(record.firmware.rawValue), \(record.path)")
+            let record = try await catalog.importImage(file, urn: urn, osType: osType, hasCloudInit: hasCloudInit, provisioning: provisioning)
+            let format = record.format == "vpc" ? "vpc (VHD)" : record.format
+            print("imported \(record.urn): \(format), \(record.firmware.rawValue), \(record.path)"
+                  + (record.provisioning.map { ", provisioning \($0.rawValue)" } ?? ""))
         } catch {
             throw fail(error)
         }
