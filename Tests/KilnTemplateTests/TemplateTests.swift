@@ -208,13 +208,13 @@ struct ARMTests {
 
     @Test("an unsupported expression is an error naming the expression and its path")
     func unsupported() throws {
-        let text = wrapper.replacingOccurrences(of: #""location": "westus2",\#n      "properties""#, with: #""location": "[resourceGroup().location]",\#n      "properties""#)
+        let text = wrapper.replacingOccurrences(of: #""location": "westus2",\#n      "properties""#, with: #""location": "[reference('net').location]",\#n      "properties""#)
         let result = TemplateLoader.load(text: text)
         let error = try #require(result.errors.first)
         #expect(result.errors.count == 1)
         #expect(error.path.description == "resources[1].location")
-        #expect(error.message.contains("resourceGroup()"))
-        #expect(error.message.contains("[resourceGroup().location]"))
+        #expect(error.message.contains("reference()"))
+        #expect(error.message.contains("[reference('net').location]"))
     }
 
     @Test("--parameter on a plain template is an error")
