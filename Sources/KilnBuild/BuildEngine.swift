@@ -32,8 +32,11 @@ public struct BuildRequest: Sendable {
     /// `--offline`: no network. Downloads come from the download cache (`kiln fetch`); a catalog image that is not
     /// built yet is an error instead of a build.
     public var offline: Bool
+    /// Everything the template's parameters and scope functions take: `parameters`, parameter files, the secure
+    /// parameters' environment, the subscription and resource group stand-ins.
+    public var inputs: DeploymentInputs
 
-    public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], state: StateDirectory,
+    public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
                 sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil,
                 useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes(),
@@ -53,6 +56,7 @@ public struct BuildRequest: Sendable {
         self.cacheLimitBytes = cacheLimitBytes
         self.resumeRun = resumeRun
         self.offline = offline
+        self.inputs = inputs ?? DeploymentInputs(parameters: parameters, environment: ProcessInfo.processInfo.environment)
     }
 }
 
@@ -98,7 +102,7 @@ public final class BuildEngine: @unchecked Sendable {
     /// Runs the build to its end. Never throws: the record says how it ended.
     public func run() async -> BuildResult {
         // Validation happens before anything is created, so bad input leaves nothing behind.
-        let loaded = TemplateLoader.load(file: request.templatePath, parameters: request.parameters)
+        let loaded = TemplateLoader.load(file: request.templatePath, inputs: request.inputs)
         for warning in loaded.warnings { events(.warning("\(request.templatePath): \(warning)")) }
         guard loaded.isValid else {
             let lines = loaded.errors.map { "\(request.templatePath): \($0)" }

@@ -79,6 +79,49 @@ struct ValidateCLITests {
     }
 }
 
+@Suite("kiln validate with parameter files and scope flags")
+struct ValidateParameterCLITests {
+    static let template = """
+    {
+      "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+      "contentVersion": "1.0.0.0",
+      "parameters": {"word": {"type": "string"}, "token": {"type": "securestring"}},
+      "resources": [{
+        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "name": "img",
+        "location": "[resourceGroup().location]",
+        "properties": {
+          "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
+          "customize": [{"type": "Shell", "name": "s", "inline": ["[format('echo {0} {1} {2}', parameters('word'), parameters('token'), subscription().subscriptionId)]"]}],
+          "distribute": [{"type": "VHD", "runOutputName": "vhd"}]
+        }
+      }]
+    }
+    """
+
+    @Test("--parameters FILE and --parameter @FILE read az-style parameter files; secure values print as ***")
+    func parameterFile() throws {
+        let path = try TemplateFiles.write(Self.template)
+        let parameters = try TemplateFiles.write(#"{"parameters": {"word": {"value": "fromfile"}, "token": {"value": "hunter2-secret"}}}"#)
+        defer {
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: parameters)
+        }
+        for flags in [["--parameters", parameters], ["--parameter", "@" + parameters]] {
+            let result = try KilnExecutable.run(["validate", path, "--print", "--resource-group-location", "northeurope",
+                                                 "--subscription-id", "11111111-2222-3333-4444-555555555555"] + flags)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout.contains("echo fromfile *** 11111111-2222-3333-4444-555555555555"), "\(result.stdout)")
+            #expect(result.stdout.contains("\"northeurope\""))
+            #expect(!result.stdout.contains("hunter2-secret"))
+        }
+        let environment = try KilnExecutable.run(["validate", path, "--parameter", "word=w"], environment: ["KILN_PARAMETER_token": "from-env"])
+        #expect(environment.status == 0, "\(environment.stderr)")
+        let missing = try KilnExecutable.run(["validate", path, "--parameters", "/nonexistent/p.json"])
+        #expect(missing.status != 0)
+        #expect(missing.stderr.contains("/nonexistent/p.json"))
+    }
+}
+
 @Suite("kiln doctor and image list")
 struct DoctorCLITests {
     @Test("doctor runs every check and says what it found")
