@@ -57,7 +57,7 @@ let package = Package(
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
-        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest"]),
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",
