@@ -211,8 +211,12 @@ public final class BuildEngine: @unchecked Sendable {
 
     var keepVMOnError = false
 
+    /// Step labels by template path, for logs and events (LoadedTemplate.stepLabels).
+    private var stepLabels: [String: String] = [:]
+
     private func build(_ loaded: LoadedTemplate) async throws {
         let template = loaded.template
+        stepLabels = loaded.stepLabels
         let log = self.log ?? CustomizationLog(path: runDirectory + "/customization.log")
         let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
         if let offlineCache {
@@ -273,7 +277,7 @@ public final class BuildEngine: @unchecked Sendable {
         // Everything a step downloads is fetched and checked before the VM boots: a bad checksum costs no boot.
         enterPhase(.building, "fetch")
         let downloads = runDirectory + "/downloads"
-        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
+        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
         var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
             downloaded.append(try await prefetcher.prefetch(step, index: index, path: path))
@@ -304,7 +308,7 @@ public final class BuildEngine: @unchecked Sendable {
             events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
         }
         if request.useCache || within != nil,
-           let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps.map(\.1), log: log) {
+           let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps, log: log) {
             resumed = found
         } else if Task.isCancelled {
             throw CancellationError()
@@ -339,7 +343,7 @@ public final class BuildEngine: @unchecked Sendable {
             return try await machine.waitForSSH(timeout: sshTimeout)
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
-        let runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
+        let runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
         if resumed == nil {
             parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
                                               label: "boot", machine: machine, connection: connection, templateName: template.name)
@@ -351,7 +355,7 @@ public final class BuildEngine: @unchecked Sendable {
                 try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
                 if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
                                                              parent: parent, step: index,
-                                                             label: StepRunner.label(step, index: index), machine: machine,
+                                                             label: StepRunner.label(step, index: index, path: path, labels: stepLabels), machine: machine,
                                                              connection: connection, templateName: template.name) {
                     parent = checkpoint
                 }
@@ -397,7 +401,7 @@ public final class BuildEngine: @unchecked Sendable {
 
     /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
     /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
-    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [Customizer],
+    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [(path: String, step: Customizer)],
                                  log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
         var position = keys.count - 1
         while position >= 0 {
@@ -430,7 +434,7 @@ public final class BuildEngine: @unchecked Sendable {
                 }
                 holds += chainHolds
                 for member in chain { cache.touch(member) }
-                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element, index: $0.offset) }
+                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element.step, index: $0.offset, path: $0.element.path, labels: stepLabels) }
                 record.resumedFrom = "\(entry.shortKey) \(entry.stepDescription) (run \(entry.runID))"
                 record.checkpoints = chain.reversed().map(\.folder)
                 record.reusedSteps = reused
@@ -576,7 +580,7 @@ public final class BuildEngine: @unchecked Sendable {
     }
 
     func runStep(_ run: (Customizer, Int, String) async throws -> Void, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
-        let label = StepRunner.label(step, index: index)
+        let label = StepRunner.label(step, index: index, path: path, labels: stepLabels)
         events(.customizerStarted(index: index, name: label, type: step.typeName))
         log?.write(label, "start \(step.typeName) (\(path))")
         let clock = ContinuousClock()

@@ -17,10 +17,7 @@ final class TemplateReader {
     func read(_ node: JSONNode, at base: TemplatePath) -> ImageTemplate? {
         guard let root = ObjectReader(node, at: base, sink: sink, expected: "an image template object") else { return nil }
 
-        if let type = root.string("type", required: true, expected: "\"\(ImageTemplate.resourceType)\""),
-           !type.caseInsensitiveEquals(ImageTemplate.resourceType) {
-            sink.error(root.path("type"), "expected \"\(ImageTemplate.resourceType)\", found \"\(type)\"", at: root.value("type"))
-        }
+        readType(root, plain: base == .root)
         let apiVersion = readAPIVersion(root)
         if let apiVersion, apiVersion >= .v2024_02_01 { sink.exactCaseAPIVersion = apiVersion }
         defer { sink.exactCaseAPIVersion = nil }
@@ -30,7 +27,7 @@ final class TemplateReader {
             sink.error(root.path("location"), "expected an Azure region name, found the placeholder \"\(location)\"", at: root.value("location"))
         }
         let tags = root.stringMap("tags")
-        let identity = readIdentity(root)
+        let identity = readIdentity(root, apiVersion: apiVersion)
         let dependsOn = root.stringArray("dependsOn") ?? []
         let properties = root.object("properties", required: true).flatMap { readProperties($0, apiVersion: apiVersion) }
         root.reportUnknown()
@@ -40,18 +37,62 @@ final class TemplateReader {
                              dependsOn: dependsOn, properties: properties)
     }
 
-    private func readAPIVersion(_ root: ObjectReader) -> APIVersion? {
-        let supported = APIVersion.supported.map(\.rawValue).joined(separator: ", ")
-        guard let text = root.string("apiVersion", required: true, expected: "an API version (\(supported))") else { return nil }
-        guard let version = APIVersion(rawValue: text), APIVersion.supported.contains(version) else {
-            sink.error(root.path("apiVersion"), "expected one of the API versions \(supported), found \"\(text)\"", at: root.value("apiVersion"))
-            return nil
+    /// The body Microsoft's quickstarts send with `az resource create --resource-type
+    /// Microsoft.VirtualMachineImages/imageTemplates --properties @file.json` says `"type": "Microsoft.VirtualMachineImages"`
+    /// or has no type (the command line names the type). A plain file that is otherwise an image template is read as
+    /// one, with a notice; inside a deployment template the type is what selected the resource.
+    private func readType(_ root: ObjectReader, plain: Bool) {
+        let canonical = "\"\(ImageTemplate.resourceType)\""
+        let looksLikeImageTemplate = root.node.member("properties")?.value.member("source") != nil
+        guard let node = root.value("type") else {
+            if plain && looksLikeImageTemplate {
+                sink.warning(root.path("type"), "no resource type: read as \(ImageTemplate.resourceType), as `az resource create --resource-type \(ImageTemplate.resourceType)` sends such a body")
+            } else {
+                root.missing("type", canonical)
+            }
+            return
         }
-        return version
+        guard let type = root.string("type", expected: canonical) else { return }
+        if type.caseInsensitiveEquals(ImageTemplate.resourceType) { return }
+        if plain && looksLikeImageTemplate && type.caseInsensitiveEquals("Microsoft.VirtualMachineImages") {
+            sink.warning(root.path("type"), "\"\(type)\" read as \(ImageTemplate.resourceType): Microsoft's quickstarts send this body with `az resource create --resource-type \(ImageTemplate.resourceType)`, which names the type itself", at: node)
+            return
+        }
+        sink.error(root.path("type"), "expected \(canonical), found \"\(type)\"", at: node)
     }
 
-    private func readIdentity(_ root: ObjectReader) -> Identity? {
-        guard let identity = root.object("identity") else { return nil }
+    /// A known version; 2019-05-01-preview (retired, still in older samples) with its own rules; a later, unknown
+    /// version with the newest rules and a warning. The specifications:
+    /// https://github.com/Azure/azure-rest-api-specs/tree/main/specification/imagebuilder/resource-manager/Microsoft.VirtualMachineImages
+    private func readAPIVersion(_ root: ObjectReader) -> APIVersion? {
+        let known = APIVersion.allCases.map(\.rawValue).joined(separator: ", ")
+        guard let text = root.string("apiVersion", required: true, expected: "an API version (\(known))") else { return nil }
+        let newest = APIVersion.newest
+        if let version = APIVersion(rawValue: text) {
+            if version == .v2019_05_01_preview {
+                sink.warning(root.path("apiVersion"), "2019-05-01-preview is a retired preview; Kiln applies its rules (identity optional; every later feature warns as newer than the apiVersion)")
+            }
+            return version
+        }
+        if APIVersion.isDate(text), text > newest.rawValue {
+            sink.warning(root.path("apiVersion"), "\"\(text)\" is newer than the API versions Kiln knows; Kiln applies the rules of the newest, \(newest.rawValue)", at: root.value("apiVersion"))
+            return newest
+        }
+        sink.error(root.path("apiVersion"), "expected one of the API versions \(known), or a later one, found \"\(text)\"", at: root.value("apiVersion"))
+        return nil
+    }
+
+    /// The service requires a user-assigned identity from apiVersion 2020-02-14 on (it downloads and distributes
+    /// with it; https://learn.microsoft.com/azure/virtual-machines/linux/image-builder-json#identity). A local build
+    /// uses the host's access instead, but a template without one would be refused by Azure. With an unknown
+    /// apiVersion the newest rules apply, so the missing identity is reported after the version's own error.
+    private func readIdentity(_ root: ObjectReader, apiVersion: APIVersion?) -> Identity? {
+        guard let identity = root.object("identity") else {
+            if apiVersion != .v2019_05_01_preview {
+                sink.error(root.path("identity"), "expected an identity with one user-assigned identity (Azure Image Builder's rule from apiVersion 2020-02-14 on; a local build does not use it), found nothing")
+            }
+            return nil
+        }
         let type = identity.choice("type", ["UserAssigned", "None"])
         let ids = identity.keys("userAssignedIdentities") ?? []
         if ids.count > 1 {
@@ -65,9 +106,6 @@ final class TemplateReader {
         }
         if type == "UserAssigned" && ids.isEmpty {
             sink.error(identity.path("userAssignedIdentities"), "expected one user-assigned identity for type UserAssigned, found none")
-        }
-        if type != nil || !ids.isEmpty {
-            sink.warning(root.path("identity"), "accepted; a managed identity has no effect in a local build (downloads use the host's access)")
         }
         identity.reportUnknown()
         return Identity(type: type, userAssignedIdentities: ids)
@@ -238,9 +276,12 @@ final class TemplateReader {
         for (index, item) in items.enumerated() {
             let path = parent.path(key).appending(index: index)
             guard let step = ObjectReader(item, at: path, sink: sink, expected: "a customizer object") else { continue }
-            if let name = step.string("name", allowEmpty: false) {
+            // A name is optional and may be empty; a repeated one is accepted, as the service accepts it (its own
+            // Windows REST example, CreateImageTemplateWindows.json in azure-rest-api-specs, repeats one). Build logs
+            // then show the step by place and type (LoadedTemplate.stepLabels).
+            if let name = step.string("name", allowEmpty: true), !name.isEmpty {
                 if let first = namesSeen[name.lowercased()] {
-                    sink.error(step.path("name"), "expected a unique name, found \"\(name)\" (already used by \(parent.path(key))[\(first)])", at: step.value("name"))
+                    sink.warning(step.path("name"), "\"\(name)\" is also the name of \(parent.path(key))[\(first)]; accepted, and build logs show this step as \(key)[\(index)]", at: step.value("name"))
                 } else {
                     namesSeen[name.lowercased()] = index
                 }
@@ -307,11 +348,7 @@ final class TemplateReader {
             var filters = WindowsUpdateCustomizer.defaultFilters
             if let given = step.stringArray("filters") {
                 for (index, filter) in given.enumerated() {
-                    let lower = filter.lowercased()
-                    let expression = filter.drop { $0 != ":" }.dropFirst()
-                    if !(lower.hasPrefix("include:") || lower.hasPrefix("exclude:")) || expression.trimmingCharacters().isEmpty {
-                        sink.error(step.path("filters").appending(index: index), "expected \"include:EXPRESSION\" or \"exclude:EXPRESSION\", found \"\(filter)\"")
-                    }
+                    checkUpdateFilter(filter, at: step.path("filters").appending(index: index))
                 }
                 if !given.isEmpty { filters = given }
             }
@@ -324,6 +361,25 @@ final class TemplateReader {
                 }
             }
             return .windowsUpdate(WindowsUpdateCustomizer(name: name, searchCriteria: criteria, filters: filters, updateLimit: limit))
+        }
+    }
+
+    /// rgl/packer-plugin-windows-update's windows-update.ps1 (what AIB runs) splits each filter at its first ':'
+    /// into an action and a PowerShell expression, includes an update on the first filter that matches when its
+    /// action is `include`, and skips it otherwise. A filter without ':' (`$_.BrowseOnly`) has the whole text as
+    /// its action and an empty expression, so it matches nothing; an unknown action excludes what it matches.
+    /// Kiln's Windows Update step does the same (WindowsScripts.windowsUpdate); validate says so.
+    private func checkUpdateFilter(_ filter: String, at path: TemplatePath) {
+        guard let colon = filter.firstIndex(of: ":") else {
+            sink.warning(path, "\"\(filter)\" has no include: or exclude: action; the Windows Update step (as rgl/packer-plugin-windows-update) treats it as matching no update. Write \"include:\(filter)\" to select updates with it")
+            return
+        }
+        let action = filter[..<colon].trimmingCharacters().lowercased()
+        let expression = filter[filter.index(after: colon)...].trimmingCharacters()
+        if action != "include" && action != "exclude" {
+            sink.warning(path, "\"\(filter)\": the action \"\(action)\" is neither include nor exclude; an update the expression matches is skipped, as rgl/packer-plugin-windows-update does")
+        } else if expression.isEmpty {
+            sink.warning(path, "\"\(filter)\" has an empty expression, which matches no update")
         }
     }
 

@@ -26,7 +26,7 @@ struct ValidateCLITests {
     @Test("--print shows the effective template with defaults")
     func printEffective() throws {
         let path = try TemplateFiles.write("""
-        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "westus2",
+        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "westus2", "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
          "properties": {"buildTimeoutInMinutes": 0,
            "source": {"type": "PlatformImage", "publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2019-Datacenter", "version": "latest"},
            "customize": [{"type": "WindowsRestart"}, {"type": "WindowsUpdate"}],
@@ -88,7 +88,7 @@ struct ValidateParameterCLITests {
       "parameters": {"word": {"type": "string"}, "token": {"type": "securestring"}},
       "resources": [{
         "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "name": "img",
-        "location": "[resourceGroup().location]",
+        "location": "[resourceGroup().location]", "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
         "properties": {
           "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
           "customize": [{"type": "Shell", "name": "s", "inline": ["[format('echo {0} {1} {2}', parameters('word'), parameters('token'), subscription().subscriptionId)]"]}],

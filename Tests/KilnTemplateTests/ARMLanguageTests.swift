@@ -12,7 +12,7 @@ private func string(_ text: String) -> JSONValue { .string(text) }
 /// An ARM deployment template around one imageTemplates resource whose `location` and first inline command are
 /// given, with parameters and variables.
 func armTemplate(parameters: String = "{}", variables: String = "{}", location: String = "westus2", command: String = "echo hi",
-                 identity: String = "") -> String {
+                 identity: String = testIdentity) -> String {
     """
     {
       "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",

@@ -34,7 +34,7 @@ private func nested(scope: String?, outerParameters: String = "{}", outerVariabl
 private func imageResource(location: String = "westus2", command: String = "echo hi", name: String = "step") -> String {
     """
     [{"type": "Microsoft.Resources/deployments", "apiVersion": "2022-09-01", "name": "unrelated", "properties": {"mode": "Incremental", "template": {"resources": []}}},
-     {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "name": "img", "location": \(JSONPrinter.quote(location)),
+     {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "name": "img", "location": \(JSONPrinter.quote(location)),\(testIdentity)
       "properties": {
         "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
         "customize": [{"type": "Shell", "name": \(JSONPrinter.quote(name)), "inline": [\(JSONPrinter.quote(command))]}],
