@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "KilnDigest", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
-        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
+        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
                                                     .product(name: "Logging", package: "swift-log")]),
         // Layer 2: templates, runs, runOutputs, managed images and gallery versions in SQLite under the state dir.
         .target(name: "KilnStore", dependencies: ["KilnSupport", "KilnTemplate", .product(name: "GRDB", package: "GRDB.swift")]),

@@ -185,7 +185,12 @@ final class TemplateReader {
         var profile = VMProfile()
         guard let vm = props.object("vmProfile") else { return profile }
         // An empty vmSize means the default, as the API specification says.
-        if let size = vm.string("vmSize", allowEmpty: true), !size.isEmpty { profile.vmSize = size }
+        if let size = vm.string("vmSize", allowEmpty: true), !size.isEmpty {
+            profile.vmSize = size
+            if AzureVMSize.named(size) == nil {
+                sink.warning(vm.path("vmSize"), "\"\(size)\" is not among the \(AzureVMSize.table.count) Azure sizes Kiln knows (AzureVMSizes.swift names their sources); Azure may accept it, but `kiln build` cannot size a VM for it", at: vm.value("vmSize"))
+            }
+        }
         if let disk = vm.int("osDiskSizeGB") {
             if disk < 0 {
                 sink.error(vm.path("osDiskSizeGB"), "expected 0 (the source's size) or more gigabytes, found \(disk)", at: vm.value("osDiskSizeGB"))

@@ -89,3 +89,20 @@ struct AcceptanceRuleTests {
         #expect(words.errors.map(\.path.description) == ["properties.buildTimeoutInMinutes"])
     }
 }
+
+@Suite("Azure VM sizes")
+struct VMSizeTableTests {
+    @Test("the table holds the published figures, without duplicates; validate warns about a size it does not know")
+    func table() throws {
+        #expect(AzureVMSize.named("standard_d2s_v5") == AzureVMSize(name: "Standard_D2s_v5", vCPUs: 2, memoryMiB: 8192))
+        #expect(AzureVMSize.named("Standard_D96ls_v5") == AzureVMSize(name: "Standard_D96ls_v5", vCPUs: 96, memoryMiB: 196_608))
+        #expect(AzureVMSize.named("Standard_D1_v2")?.memoryMiB == 3584)
+        #expect(Set(AzureVMSize.table.map { $0.name.lowercased() }).count == AzureVMSize.table.count)
+        #expect(AzureVMSize.table.count > 100)
+        let known = TemplateLoader.load(text: linuxTemplate(properties: #""vmProfile": {"vmSize": "Standard_D4ds_v5"},"#))
+        #expect(known.isValid && known.warnings.isEmpty, "\(known.diagnostics)")
+        let unknown = TemplateLoader.load(text: linuxTemplate(properties: #""vmProfile": {"vmSize": "Standard_NC6s_v3"},"#))
+        #expect(unknown.isValid)
+        #expect(unknown.warnings.map(\.path.description) == ["properties.vmProfile.vmSize"])
+    }
+}
