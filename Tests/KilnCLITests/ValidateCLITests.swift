@@ -122,6 +122,31 @@ struct ValidateParameterCLITests {
     }
 }
 
+@Suite("scripts/validate-corpus")
+struct ValidateCorpusTests {
+    @Test("prints a row per template and accepted N of M")
+    func corpus() throws {
+        let root = TemplateFiles.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let valid = TemplateFiles.fixtures.appendingPathComponent("valid")
+        let templates = try FileManager.default.contentsOfDirectory(atPath: valid.path).filter { $0.hasSuffix(".json") && $0 != "manifest.json" }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [root.appendingPathComponent("scripts/validate-corpus").path, valid.path]
+        process.environment = ProcessInfo.processInfo.environment.merging(["KILN": KilnExecutable.path]) { _, new in new }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let lines = output.split(separator: "\n")
+        #expect(lines.count == templates.count + 2, "\(output)")
+        // arm-parameter-no-default.json needs a --parameter, which the corpus run does not give.
+        #expect(lines.last == "accepted \(templates.count - 1) of \(templates.count)", "\(output)")
+        #expect(output.contains("arm-parameter-no-default.json"))
+    }
+}
+
 @Suite("kiln doctor and image list")
 struct DoctorCLITests {
     @Test("doctor runs every check and says what it found")
