@@ -83,9 +83,12 @@ public final class BuildEngine: @unchecked Sendable {
     private var currentPhase: String?
     private var store: StateStore?
 
+    /// Secure parameter values, masked in every event and log line once the template is loaded.
+    private let secrets = SecretMask()
+
     public init(_ request: BuildRequest, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.request = request
-        self.events = events
+        self.events = { [secrets] event in events(secrets.mask(event)) }
         let runID = request.runID ?? RunID.make()
         record = RunRecord(runID: runID, templateName: "", templatePath: request.templatePath)
         runDirectory = request.state.runsPath + "/" + runID
@@ -103,6 +106,7 @@ public final class BuildEngine: @unchecked Sendable {
     public func run() async -> BuildResult {
         // Validation happens before anything is created, so bad input leaves nothing behind.
         let loaded = TemplateLoader.load(file: request.templatePath, inputs: request.inputs)
+        secrets.set(loaded.secrets)
         for warning in loaded.warnings { events(.warning("\(request.templatePath): \(warning)")) }
         guard loaded.isValid else {
             let lines = loaded.errors.map { "\(request.templatePath): \($0)" }
@@ -218,6 +222,7 @@ public final class BuildEngine: @unchecked Sendable {
         let template = loaded.template
         stepLabels = loaded.stepLabels
         let log = self.log ?? CustomizationLog(path: runDirectory + "/customization.log")
+        log.mask = secrets
         let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
         if let offlineCache {
             // Every missing download at once, each with the template path that uses it, before anything else.
