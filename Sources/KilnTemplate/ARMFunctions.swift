@@ -207,6 +207,8 @@ enum ARMFunctions {
         }
     }
 
+    /// equals(): deep equality as the engine's JToken.DeepEquals: strings compare case-sensitively, numbers by
+    /// value, object property names without regard to case (ARM's objects are case-insensitive).
     static func equal(_ lhs: JSONValue, _ rhs: JSONValue) -> Bool {
         switch (lhs, rhs) {
         case (.number(let a), .number(let b)): return Double(a) == Double(b)

@@ -260,7 +260,9 @@ struct TemplateShowCommand: ParsableCommand {
 
     /// The imageTemplates resource: the effective template under the local ID, with provisioningState and lastRunStatus.
     static func resource(_ row: TemplateRow, lastRun: StoredRun?) throws -> JSONNode {
-        let loaded = TemplateLoader.load(file: row.storedPath, parameters: row.parameterValues)
+        // Secure parameters may come from the environment, as when the template was created.
+        let loaded = TemplateLoader.load(file: row.storedPath, inputs: DeploymentInputs(parameters: row.parameterValues,
+                                                                                        environment: ProcessInfo.processInfo.environment))
         guard let chosen = loaded.templates.first(where: { $0.template.name == row.resourceName }) ?? loaded.templates.first,
               var members = chosen.template.effectiveJSON.members else {
             throw fail(KilnError(.invalidState, "the stored copy of template \(row.name) (\(row.storedPath)) no longer loads: \(loaded.errors.map(\.description).joined(separator: "; "))"))
