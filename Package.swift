@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "KilnDigest", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
-        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
+        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
                                                     .product(name: "Logging", package: "swift-log"),
                                                     .product(name: "NIOCore", package: "swift-nio"),
                                                     .product(name: "NIOPosix", package: "swift-nio"),
@@ -60,7 +60,7 @@ let package = Package(
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
-        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest"]),
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",

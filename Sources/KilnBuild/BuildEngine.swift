@@ -32,8 +32,11 @@ public struct BuildRequest: Sendable {
     /// `--offline`: no network. Downloads come from the download cache (`kiln fetch`); a catalog image that is not
     /// built yet is an error instead of a build.
     public var offline: Bool
+    /// Everything the template's parameters and scope functions take: `parameters`, parameter files, the secure
+    /// parameters' environment, the subscription and resource group stand-ins.
+    public var inputs: DeploymentInputs
 
-    public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], state: StateDirectory,
+    public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
                 sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil,
                 useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes(),
@@ -53,6 +56,7 @@ public struct BuildRequest: Sendable {
         self.cacheLimitBytes = cacheLimitBytes
         self.resumeRun = resumeRun
         self.offline = offline
+        self.inputs = inputs ?? DeploymentInputs(parameters: parameters, environment: ProcessInfo.processInfo.environment)
     }
 }
 
@@ -79,9 +83,12 @@ public final class BuildEngine: @unchecked Sendable {
     private var currentPhase: String?
     private var store: StateStore?
 
+    /// Secure parameter values, masked in every event and log line once the template is loaded.
+    private let secrets = SecretMask()
+
     public init(_ request: BuildRequest, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.request = request
-        self.events = events
+        self.events = { [secrets] event in events(secrets.mask(event)) }
         let runID = request.runID ?? RunID.make()
         record = RunRecord(runID: runID, templateName: "", templatePath: request.templatePath)
         runDirectory = request.state.runsPath + "/" + runID
@@ -98,7 +105,8 @@ public final class BuildEngine: @unchecked Sendable {
     /// Runs the build to its end. Never throws: the record says how it ended.
     public func run() async -> BuildResult {
         // Validation happens before anything is created, so bad input leaves nothing behind.
-        let loaded = TemplateLoader.load(file: request.templatePath, parameters: request.parameters)
+        let loaded = TemplateLoader.load(file: request.templatePath, inputs: request.inputs)
+        secrets.set(loaded.secrets)
         for warning in loaded.warnings { events(.warning("\(request.templatePath): \(warning)")) }
         guard loaded.isValid else {
             let lines = loaded.errors.map { "\(request.templatePath): \($0)" }
@@ -207,9 +215,14 @@ public final class BuildEngine: @unchecked Sendable {
 
     var keepVMOnError = false
 
+    /// Step labels by template path, for logs and events (LoadedTemplate.stepLabels).
+    private var stepLabels: [String: String] = [:]
+
     private func build(_ loaded: LoadedTemplate) async throws {
         let template = loaded.template
+        stepLabels = loaded.stepLabels
         let log = self.log ?? CustomizationLog(path: runDirectory + "/customization.log")
+        log.mask = secrets
         let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
         if let offlineCache {
             // Every missing download at once, each with the template path that uses it, before anything else.
@@ -269,7 +282,7 @@ public final class BuildEngine: @unchecked Sendable {
         // Everything a step downloads is fetched and checked before the VM boots: a bad checksum costs no boot.
         enterPhase(.building, "fetch")
         let downloads = runDirectory + "/downloads"
-        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
+        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
         var downloaded: [String?] = []
         for (index, (path, step)) in (steps + validations).enumerated() {
             downloaded.append(try await prefetcher.prefetch(step, index: index, path: path))
@@ -311,7 +324,7 @@ public final class BuildEngine: @unchecked Sendable {
             events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
         }
         if request.useCache || within != nil,
-           let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps.map(\.1), log: log) {
+           let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps, log: log) {
             resumed = found
         } else if Task.isCancelled {
             throw CancellationError()
@@ -346,15 +359,12 @@ public final class BuildEngine: @unchecked Sendable {
             return try await machine.waitForSSH(timeout: sshTimeout)
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
-        var runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache)
+        var runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
         let errorHandling = template.properties.errorHandling
         runner.keepFailedScripts = (request.onError ?? errorHandling.onCustomizerError) == .abort
             || (request.onError ?? errorHandling.onValidationError) == .abort
         if resumed == nil {
-            let written = try await connection.session.exec("cat > \(LinuxDeprovisioner.scriptPath)", stdin: Array(LinuxDeprovisioner.defaultScript.utf8)) { _ in }
-            guard written.succeeded else {
-                throw Outcome.failed("could not write AIB's default \(LinuxDeprovisioner.scriptPath) in the guest: \(written)")
-            }
+            try await writeDefaultDeprovisioningScript(connection.session)
             log.write("kiln", "wrote AIB's default \(LinuxDeprovisioner.scriptPath) (a customizer may replace it)")
             parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
                                               label: "boot", machine: machine, connection: connection, templateName: template.name)
@@ -366,7 +376,7 @@ public final class BuildEngine: @unchecked Sendable {
                 try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
                 if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
                                                              parent: parent, step: index,
-                                                             label: StepRunner.label(step, index: index), machine: machine,
+                                                             label: StepRunner.label(step, index: index, path: path, labels: stepLabels), machine: machine,
                                                              connection: connection, templateName: template.name) {
                     parent = checkpoint
                 }
@@ -381,21 +391,21 @@ public final class BuildEngine: @unchecked Sendable {
         enterPhase(.customizing, "deprovision")
         log.packerDebug("deprovision", "[INFO] (telemetry) Starting provisioner shell")
         let current = OutputCollector()
-        let present = try await connection.session.exec("cat \(LinuxDeprovisioner.scriptPath)") { current.append($0) }.succeeded
-        if !present {
-            log.packerUI("deprovision", LinuxDeprovisioner.missingScriptMessage, stdout: true)
-            events(.warning("deprovisioning skipped: a customizer removed \(LinuxDeprovisioner.scriptPath) (AIB goes on the same way; the image is not generalized)"))
-        } else {
-            log.write("deprovision", current.stdoutText == LinuxDeprovisioner.defaultScript
-                      ? "running AIB's default deprovisioning (\(LinuxDeprovisioner.scriptPath) as written after boot)"
-                      : "running the template's \(LinuxDeprovisioner.scriptPath)")
-            log.write("deprovision", "command: \(LinuxDeprovisioner.command)")
-            log.packerDebug("deprovision", "[DEBUG] starting remote command: \(LinuxDeprovisioner.command)")
-            let (result, tail) = try await StepOutput.exec(LinuxDeprovisioner.command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
-            log.write("deprovision", "\(result)")
-            guard result.succeeded else {
-                throw Outcome.failed("deprovisioning (\(LinuxDeprovisioner.scriptPath)) failed with \(result). Last output:\n\(tail.text)")
-            }
+        if try await !connection.session.exec("cat \(LinuxDeprovisioner.scriptPath)", output: { current.append($0) }).succeeded {
+            // Most distributions empty /tmp at boot (systemd-tmpfiles), so a step that rebooted the guest took the
+            // script written after the first boot with it; no customizer wrote its own since.
+            log.write("deprovision", "\(LinuxDeprovisioner.scriptPath) is gone (a restart empties /tmp); writing AIB's default again")
+            try await writeDefaultDeprovisioningScript(connection.session)
+        }
+        log.write("deprovision", current.stdoutText.isEmpty || current.stdoutText == LinuxDeprovisioner.defaultScript
+                  ? "running AIB's default deprovisioning (\(LinuxDeprovisioner.scriptPath))"
+                  : "running the template's \(LinuxDeprovisioner.scriptPath)")
+        log.write("deprovision", "command: \(LinuxDeprovisioner.command)")
+        log.packerDebug("deprovision", "[DEBUG] starting remote command: \(LinuxDeprovisioner.command)")
+        let (result, tail) = try await StepOutput.exec(LinuxDeprovisioner.command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
+        log.write("deprovision", "\(result)")
+        guard result.succeeded else {
+            throw Outcome.failed("deprovisioning (\(LinuxDeprovisioner.scriptPath)) failed with \(result). Last output:\n\(tail.text)")
         }
         log.packerDebug("deprovision", "[INFO] (telemetry) ending shell")
 
@@ -414,6 +424,13 @@ public final class BuildEngine: @unchecked Sendable {
         try await distribute(template, machine: machine, source: source, guestOS: guestOS, log: log)
     }
 
+    private func writeDefaultDeprovisioningScript(_ session: any GuestSession) async throws {
+        let written = try await session.exec("cat > \(LinuxDeprovisioner.scriptPath)", stdin: Array(LinuxDeprovisioner.defaultScript.utf8)) { _ in }
+        guard written.succeeded else {
+            throw Outcome.failed("could not write AIB's default \(LinuxDeprovisioner.scriptPath) in the guest: \(written)")
+        }
+    }
+
     // MARK: Checkpoints
 
     private var checkpointsEnabled = true
@@ -422,7 +439,7 @@ public final class BuildEngine: @unchecked Sendable {
 
     /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
     /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
-    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [Customizer],
+    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [(path: String, step: Customizer)],
                                  log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
         var position = keys.count - 1
         while position >= 0 {
@@ -455,7 +472,7 @@ public final class BuildEngine: @unchecked Sendable {
                 }
                 holds += chainHolds
                 for member in chain { cache.touch(member) }
-                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element, index: $0.offset) }
+                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element.step, index: $0.offset, path: $0.element.path, labels: stepLabels) }
                 record.resumedFrom = "\(entry.shortKey) \(entry.stepDescription) (run \(entry.runID))"
                 record.checkpoints = chain.reversed().map(\.folder)
                 record.reusedSteps = reused
@@ -601,7 +618,7 @@ public final class BuildEngine: @unchecked Sendable {
     }
 
     func runStep(_ run: (Customizer, Int, String) async throws -> Void, _ step: Customizer, index: Int, path: String, onError: ErrorAction) async throws {
-        let label = StepRunner.label(step, index: index)
+        let label = StepRunner.label(step, index: index, path: path, labels: stepLabels)
         events(.customizerStarted(index: index, name: label, type: step.typeName))
         log?.write(label, "start \(step.typeName) (\(path))")
         log?.packerDebug(label, "[INFO] (telemetry) Starting provisioner \(step.packerProvisioner)")

@@ -16,6 +16,8 @@ public final class CustomizationLog: @unchecked Sendable {
     private let formatter: DateFormatter
     /// Packer's own log time stamps (Go's log package: `2006/01/02 15:04:05`).
     private let packerFormatter: DateFormatter
+    /// Secure parameter values to show as *** (set by the build engine).
+    var mask: SecretMask?
 
     public init(path: String) {
         self.path = path
@@ -47,7 +49,8 @@ public final class CustomizationLog: @unchecked Sendable {
         lock.withLock {
             let stamp = formatter.string(from: Date())
             var text = ""
-            for line in message.split(separator: "\n", omittingEmptySubsequences: false) {
+            let shown = mask?.mask(message) ?? message
+            for line in shown.split(separator: "\n", omittingEmptySubsequences: false) {
                 text += "\(stamp) [\(prefix)] \(line)\n"
             }
             handle?.write(Data(text.utf8))
@@ -56,5 +59,32 @@ public final class CustomizationLog: @unchecked Sendable {
 
     public func close() {
         lock.withLock { try? handle?.close() }
+    }
+}
+
+/// Replaces secure parameter values with *** in text and events. Thread-safe: events come from any task.
+final class SecretMask: @unchecked Sendable {
+    private let lock = NSLockLike()
+    private var secrets: [String] = []
+
+    func set(_ values: [String]) {
+        let sorted = values.filter { !$0.isEmpty }.sorted { $0.count > $1.count }
+        lock.withLock { secrets = sorted }
+    }
+
+    func mask(_ text: String) -> String {
+        let current = lock.withLock { secrets }
+        var output = text
+        for secret in current { output = output.replacingOccurrences(of: secret, with: "***") }
+        return output
+    }
+
+    func mask(_ event: BuildEvent) -> BuildEvent {
+        switch event {
+        case .message(let text): return .message(mask(text))
+        case .warning(let text): return .warning(mask(text))
+        case .output(let customizer, let stream, let line): return .output(customizer: customizer, stream: stream, line: mask(line))
+        default: return event
+        }
     }
 }

@@ -4,7 +4,8 @@ import KilnSupport
 /// The last step of a Linux build, as AIB's hidden last customizer: AIB writes its default deprovisioning
 /// script to /tmp/DeprovisioningScript.sh before the template's customizers run (so that one of them can
 /// replace it), and at the end prints it and runs it with `sh` (customization.log excerpts in
-/// docs/aib-customizers.md). Kiln does the same: the script is written right after boot, then run as root.
+/// docs/aib-customizers.md). Kiln does the same: the script is written right after boot, written again at the end
+/// if a restart emptied /tmp since, then run as root.
 /// Whatever ran, the build user, its key and home and the SSH host keys are removed, the scripts Kiln put in the
 /// guest too, free space is trimmed so exported disks stay small, and the guest powers off.
 enum LinuxDeprovisioner {
@@ -20,10 +21,6 @@ enum LinuxDeprovisioner {
 
     /// What Kiln writes to `scriptPath` after boot.
     static let defaultScript = defaultCommand + "\n"
-
-    /// What AIB prints when a customizer deleted the script (its Windows step's text, with the Linux path); the
-    /// build goes on, as AIB's does.
-    static let missingScriptMessage = "Deprovisioning script [\(scriptPath)] could not be found. Image build may fail or the VM created from the Image may not boot. Please make sure the deprovisioning script is not accidentally deleted by a Customizer in the Template."
 
     /// Prints the script, then runs it as root with `sh`.
     static let command = "cat \(scriptPath); \(StepRunner.packerEnvironment)sudo -E sh \(scriptPath)"

@@ -53,6 +53,8 @@ struct StepRunner {
     let guestOS: OSType
     /// `--offline`: what a step downloads comes from this cache (file:// URIs are read where they are).
     var offline: DownloadCache? = nil
+    /// Step labels by template path (LoadedTemplate.stepLabels).
+    var labels: [String: String] = [:]
 
     /// The URIs a step downloads, with the property that names each and the step's sha256Checksum.
     static func uris(of step: Customizer) -> [(uri: String, property: String, checksum: String?)] {
@@ -90,15 +92,18 @@ struct StepRunner {
     /// A kept VM (errorHandling abort) keeps a failed step's script for inspection; otherwise it is removed.
     var keepFailedScripts = false
 
-    /// The label used in logs: the step's name, or `customize[2] (Shell)` for an unnamed one.
-    static func label(_ step: Customizer, index: Int, list: String = "customize") -> String {
-        step.name ?? "\(list)[\(index)] \(step.typeName)"
+    /// The label used in logs: the template's label for the step at `path` (LoadedTemplate.stepLabels: its name, or
+    /// `customize[2] Shell` for an unnamed, empty or repeated one), else the same rule without the other steps.
+    static func label(_ step: Customizer, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
+        if let path, let label = labels[path] { return label }
+        if let name = step.name, !name.isEmpty { return name }
+        return "\(list)[\(index)] \(step.typeName)"
     }
 
     /// Downloads and verifies what a step needs, before anything boots. Returns the sha256 of what it downloaded.
     @discardableResult
     func prefetch(_ step: Customizer, index: Int, path: String) async throws -> String? {
-        let label = StepRunner.label(step, index: index)
+        let label = StepRunner.label(step, index: index, path: path, labels: labels)
         switch step {
         case .shell(let shell):
             guard case .scriptUri(let uri) = shell.script else { return nil }
@@ -130,7 +135,7 @@ struct StepRunner {
     }
 
     func run(_ step: Customizer, index: Int, path: String) async throws {
-        let label = StepRunner.label(step, index: index)
+        let label = StepRunner.label(step, index: index, path: path, labels: labels)
         switch step {
         case .shell(let shell):
             let script = try await materialize(shell.script, checksum: shell.sha256Checksum, label: label, path: path, index: index, fileExtension: "sh")

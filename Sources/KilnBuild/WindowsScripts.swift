@@ -116,15 +116,17 @@ public enum WindowsScripts {
 
     /// Windows Update through the Windows Update Agent API, run as SYSTEM. Filters are `include:EXPR` or
     /// `exclude:EXPR`, evaluated with `$_` bound to each update; the first match decides, none matching skips
-    /// it. Exits 101 when a restart is needed (after installing, or with updates already pending), 0 when
+    /// it; a filter without an action matches nothing. Exits 101 when a restart is needed (after installing, or with updates already pending), 0 when
     /// nothing is left to do.
     public static func windowsUpdate(searchCriteria: String?, filters: [String], updateLimit: Int?) -> String {
         let criteria = (searchCriteria?.isEmpty == false ? searchCriteria! : WindowsUpdateCustomizer.defaultSearchCriteria)
         let limit = max(1, updateLimit ?? WindowsUpdateCustomizer.defaultUpdateLimit)
         let filterLines = (filters.isEmpty ? ["include:$true"] : filters).map { filter -> String in
+            // As rgl/packer-plugin-windows-update's windows-update.ps1: split at the first ':'; without one the whole
+            // text is the action and the expression is empty, so the filter matches nothing.
             let parts = filter.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-            let action = parts.count == 2 ? parts[0].trimmingCharacters(in: .whitespaces).lowercased() : "include"
-            let expression = parts.count == 2 ? String(parts[1]) : filter
+            let action = parts[0].trimmingCharacters(in: .whitespaces).lowercased()
+            let expression = parts.count == 2 ? String(parts[1]) : ""
             return "  @{ Action = \(PowerShell.quote(action)); Text = \(PowerShell.quote(expression)); Test = [ScriptBlock]::Create(\(PowerShell.quote(expression))) }"
         }
         return """

@@ -22,7 +22,7 @@ struct WindowsStepRunner {
     var pollInterval: Duration = .seconds(5)
 
     func run(_ step: Customizer, index: Int, path: String) async throws {
-        let label = StepRunner.label(step, index: index)
+        let label = StepRunner.label(step, index: index, path: path, labels: fetcher.labels)
         switch step {
         case .shell:
             throw StepFailure(message: "\(path) (\(label)): Shell customizers need a Linux guest; use PowerShell on Windows")

@@ -51,7 +51,8 @@ struct BuildCommand: AsyncParsableCommand {
                 do { try await kept.stop(state: state) } catch { throw fail(error) }
             }
         }
-        let request = BuildRequest(templatePath: templatePath, name: name, parameters: parameterOptions.parameters, state: machine.state,
+        let request = BuildRequest(templatePath: templatePath, name: name, parameters: parameterOptions.parameters,
+                                   inputs: try parameterOptions.inputs(), state: machine.state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
                                    writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline)

@@ -28,7 +28,7 @@ struct FetchCommand: AsyncParsableCommand {
     @OptionGroup var stateFlags: StateFlags
 
     func run() async throws {
-        let loaded = TemplateLoader.load(file: template, parameters: parameterOptions.parameters)
+        let loaded = TemplateLoader.load(file: template, inputs: try parameterOptions.inputs())
         guard loaded.isValid else {
             DiagnosticPrinter.printDiagnostics(loaded, file: template)
             throw fail(KilnError(.invalidTemplate, "\(template) is not valid; nothing was fetched"))

@@ -7,7 +7,8 @@ struct ValidateCommand: ParsableCommand {
         abstract: "Check an image template (or an ARM deployment template wrapping one) and list every problem.",
         discussion: """
         Exit status 0 when the template is valid, 1 when it is not. Each problem names its JSON path \
-        (properties.customize[2].name), what was expected and what was found. Warnings do not fail.
+        (properties.customize[2].name), what was expected and what was found. Warnings do not fail. \
+        securestring and secureObject parameter values are shown as ***.
         """
     )
 
@@ -20,7 +21,7 @@ struct ValidateCommand: ParsableCommand {
     var print = false
 
     func run() throws {
-        let result = TemplateLoader.load(file: template, parameters: parameterOptions.parameters)
+        let result = TemplateLoader.load(file: template, inputs: try parameterOptions.inputs())
         DiagnosticPrinter.printDiagnostics(result, file: template)
         guard result.isValid else {
             printError("\(template): invalid: \(result.errors.count) error\(result.errors.count == 1 ? "" : "s")")
@@ -28,7 +29,8 @@ struct ValidateCommand: ParsableCommand {
         }
         if print {
             let nodes = result.templates.map(\.template.effectiveJSON)
-            Swift.print(JSONPrinter.print(nodes.count == 1 ? nodes[0] : JSONNode(.array(nodes))))
+            // Secure parameter values never reach the output.
+            Swift.print(result.masked(JSONPrinter.print(nodes.count == 1 ? nodes[0] : JSONNode(.array(nodes)))))
         } else {
             let names = result.templates.map(\.template.name).joined(separator: ", ")
             let warnings = result.warnings.count

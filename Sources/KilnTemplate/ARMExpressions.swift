@@ -1,25 +1,66 @@
-/// Evaluates the part of the ARM template language that imageTemplates deployments use:
-/// `parameters('x')`, `variables('x')` and `concat(…)`, with string and integer literals.
-/// Anything else is reported with the expression and its path rather than guessed at.
-struct ARMEvaluator {
+/// Evaluates ARM template expressions (https://learn.microsoft.com/azure/azure-resource-manager/templates/template-expressions):
+/// a string that starts with "[" and ends with "]" is an expression, "[[" escapes a literal "[". Function calls,
+/// string and integer literals, property access (`.name`, `['name']`) and index access (`[0]`). The functions are in
+/// ARMFunctions.swift; one not there is an error naming it and the expression, never a guess.
+///
+/// Variables are evaluated once each (memoized), so variables that refer to each other cost linear time; evaluation
+/// depth and the size of any result are bounded so that a hostile template fails with a message, not a crash.
+final class ARMEvaluator {
     struct Failure: Error {
         var message: String
     }
 
-    static func unsupported(_ function: String, _ original: String) -> String {
-        "expected an ARM expression using parameters(), variables() and concat() only, found \(function)() in \"\(original)\"; replace it with a literal value or a parameter"
-    }
+    /// ARM's own limit on a template (4 MB, https://learn.microsoft.com/azure/azure-resource-manager/templates/best-practices#template-limits)
+    /// bounds what one expression may build.
+    static let maximumResultSize = 4 * 1024 * 1024
+    /// Nested calls, and variables that refer to variables, deeper than this are an error (the evaluator recurses).
+    static let maximumDepth = 500
 
-    let parameterValues: [String: JSONNode]     // lower-cased name → value (default or override)
+    let parameterValues: [String: JSONNode]     // lower-cased name → value (supplied, or defaultValue)
+    let defaultParameters: Set<String>          // lower-cased names whose value is a defaultValue (may hold expressions)
     let parameterProblems: [String: String]     // lower-cased name → why it has no value
     let variableNodes: [String: JSONNode]       // lower-cased name → raw value
+    let context: DeploymentContext
+    let deploymentName: String
 
-    /// Replaces every expression string inside `node`. Problems go to `sink` at the path of the string.
+    private var variableCache: [String: JSONValue] = [:]
+    private var parameterCache: [String: JSONValue] = [:]
+    private var visiting: Set<String> = []
+    private var depth = 0
+    /// utcNow() is allowed in parameter defaults only, as in ARM.
+    private var inParameterDefault = false
+
+    init(parameterValues: [String: JSONNode], defaultParameters: Set<String> = [], parameterProblems: [String: String],
+         variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template") {
+        self.parameterValues = parameterValues
+        self.defaultParameters = defaultParameters
+        self.parameterProblems = parameterProblems
+        self.variableNodes = variableNodes
+        self.context = context
+        self.deploymentName = deploymentName
+    }
+
+    /// Replaces every expression inside `node`, in values and in property names. Problems go to `sink` at the
+    /// path of the string.
     func evaluateTree(_ node: JSONNode, at path: TemplatePath, sink: DiagnosticSink) -> JSONNode {
         switch node.value {
         case .object(let members):
-            let evaluated = members.map { member in
-                JSONMember(key: member.key, value: evaluateTree(member.value, at: path.appending(member.key), sink: sink))
+            var evaluated: [JSONMember] = []
+            evaluated.reserveCapacity(members.count)
+            for member in members {
+                var key = member.key
+                do throws(Failure) {
+                    if let value = try evaluateString(member.key) {
+                        guard case .string(let text) = value else {
+                            throw Failure(message: "expected a property name expression that gives a string, found \(JSONNode(value).summary) from \"\(member.key)\"")
+                        }
+                        key = text
+                    }
+                } catch {
+                    sink.error(path.appending(member.key), error.message, at: member.value)
+                    sink.poison(path.appending(member.key))
+                }
+                evaluated.append(JSONMember(key: key, value: evaluateTree(member.value, at: path.appending(key), sink: sink)))
             }
             return JSONNode(.object(evaluated), at: node.position)
         case .array(let items):
@@ -27,8 +68,7 @@ struct ARMEvaluator {
             return JSONNode(.array(evaluated), at: node.position)
         case .string(let text):
             do {
-                var visiting: Set<String> = []
-                guard let value = try evaluateString(text, visiting: &visiting) else { return node }
+                guard let value = try evaluateString(text) else { return node }
                 return JSONNode(value, at: node.position)
             } catch {
                 // An empty message means the cause was already reported (a --parameter of the wrong type).
@@ -41,95 +81,178 @@ struct ARMEvaluator {
         }
     }
 
-    /// nil when `text` is not an expression. "[[" escapes a literal "[".
-    private func evaluateString(_ text: String, visiting: inout Set<String>) throws(Failure) -> JSONValue? {
+    /// nil when `text` is not an expression.
+    func evaluateString(_ text: String) throws(Failure) -> JSONValue? {
         guard text.hasPrefix("["), text.hasSuffix("]"), text.count >= 2 else { return nil }
         if text.hasPrefix("[[") { return .string(String(text.dropFirst())) }
-        let body = String(text.dropFirst().dropLast())
-        var parser = ExpressionParser(text: body, original: text)
+        var parser = ExpressionParser(text: String(text.dropFirst().dropLast()), original: text)
         let expression = try parser.parseAll()
-        return try evaluate(expression, original: text, visiting: &visiting)
+        return try evaluate(expression, original: text)
     }
 
-    private func evaluate(_ expression: Expression, original: String, visiting: inout Set<String>) throws(Failure) -> JSONValue {
-        switch expression {
-        case .string(let text): return .string(text)
-        case .integer(let text): return .number(text)
-        case .call(let name, let arguments):
-            switch name.lowercased() {
-            case "parameters", "variables":
-                guard arguments.count == 1, case .string(let key) = arguments[0] else {
-                    throw Failure(message: "expected \(name)('name') with one string literal, found \"\(original)\"")
-                }
-                return try lookup(function: name.lowercased(), key: key, original: original, visiting: &visiting)
-            case "concat":
-                var values: [JSONValue] = []
-                for argument in arguments { values.append(try evaluate(argument, original: original, visiting: &visiting)) }
-                return try concat(values, original: original)
-            default:
-                throw Failure(message: ARMEvaluator.unsupported(name, original))
-            }
-        }
-    }
-
-    private func lookup(function: String, key: String, original: String, visiting: inout Set<String>) throws(Failure) -> JSONValue {
-        let folded = key.lowercased()
-        if function == "parameters" {
-            if let problem = parameterProblems[folded] { throw Failure(message: problem) }
-            guard let value = parameterValues[folded] else {
-                throw Failure(message: "expected a parameter named '\(key)' in the template's parameters, found none (in \"\(original)\")")
-            }
-            return value.value
-        }
-        guard let node = variableNodes[folded] else {
-            throw Failure(message: "expected a variable named '\(key)' in the template's variables, found none (in \"\(original)\")")
-        }
-        guard visiting.insert("v:" + folded).inserted else {
-            throw Failure(message: "expected variables that do not refer to themselves, found '\(key)' in a cycle (in \"\(original)\")")
-        }
-        defer { visiting.remove("v:" + folded) }
-        return try evaluateValue(node.value, visiting: &visiting)
-    }
-
-    /// Variables may hold objects and arrays with expressions inside.
-    private func evaluateValue(_ value: JSONValue, visiting: inout Set<String>) throws(Failure) -> JSONValue {
+    /// Evaluates the expressions inside a value (variables and parameter defaults may hold objects and arrays).
+    func evaluateValue(_ value: JSONValue) throws(Failure) -> JSONValue {
+        try descend()
+        defer { depth -= 1 }
         switch value {
-        case .string(let text): return try evaluateString(text, visiting: &visiting) ?? value
+        case .string(let text): return try evaluateString(text) ?? value
         case .array(let items):
             var evaluated: [JSONNode] = []
-            for item in items { evaluated.append(JSONNode(try evaluateValue(item.value, visiting: &visiting), at: item.position)) }
+            for item in items { evaluated.append(JSONNode(try evaluateValue(item.value), at: item.position)) }
             return .array(evaluated)
         case .object(let members):
             var evaluated: [JSONMember] = []
             for member in members {
-                evaluated.append(JSONMember(key: member.key, value: JSONNode(try evaluateValue(member.value.value, visiting: &visiting), at: member.value.position)))
+                var key = member.key
+                if let name = try evaluateString(member.key) {
+                    guard case .string(let text) = name else {
+                        throw Failure(message: "expected a property name expression that gives a string, found \(JSONNode(name).summary) from \"\(member.key)\"")
+                    }
+                    key = text
+                }
+                evaluated.append(JSONMember(key: key, value: JSONNode(try evaluateValue(member.value.value), at: member.value.position)))
             }
             return .object(evaluated)
         default: return value
         }
     }
 
-    private func concat(_ values: [JSONValue], original: String) throws(Failure) -> JSONValue {
-        if let first = values.first, case .array = first {
-            var items: [JSONNode] = []
-            for value in values {
-                guard case .array(let more) = value else {
-                    throw Failure(message: "expected concat() of arrays only or of strings only, found a mix in \"\(original)\"")
+    private func descend() throws(Failure) {
+        guard depth < ARMEvaluator.maximumDepth else {
+            throw Failure(message: "expected expressions and variables nested at most \(ARMEvaluator.maximumDepth) deep, found deeper nesting")
+        }
+        depth += 1
+    }
+
+    func evaluate(_ expression: Expression, original: String) throws(Failure) -> JSONValue {
+        try descend()
+        defer { depth -= 1 }
+        switch expression {
+        case .string(let text): return .string(text)
+        case .integer(let text): return .number(text)
+        case .index(let base, let key):
+            let container = try evaluate(base, original: original)
+            let selector = try evaluate(key, original: original)
+            return try access(container, selector, original: original)
+        case .property(let base, let name):
+            return try access(try evaluate(base, original: original), .string(name), original: original)
+        case .call(let name, let arguments):
+            let folded = name.lowercased()
+            switch folded {
+            case "parameters", "variables":
+                guard arguments.count == 1 else {
+                    throw Failure(message: "expected \(name)('name') with one argument, found \(arguments.count) in \"\(original)\"")
                 }
-                items += more
+                guard case .string(let key) = try evaluate(arguments[0], original: original) else {
+                    throw Failure(message: "expected \(name)() of a string, found another value in \"\(original)\"")
+                }
+                return try lookup(function: folded, key: key, original: original)
+            case "if":
+                // Only the branch the condition picks is evaluated, as ARM does.
+                guard arguments.count == 3 else { throw Failure(message: "expected if(condition, trueValue, falseValue), found \(arguments.count) arguments in \"\(original)\"") }
+                guard case .bool(let condition) = try evaluate(arguments[0], original: original) else {
+                    throw Failure(message: "expected a bool as the condition of if(), found another value in \"\(original)\"")
+                }
+                return try evaluate(arguments[condition ? 1 : 2], original: original)
+            case "utcnow" where !inParameterDefault:
+                throw Failure(message: "expected utcNow() only in a parameter's defaultValue (ARM's rule), found it in \"\(original)\"")
+            default:
+                var values: [JSONValue] = []
+                for argument in arguments { values.append(try evaluate(argument, original: original)) }
+                let result = try ARMFunctions.call(folded, name: name, values, evaluator: self, original: original)
+                try checkSize(result, original: original)
+                return result
             }
-            return .array(items)
         }
-        var text = ""
-        for value in values {
-            switch value {
-            case .string(let part): text += part
-            case .number(let part): text += part
-            case .bool(let flag): text += flag ? "True" : "False"
-            default: throw Failure(message: "expected concat() of strings and numbers, found an object or array in \"\(original)\"")
+    }
+
+    private func access(_ container: JSONValue, _ selector: JSONValue, original: String) throws(Failure) -> JSONValue {
+        switch (container, selector) {
+        case (.object(let members), .string(let key)):
+            // Property names match without regard to case, as everywhere in ARM.
+            guard let member = members.first(where: { $0.key.caseInsensitiveEquals(key) }) else {
+                let known = members.map(\.key).joined(separator: ", ")
+                throw Failure(message: "expected a property '\(key)' (the object has \(known.isEmpty ? "none" : known)), found none in \"\(original)\"")
+            }
+            return member.value.value
+        case (.array(let items), .number(let text)):
+            guard let index = Int(text), items.indices.contains(index) else {
+                throw Failure(message: "expected an index from 0 to \(items.count - 1), found \(text) in \"\(original)\"")
+            }
+            return items[index].value
+        default:
+            throw Failure(message: "expected a property of an object or an index into an array, found \(JSONNode(selector).summary) applied to \(JSONNode(container).summary) in \"\(original)\"")
+        }
+    }
+
+    private func lookup(function: String, key: String, original: String) throws(Failure) -> JSONValue {
+        let folded = key.lowercased()
+        if function == "parameters" {
+            if let problem = parameterProblems[folded] { throw Failure(message: problem) }
+            guard let value = parameterValues[folded] else {
+                throw Failure(message: "expected a parameter named '\(key)' in the template's parameters, found none (in \"\(original)\")")
+            }
+            guard defaultParameters.contains(folded) else { return value.value }
+            if let cached = parameterCache[folded] { return cached }
+            let result = try guarded("p:" + folded, what: "parameters whose defaults", name: key, original: original) { () throws(Failure) in
+                let outer = inParameterDefault
+                inParameterDefault = true
+                defer { inParameterDefault = outer }
+                return try evaluateValue(value.value)
+            }
+            parameterCache[folded] = result
+            return result
+        }
+        if let cached = variableCache[folded] { return cached }
+        guard let node = variableNodes[folded] else {
+            throw Failure(message: "expected a variable named '\(key)' in the template's variables, found none (in \"\(original)\")")
+        }
+        let result = try guarded("v:" + folded, what: "variables that", name: key, original: original) { () throws(Failure) in
+            let outer = inParameterDefault
+            inParameterDefault = false
+            defer { inParameterDefault = outer }
+            return try evaluateValue(node.value)
+        }
+        try checkSize(result, original: original)
+        variableCache[folded] = result
+        return result
+    }
+
+    private func guarded(_ key: String, what: String, name: String, original: String,
+                         _ body: () throws(Failure) -> JSONValue) throws(Failure) -> JSONValue {
+        guard visiting.insert(key).inserted else {
+            throw Failure(message: "expected \(what) do not refer to themselves, found '\(name)' in a cycle (in \"\(original)\")")
+        }
+        defer { visiting.remove(key) }
+        return try body()
+    }
+
+    private func checkSize(_ value: JSONValue, original: String) throws(Failure) {
+        var budget = ARMEvaluator.maximumResultSize
+        guard ARMEvaluator.fits(value, budget: &budget) else {
+            throw Failure(message: "expected an expression result of at most \(ARMEvaluator.maximumResultSize / 1024 / 1024) MiB, found a larger one in \"\(original)\"")
+        }
+    }
+
+    /// Walks at most `budget` bytes' worth of the value: the cost of a check is bounded by the limit.
+    static func fits(_ value: JSONValue, budget: inout Int) -> Bool {
+        switch value {
+        case .string(let text): budget -= text.utf8.count + 2
+        case .number(let text): budget -= text.utf8.count
+        case .bool, .null: budget -= 4
+        case .array(let items):
+            budget -= 2
+            for item in items where budget >= 0 {
+                guard fits(item.value, budget: &budget) else { return false }
+            }
+        case .object(let members):
+            budget -= 2
+            for member in members where budget >= 0 {
+                budget -= member.key.utf8.count + 3
+                guard fits(member.value.value, budget: &budget) else { return false }
             }
         }
-        return .string(text)
+        return budget >= 0
     }
 }
 
@@ -137,51 +260,86 @@ indirect enum Expression {
     case string(String)
     case integer(String)
     case call(String, [Expression])
+    case property(Expression, String)
+    case index(Expression, Expression)
 }
 
 /// Parses one ARM expression body (the text between the outer brackets).
 struct ExpressionParser {
-    private let scalars: [Character]
+    private let characters: [Character]
     private let original: String
     private var index = 0
+    private var depth = 0
 
     init(text: String, original: String) {
-        scalars = Array(text)
+        characters = Array(text)
         self.original = original
     }
 
     mutating func parseAll() throws(ARMEvaluator.Failure) -> Expression {
         let expression = try parseExpression()
         skipSpaces()
-        if index < scalars.count {
-            let rest = String(scalars[index...])
-            if rest.hasPrefix(".") || rest.hasPrefix("[") {
-                throw fail("property and index access (\(rest)) is not supported")
-            }
-            throw fail("unexpected \"\(rest)\"")
-        }
+        if index < characters.count { throw fail("unexpected \"\(String(characters[index...]))\"") }
         return expression
     }
 
     private func fail(_ message: String) -> ARMEvaluator.Failure {
-        ARMEvaluator.Failure(message: "expected an ARM expression using parameters(), variables() and concat() only, found \"\(original)\": \(message)")
+        ARMEvaluator.Failure(message: "expected an ARM expression, found \"\(original)\": \(message)")
     }
 
     private mutating func skipSpaces() {
-        while index < scalars.count, scalars[index] == " " { index += 1 }
+        while index < characters.count, characters[index].isWhitespace { index += 1 }
     }
 
     private mutating func parseExpression() throws(ARMEvaluator.Failure) -> Expression {
+        guard depth < ARMEvaluator.maximumDepth else {
+            throw fail("expected calls nested at most \(ARMEvaluator.maximumDepth) deep, found deeper nesting")
+        }
+        depth += 1
+        defer { depth -= 1 }
+        var expression = try parsePrimary()
+        while true {
+            skipSpaces()
+            guard index < characters.count else { return expression }
+            if characters[index] == "." {
+                index += 1
+                skipSpaces()
+                let name = identifier()
+                guard !name.isEmpty else { throw fail("expected a property name after \".\"") }
+                expression = .property(expression, name)
+            } else if characters[index] == "[" {
+                index += 1
+                let selector = try parseExpression()
+                skipSpaces()
+                guard index < characters.count, characters[index] == "]" else { throw fail("expected \"]\"") }
+                index += 1
+                expression = .index(expression, selector)
+            } else {
+                return expression
+            }
+        }
+    }
+
+    private mutating func identifier() -> String {
+        var name = ""
+        while index < characters.count, characters[index].isLetter || characters[index].isNumber || characters[index] == "_" || characters[index] == "$" {
+            name.append(characters[index])
+            index += 1
+        }
+        return name
+    }
+
+    private mutating func parsePrimary() throws(ARMEvaluator.Failure) -> Expression {
         skipSpaces()
-        guard index < scalars.count else { throw fail("expected a value") }
-        let character = scalars[index]
+        guard index < characters.count else { throw fail("expected a value") }
+        let character = characters[index]
         if character == "'" {
             index += 1
             var text = ""
             while true {
-                guard index < scalars.count else { throw fail("unterminated string literal") }
-                if scalars[index] == "'" {
-                    if index + 1 < scalars.count, scalars[index + 1] == "'" {
+                guard index < characters.count else { throw fail("unterminated string literal") }
+                if characters[index] == "'" {
+                    if index + 1 < characters.count, characters[index + 1] == "'" {
                         text.append("'")
                         index += 2
                         continue
@@ -189,45 +347,45 @@ struct ExpressionParser {
                     index += 1
                     return .string(text)
                 }
-                text.append(scalars[index])
+                text.append(characters[index])
                 index += 1
             }
         }
         if character.isNumber || character == "-" {
             var text = String(character)
             index += 1
-            while index < scalars.count, scalars[index].isNumber { text.append(scalars[index]); index += 1 }
+            while index < characters.count, characters[index].isNumber { text.append(characters[index]); index += 1 }
+            guard Int(text) != nil else { throw fail("expected an integer, found \"\(text)\"") }
             return .integer(text)
         }
         guard character.isLetter else { throw fail("unexpected \"\(character)\"") }
-        var name = ""
-        while index < scalars.count, scalars[index].isLetter || scalars[index].isNumber || scalars[index] == "_" {
-            name.append(scalars[index])
-            index += 1
-        }
+        let name = identifier()
         skipSpaces()
-        guard index < scalars.count, scalars[index] == "(" else { throw fail("expected \"(\" after \(name)") }
+        // true, false and null also stand alone, as the functions true(), false() and null().
+        if ["true", "false", "null"].contains(name.lowercased()), index >= characters.count || characters[index] != "(" {
+            return .call(name, [])
+        }
+        guard index < characters.count, characters[index] == "(" else { throw fail("expected \"(\" after \(name)") }
         index += 1
         var arguments: [Expression] = []
         skipSpaces()
-        if index < scalars.count, scalars[index] == ")" {
+        if index < characters.count, characters[index] == ")" {
             index += 1
             return try checkedCall(name, arguments)
         }
         while true {
             arguments.append(try parseExpression())
             skipSpaces()
-            guard index < scalars.count else { throw fail("expected \")\"") }
-            if scalars[index] == "," { index += 1; continue }
-            if scalars[index] == ")" { index += 1; return try checkedCall(name, arguments) }
-            throw fail("unexpected \"\(scalars[index])\"")
+            guard index < characters.count else { throw fail("expected \")\"") }
+            if characters[index] == "," { index += 1; continue }
+            if characters[index] == ")" { index += 1; return try checkedCall(name, arguments) }
+            throw fail("unexpected \"\(characters[index])\"")
         }
     }
 
     private func checkedCall(_ name: String, _ arguments: [Expression]) throws(ARMEvaluator.Failure) -> Expression {
-        let supported = ["parameters", "variables", "concat"]
-        guard supported.contains(name.lowercased()) else {
-            throw ARMEvaluator.Failure(message: ARMEvaluator.unsupported(name, original))
+        guard ARMFunctions.names.contains(name.lowercased()) else {
+            throw ARMEvaluator.Failure(message: ARMFunctions.unsupported(name, original))
         }
         return .call(name, arguments)
     }

@@ -82,13 +82,18 @@ public struct JSONSyntaxError: Error, Sendable, Equatable, CustomStringConvertib
     public var description: String { "malformed JSON at \(position): \(message)" }
 }
 
-/// A strict RFC 8259 parser over UTF-8 bytes. Reports the line and column (1-based, in characters) of the
-/// first offending character.
+/// An RFC 8259 parser over UTF-8 bytes, plus the comments ARM templates may carry (`//` to the end of the line and
+/// `/* … */`; https://learn.microsoft.com/azure/azure-resource-manager/templates/syntax#comments). Reports the line
+/// and column (1-based, in characters) of the first offending character.
 public struct JSONParser {
+    /// Deeper nesting is an error, not a stack overflow: every reader of the tree recurses once per level.
+    public static let maximumDepth = 256
+
     private let bytes: [UInt8]
     private var index = 0
     private var line = 1
     private var lineStart = 0
+    private var depth = 0
 
     public static func parse(_ text: String) throws(JSONSyntaxError) -> JSONNode {
         var parser = JSONParser(bytes: Array(text.utf8))
@@ -109,33 +114,43 @@ public struct JSONParser {
         }
     }
 
+    /// The last column computed and where: positions are asked for in file order, so counting on from there keeps a
+    /// minified one-line template linear instead of quadratic.
+    private var columnCursor = 0
+    private var columnAtCursor = 1
+
     private var position: SourcePosition {
-        // Column counts characters, not bytes: skip UTF-8 continuation bytes.
-        var column = 1
-        var cursor = lineStart
-        while cursor < index {
-            if bytes[cursor] & 0xC0 != 0x80 { column += 1 }
-            cursor += 1
+        mutating get {
+            if columnCursor < lineStart || columnCursor > index {
+                columnCursor = lineStart
+                columnAtCursor = 1
+            }
+            // Column counts characters, not bytes: skip UTF-8 continuation bytes.
+            while columnCursor < index {
+                if bytes[columnCursor] & 0xC0 != 0x80 { columnAtCursor += 1 }
+                columnCursor += 1
+            }
+            return SourcePosition(line: line, column: columnAtCursor)
         }
-        return SourcePosition(line: line, column: column)
     }
 
-    private func fail(_ message: String) -> JSONSyntaxError {
+    private mutating func fail(_ message: String) -> JSONSyntaxError {
         JSONSyntaxError(position: position, message: message)
     }
 
     private mutating func parseDocument() throws(JSONSyntaxError) -> JSONNode {
-        skipWhitespace()
+        try skipWhitespace()
         guard index < bytes.count else { throw fail("the file is empty; expected a JSON object") }
         let node = try parseValue()
-        skipWhitespace()
+        try skipWhitespace()
         if index < bytes.count {
             throw fail("unexpected \(describeCurrent()) after the end of the document")
         }
         return node
     }
 
-    private mutating func skipWhitespace() {
+    /// Skips blanks and comments. An unterminated `/*` is reported where it starts.
+    private mutating func skipWhitespace() throws(JSONSyntaxError) {
         while index < bytes.count {
             switch bytes[index] {
             case 0x20, 0x09, 0x0D: index += 1
@@ -143,6 +158,25 @@ public struct JSONParser {
                 index += 1
                 line += 1
                 lineStart = index
+            case UInt8(ascii: "/") where index + 1 < bytes.count && bytes[index + 1] == UInt8(ascii: "/"):
+                while index < bytes.count, bytes[index] != 0x0A { index += 1 }
+            case UInt8(ascii: "/") where index + 1 < bytes.count && bytes[index + 1] == UInt8(ascii: "*"):
+                let start = position
+                index += 2
+                while true {
+                    guard index < bytes.count else {
+                        throw JSONSyntaxError(position: start, message: "unterminated comment: expected '*/' to close the '/*' here, found end of file")
+                    }
+                    if bytes[index] == UInt8(ascii: "*"), index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "/") {
+                        index += 2
+                        break
+                    }
+                    if bytes[index] == 0x0A {
+                        line += 1
+                        lineStart = index + 1
+                    }
+                    index += 1
+                }
             default: return
             }
         }
@@ -156,12 +190,18 @@ public struct JSONParser {
     }
 
     private mutating func parseValue() throws(JSONSyntaxError) -> JSONNode {
-        skipWhitespace()
+        try skipWhitespace()
         let start = position
         guard index < bytes.count else { throw fail("unexpected end of file; expected a value") }
         switch bytes[index] {
-        case UInt8(ascii: "{"): return JSONNode(try parseObject(), at: start)
-        case UInt8(ascii: "["): return JSONNode(try parseArray(), at: start)
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            guard depth < JSONParser.maximumDepth else {
+                throw fail("expected objects and arrays nested at most \(JSONParser.maximumDepth) levels deep, found deeper nesting")
+            }
+            depth += 1
+            defer { depth -= 1 }
+            if bytes[index] == UInt8(ascii: "{") { return JSONNode(try parseObject(), at: start) }
+            return JSONNode(try parseArray(), at: start)
         case UInt8(ascii: "\""): return JSONNode(.string(try parseString()), at: start)
         case UInt8(ascii: "t"): try expectLiteral("true"); return JSONNode(.bool(true), at: start)
         case UInt8(ascii: "f"): try expectLiteral("false"); return JSONNode(.bool(false), at: start)
@@ -185,25 +225,25 @@ public struct JSONParser {
     private mutating func parseObject() throws(JSONSyntaxError) -> JSONValue {
         index += 1
         var members: [JSONMember] = []
-        skipWhitespace()
+        try skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
             return .object(members)
         }
         while true {
-            skipWhitespace()
+            try skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else {
                 throw fail("unexpected \(describeCurrent()); expected a property name in double quotes")
             }
             let key = try parseString()
-            skipWhitespace()
+            try skipWhitespace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else {
                 throw fail("unexpected \(describeCurrent()); expected ':' after property name \"\(key)\"")
             }
             index += 1
             let value = try parseValue()
             members.append(JSONMember(key: key, value: value))
-            skipWhitespace()
+            try skipWhitespace()
             guard index < bytes.count else { throw fail("unexpected end of file; expected ',' or '}'") }
             if bytes[index] == UInt8(ascii: ",") {
                 index += 1
@@ -220,14 +260,14 @@ public struct JSONParser {
     private mutating func parseArray() throws(JSONSyntaxError) -> JSONValue {
         index += 1
         var items: [JSONNode] = []
-        skipWhitespace()
+        try skipWhitespace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
             index += 1
             return .array(items)
         }
         while true {
             items.append(try parseValue())
-            skipWhitespace()
+            try skipWhitespace()
             guard index < bytes.count else { throw fail("unexpected end of file; expected ',' or ']'") }
             if bytes[index] == UInt8(ascii: ",") {
                 index += 1
@@ -335,61 +375,5 @@ public struct JSONParser {
             guard digits(&self) > 0 else { throw fail("expected a digit in the exponent") }
         }
         return String(decoding: bytes[start..<index], as: UTF8.self)
-    }
-}
-
-/// Prints JSON with two-space indentation, members in the order given.
-public enum JSONPrinter {
-    public static func print(_ node: JSONNode) -> String {
-        var output = ""
-        write(node.value, indent: 0, into: &output)
-        return output
-    }
-
-    public static func quote(_ text: String) -> String {
-        var output = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": output += "\\\""
-            case "\\": output += "\\\\"
-            case "\n": output += "\\n"
-            case "\r": output += "\\r"
-            case "\t": output += "\\t"
-            case let control where control.value < 0x20:
-                let hex = String(control.value, radix: 16)
-                output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: output.unicodeScalars.append(scalar)
-            }
-        }
-        return output + "\""
-    }
-
-    private static func write(_ value: JSONValue, indent: Int, into output: inout String) {
-        let pad = String(repeating: "  ", count: indent + 1)
-        let closePad = String(repeating: "  ", count: indent)
-        switch value {
-        case .object(let members):
-            if members.isEmpty { output += "{}"; return }
-            output += "{\n"
-            for (offset, member) in members.enumerated() {
-                output += pad + quote(member.key) + ": "
-                write(member.value.value, indent: indent + 1, into: &output)
-                output += offset == members.count - 1 ? "\n" : ",\n"
-            }
-            output += closePad + "}"
-        case .array(let items):
-            if items.isEmpty { output += "[]"; return }
-            output += "[\n"
-            for (offset, item) in items.enumerated() {
-                output += pad
-                write(item.value, indent: indent + 1, into: &output)
-                output += offset == items.count - 1 ? "\n" : ",\n"
-            }
-            output += closePad + "]"
-        case .string(let text): output += quote(text)
-        case .number(let text): output += text
-        case .bool(let flag): output += flag ? "true" : "false"
-        case .null: output += "null"
-        }
     }
 }

@@ -43,10 +43,17 @@ public enum APIVersion: String, Sendable, CaseIterable, Comparable {
     case v2023_07_01 = "2023-07-01"
     case v2024_02_01 = "2024-02-01"
 
-    /// The versions Kiln implements. 2019-05-01-preview is known only to be rejected with a clear message.
-    public static let supported: [APIVersion] = allCases.filter { $0 != .v2019_05_01_preview }
+    /// The newest version Kiln knows; a later one is read with its rules.
+    public static let newest = APIVersion.v2024_02_01
 
     public static func < (lhs: APIVersion, rhs: APIVersion) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    /// `YYYY-MM-DD` with an optional `-preview` suffix: the shape of an ARM API version.
+    static func isDate(_ text: String) -> Bool {
+        let date = text.hasSuffix("-preview") ? String(text.dropLast("-preview".count)) : text
+        let parts = date.split(separator: "-", omittingEmptySubsequences: false)
+        return parts.count == 3 && parts.map(\.count) == [4, 2, 2] && parts.allSatisfy { $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }
+    }
 }
 
 public struct Identity: Sendable, Equatable {

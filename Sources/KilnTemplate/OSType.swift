@@ -64,3 +64,27 @@ public struct StepPaths: Sendable, Equatable {
     public var customize: [TemplatePath] = []
     public var inVMValidations: [TemplatePath] = []
 }
+
+extension LoadedTemplate {
+    /// The name each customizer and in-VM validation has in build logs, by template path: its own name when it has a
+    /// non-empty one that no other step of its list repeats (names are optional, may be empty, and may repeat: the
+    /// service's own Windows REST example repeats one), else its place and type, `customize[2] Shell`.
+    public var stepLabels: [String: String] {
+        var labels: [String: String] = [:]
+        func label(_ steps: [Customizer], _ paths: [TemplatePath], list: String) {
+            var counts: [String: Int] = [:]
+            for step in steps { if let name = step.name, !name.isEmpty { counts[name.lowercased(), default: 0] += 1 } }
+            for (index, (path, step)) in zip(paths, steps).enumerated() {
+                if let name = step.name, !name.isEmpty, counts[name.lowercased()] == 1 {
+                    labels[path.description] = name
+                } else {
+                    let shown = step.name.map { $0.isEmpty ? "" : " \"\($0)\"" } ?? ""
+                    labels[path.description] = "\(list)[\(index)] \(step.typeName)\(shown)"
+                }
+            }
+        }
+        label(template.properties.customize, stepPaths.customize, list: "customize")
+        label(template.properties.validate?.inVMValidations ?? [], stepPaths.inVMValidations, list: "inVMValidations")
+        return labels
+    }
+}

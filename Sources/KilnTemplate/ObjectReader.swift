@@ -72,21 +72,37 @@ final class ObjectReader {
         return ObjectReader.integer(node, at: path(key), sink: sink, expected: expected)
     }
 
+    /// An integer, or a string holding one: the service deserializes with JSON.NET, which converts such strings
+    /// by default (System.Text.Json's "quoted numbers" issue, dotnet/runtime#30255 (was dotnet/corefx#39473), names
+    /// it as what Newtonsoft does out of the box), so `"validExitCodes": ["0", "3010"]` is accepted, with a notice.
     static func integer(_ node: JSONNode, at path: TemplatePath, sink: DiagnosticSink, expected: String) -> Int? {
-        guard case .number(let text) = node.value, let value = Int(text) else {
-            sink.error(path, "expected \(expected), found \(node.summary)", at: node)
-            return nil
+        switch node.value {
+        case .number(let text):
+            if let value = Int(text) { return value }
+        case .string(let text):
+            if let value = Int(text.trimmingSpaces) {
+                sink.warning(path, "the string \"\(text)\" where the schema has an integer; converted to \(value), as the service's JSON.NET deserializer does", at: node)
+                return value
+            }
+        default: break
         }
-        return value
+        sink.error(path, "expected \(expected), found \(node.summary)", at: node)
+        return nil
     }
 
+    /// true or false, or the strings "true"/"false" in any case (converted as JSON.NET converts them, with a notice).
     func bool(_ key: String) -> Bool? {
         guard let node = value(key) else { return nil }
-        guard case .bool(let flag) = node.value else {
+        switch node.value {
+        case .bool(let flag): return flag
+        case .string(let text) where ["true", "false"].contains(text.trimmingSpaces.lowercased()):
+            let flag = text.trimmingSpaces.lowercased() == "true"
+            sink.warning(path(key), "the string \"\(text)\" where the schema has a boolean; converted to \(flag), as the service's JSON.NET deserializer does", at: node)
+            return flag
+        default:
             sink.error(path(key), "expected true or false, found \(node.summary)", at: node)
             return nil
         }
-        return flag
     }
 
     func object(_ key: String, required: Bool = false, expected: String = "an object") -> ObjectReader? {

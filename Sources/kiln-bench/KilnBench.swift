@@ -2,14 +2,14 @@ import Foundation
 import KilnLibvirt
 import KilnSupport
 
-/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild`, `upload` (README, "Benchmarks").
+/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild`, `upload`, `validate` (README, "Benchmarks").
 @main
 enum KilnBench {
     static func main() async {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N]")
+            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N] | validate [--resources N] [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -38,8 +38,10 @@ enum KilnBench {
                 try await RebuildBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2, size: option("--size") ?? "Standard_D2s_v3").run()
             case "upload":
                 try await UploadBenchmark(mib: Int(option("--mib") ?? "20") ?? 20, rounds: Int(option("--rounds") ?? "3") ?? 3).run()
+            case "validate":
+                ValidateBenchmark(resources: Int(option("--resources") ?? "2000") ?? 2000, rounds: Int(option("--rounds") ?? "5") ?? 5).run()
             default:
-                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild, upload")
+                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild, upload, validate")
                 exit(2)
             }
         } catch {

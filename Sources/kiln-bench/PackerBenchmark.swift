@@ -139,6 +139,7 @@ func benchTemplate(steps: [[String]], size: String, vhdURI: String? = nil) -> St
     let uri = vhdURI.map { ", \"uri\": \"\($0)\"" } ?? ""
     return """
     {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
+     "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
      "properties": {"vmProfile": {"vmSize": "\(size)"},
        "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
        "customize": [\(customize)],

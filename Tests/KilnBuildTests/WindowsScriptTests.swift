@@ -88,6 +88,9 @@ import FoundationXML
         #expect(defaults.contains("$searchCriteria = 'BrowseOnly=0 and IsInstalled=0'"))
         #expect(defaults.contains("$updateLimit = 1000"))
         #expect(defaults.contains("Action = 'include'; Text = '$true'"))
+        // A filter without an action matches nothing, as in rgl/packer-plugin-windows-update's script.
+        let noAction = WindowsScripts.windowsUpdate(searchCriteria: nil, filters: ["$_.BrowseOnly"], updateLimit: nil)
+        #expect(noAction.contains("Text = ''; Test = [ScriptBlock]::Create('') }"))
         #expect(WindowsScripts.updateNeedsRestart(101))
         #expect(WindowsScripts.updateNeedsRestart(Int32(bitPattern: 2_147_942_501)))
         #expect(!WindowsScripts.updateNeedsRestart(0))

@@ -31,6 +31,7 @@ struct CacheCLITests {
     static func template(_ customize: String) -> String {
         """
         {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "westus2",
+         "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
          "properties": {"source": {"type": "ManagedImage", "imageId": "\(imageID)"},
            "customize": \(customize),
            "distribute": [{"type": "VHD", "runOutputName": "v"}]}}

@@ -16,6 +16,7 @@ struct TemplateCLITests {
 
     static let template = """
     {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "location": "northeurope",
+     "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
      "tags": {"team": "images"},
      "properties": {
        "source": {"type": "SharedImageVersion", "imageVersionId": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/latest"},

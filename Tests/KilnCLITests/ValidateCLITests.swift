@@ -26,7 +26,7 @@ struct ValidateCLITests {
     @Test("--print shows the effective template with defaults")
     func printEffective() throws {
         let path = try TemplateFiles.write("""
-        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "westus2",
+        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "westus2", "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
          "properties": {"buildTimeoutInMinutes": 0,
            "source": {"type": "PlatformImage", "publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2019-Datacenter", "version": "latest"},
            "customize": [{"type": "WindowsRestart"}, {"type": "WindowsUpdate"}],
@@ -76,6 +76,74 @@ struct ValidateCLITests {
         let override = try KilnExecutable.run(["validate", file, "--parameter", "imageTemplateName=fromCLI", "--print"])
         #expect(override.status == 0, "\(override.stderr)")
         #expect(override.stdout.contains("\"fromCLI\""))
+    }
+}
+
+@Suite("kiln validate with parameter files and scope flags")
+struct ValidateParameterCLITests {
+    static let template = """
+    {
+      "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+      "contentVersion": "1.0.0.0",
+      "parameters": {"word": {"type": "string"}, "token": {"type": "securestring"}},
+      "resources": [{
+        "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "name": "img",
+        "location": "[resourceGroup().location]", "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
+        "properties": {
+          "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
+          "customize": [{"type": "Shell", "name": "s", "inline": ["[format('echo {0} {1} {2}', parameters('word'), parameters('token'), subscription().subscriptionId)]"]}],
+          "distribute": [{"type": "VHD", "runOutputName": "vhd"}]
+        }
+      }]
+    }
+    """
+
+    @Test("--parameters FILE and --parameter @FILE read az-style parameter files; secure values print as ***")
+    func parameterFile() throws {
+        let path = try TemplateFiles.write(Self.template)
+        let parameters = try TemplateFiles.write(#"{"parameters": {"word": {"value": "fromfile"}, "token": {"value": "hunter2-secret"}}}"#)
+        defer {
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: parameters)
+        }
+        for flags in [["--parameters", parameters], ["--parameter", "@" + parameters]] {
+            let result = try KilnExecutable.run(["validate", path, "--print", "--resource-group-location", "northeurope",
+                                                 "--subscription-id", "11111111-2222-3333-4444-555555555555"] + flags)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout.contains("echo fromfile *** 11111111-2222-3333-4444-555555555555"), "\(result.stdout)")
+            #expect(result.stdout.contains("\"northeurope\""))
+            #expect(!result.stdout.contains("hunter2-secret"))
+        }
+        let environment = try KilnExecutable.run(["validate", path, "--parameter", "word=w"], environment: ["KILN_PARAMETER_token": "from-env"])
+        #expect(environment.status == 0, "\(environment.stderr)")
+        let missing = try KilnExecutable.run(["validate", path, "--parameters", "/nonexistent/p.json"])
+        #expect(missing.status != 0)
+        #expect(missing.stderr.contains("/nonexistent/p.json"))
+    }
+}
+
+@Suite("scripts/validate-corpus")
+struct ValidateCorpusTests {
+    @Test("prints a row per template and accepted N of M")
+    func corpus() throws {
+        let root = TemplateFiles.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let valid = TemplateFiles.fixtures.appendingPathComponent("valid")
+        let templates = try FileManager.default.contentsOfDirectory(atPath: valid.path).filter { $0.hasSuffix(".json") && $0 != "manifest.json" }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [root.appendingPathComponent("scripts/validate-corpus").path, valid.path]
+        process.environment = ProcessInfo.processInfo.environment.merging(["KILN": KilnExecutable.path]) { _, new in new }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let lines = output.split(separator: "\n")
+        #expect(lines.count == templates.count + 2, "\(output)")
+        // arm-parameter-no-default.json needs a --parameter, which the corpus run does not give.
+        #expect(lines.last == "accepted \(templates.count - 1) of \(templates.count)", "\(output)")
+        #expect(output.contains("arm-parameter-no-default.json"))
     }
 }
 

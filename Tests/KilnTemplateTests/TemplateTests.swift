@@ -2,9 +2,13 @@ import Testing
 @testable import KilnTemplate
 import KilnSupport
 
+/// The user-assigned identity Azure requires from apiVersion 2020-02-14 on.
+let testIdentity = #" \#(identityMember)"#
+let identityMember = #""identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},"#
+
 /// A minimal valid Linux template; `properties` members can be replaced by string surgery-free builders below.
 func linuxTemplate(apiVersion: String = "2022-07-01", properties extra: String = "", customize: String = #"[{"type": "Shell", "name": "hello", "inline": ["echo hello"]}]"#,
-                   distribute: String = #"[{"type": "VHD", "runOutputName": "vhd"}]"#, topLevel: String = "") -> String {
+                   distribute: String = #"[{"type": "VHD", "runOutputName": "vhd"}]"#, topLevel: String = testIdentity) -> String {
     """
     {
       "type": "Microsoft.VirtualMachineImages/imageTemplates",
@@ -85,7 +89,8 @@ struct TemplateTests {
             properties: #""vmProfile": {"vmSize": "Standard_D2s_v3", "vnetConfig": {"subnetId": "\#(subnet)"}},"#,
             topLevel: #" "identity": {"type": "UserAssigned", "userAssignedIdentities": {"\#(identity)": {}}},"#))
         #expect(result.isValid, "\(result.errors)")
-        #expect(Set(result.warnings.map(\.path.description)) == ["identity", "properties.vmProfile.vnetConfig"])
+        // identity is required (Azure's rule) and so no longer warns.
+        #expect(Set(result.warnings.map(\.path.description)) == ["properties.vmProfile.vnetConfig"])
     }
 
     @Test("unknown properties warn with their path")
@@ -124,8 +129,10 @@ struct TemplateTests {
             distribute: #"[{"type": "VHD", "runOutputName": "bad name"}]"#))
         #expect(Set(result.errors.map(\.path.description)) == [
             "properties.buildTimeoutInMinutes", "properties.vmProfile.osDiskSizeGB", "properties.customize[0]",
-            "properties.customize[1].name", "properties.customize[1].sourceUri", "properties.distribute[0].runOutputName",
+            "properties.customize[1].sourceUri", "properties.distribute[0].runOutputName",
         ])
+        // A repeated name is accepted with a warning (the service accepts it).
+        #expect(result.warnings.map(\.path.description).contains("properties.customize[1].name"))
     }
 
     @Test("File on a Linux guest writes only under /tmp")
@@ -162,7 +169,7 @@ struct ARMTests {
           "type": "Microsoft.VirtualMachineImages/imageTemplates",
           "apiVersion": "2022-07-01",
           "name": "[parameters('imageTemplateName')]",
-          "location": "westus2",
+          "location": "westus2", "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
           "properties": {
             "buildTimeoutInMinutes": "[parameters('timeout')]",
             "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
@@ -208,13 +215,13 @@ struct ARMTests {
 
     @Test("an unsupported expression is an error naming the expression and its path")
     func unsupported() throws {
-        let text = wrapper.replacingOccurrences(of: #""location": "westus2",\#n      "properties""#, with: #""location": "[resourceGroup().location]",\#n      "properties""#)
+        let text = wrapper.replacingOccurrences(of: #""location": "westus2", "identity""#, with: #""location": "[reference('net').location]", "identity""#)
         let result = TemplateLoader.load(text: text)
         let error = try #require(result.errors.first)
         #expect(result.errors.count == 1)
         #expect(error.path.description == "resources[1].location")
-        #expect(error.message.contains("resourceGroup()"))
-        #expect(error.message.contains("[resourceGroup().location]"))
+        #expect(error.message.contains("reference()"))
+        #expect(error.message.contains("[reference('net').location]"))
     }
 
     @Test("--parameter on a plain template is an error")

@@ -95,6 +95,7 @@ extension BuildTests {
         #expect(try !handle.exists("/home/packer"))
         #expect(try !handle.exists("/etc/sudoers.d/90-cloud-init-users"))
         #expect(try !handle.exists("/var/lib/waagent/ovf-env.xml"))
+        #expect(try read("/etc/hostname").hasPrefix("localhost"), "waagent -deprovision+user ran (it resets the host name), although the reboot emptied /tmp")
         #expect(try !handle.exists("/var/lib/cloud/seed/nocloud"))
         let leftovers = try handle.ls("/tmp").filter { $0.hasPrefix("script_") || $0 == "DeprovisioningScript.sh" }
         #expect(leftovers.isEmpty, "\(leftovers)")

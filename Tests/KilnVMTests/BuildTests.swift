@@ -33,6 +33,7 @@ struct BuildTests {
               "type": "Microsoft.VirtualMachineImages/imageTemplates",
               "apiVersion": "2022-07-01",
               "location": "westus2",
+              "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
               "properties": {
                 "buildTimeoutInMinutes": \(timeout),
                 "vmProfile": {"vmSize": "Standard_D2s_v3"},

@@ -69,7 +69,8 @@ struct TemplateCreateCommand: ParsableCommand {
 
     func run() throws {
         let path = template.hasPrefix("/") ? template : FileManager.default.currentDirectoryPath + "/" + template
-        let result = TemplateLoader.load(file: path, parameters: parameterOptions.parameters)
+        let inputs = try parameterOptions.inputs()
+        let result = TemplateLoader.load(file: path, inputs: inputs)
         DiagnosticPrinter.printDiagnostics(result, file: template)
         guard result.isValid else {
             printError("\(template): invalid: \(result.errors.count) error\(result.errors.count == 1 ? "" : "s"); nothing was created")
@@ -90,7 +91,7 @@ struct TemplateCreateCommand: ParsableCommand {
             try AtomicFile.write(data, to: stored)
             do {
                 try store.createTemplate(TemplateRow(name: name, templatePath: path, storedPath: stored, resourceName: chosen.template.name,
-                                                     parameters: parameterOptions.parameters, location: chosen.template.location))
+                                                     parameters: inputs.flattenedParameters, location: chosen.template.location))
             } catch {
                 try? FileManager.default.removeItem(atPath: directory)
                 throw error
@@ -259,7 +260,9 @@ struct TemplateShowCommand: ParsableCommand {
 
     /// The imageTemplates resource: the effective template under the local ID, with provisioningState and lastRunStatus.
     static func resource(_ row: TemplateRow, lastRun: StoredRun?) throws -> JSONNode {
-        let loaded = TemplateLoader.load(file: row.storedPath, parameters: row.parameterValues)
+        // Secure parameters may come from the environment, as when the template was created.
+        let loaded = TemplateLoader.load(file: row.storedPath, inputs: DeploymentInputs(parameters: row.parameterValues,
+                                                                                        environment: ProcessInfo.processInfo.environment))
         guard let chosen = loaded.templates.first(where: { $0.template.name == row.resourceName }) ?? loaded.templates.first,
               var members = chosen.template.effectiveJSON.members else {
             throw fail(KilnError(.invalidState, "the stored copy of template \(row.name) (\(row.storedPath)) no longer loads: \(loaded.errors.map(\.description).joined(separator: "; "))"))

@@ -1,0 +1,230 @@
+/// Walks an ARM deployment template (https://learn.microsoft.com/azure/azure-resource-manager/templates/syntax):
+/// resolves its parameters, evaluates the imageTemplates resources in its scope, and follows nested deployments
+/// (`Microsoft.Resources/deployments` with an inline `properties.template`,
+/// https://learn.microsoft.com/azure/azure-resource-manager/templates/linked-templates#nested-template) with inner or
+/// outer expression scope. Every message carries the path inside the file
+/// (`resources[0].properties.template.resources[1].properties.customize[0]`).
+final class DeploymentReader {
+    static let deploymentType = "Microsoft.Resources/deployments"
+
+    let sink: DiagnosticSink
+    let name: String
+    let context: DeploymentContext
+    private(set) var loaded: [LoadedTemplate] = []
+    private(set) var secrets: [String] = []
+
+    init(sink: DiagnosticSink, name: String, context: DeploymentContext) {
+        self.sink = sink
+        self.name = name
+        self.context = context
+    }
+
+    /// What a template's parameters are given from outside it.
+    struct Supplied {
+        var text: [String: String] = [:]      // --parameter key=value
+        var json: [String: JSONNode] = [:]    // a parameter file, or a nested deployment's properties.parameters
+        var environment: [String: String] = [:]
+        /// How the messages name the source of a JSON value.
+        var jsonSource = "the parameter file"
+        /// Where unknown names are reported.
+        var unknownPath = TemplatePath.root.appending("parameters")
+    }
+
+    func readTopLevel(_ document: JSONNode, inputs: DeploymentInputs) {
+        let supplied = Supplied(text: inputs.parameters, json: inputs.fileParameters, environment: inputs.environment)
+        readTemplate(document, at: .root, supplied: supplied, deploymentName: context.deploymentName ?? name)
+    }
+
+    private func readTemplate(_ document: JSONNode, at base: TemplatePath, supplied: Supplied, deploymentName: String) {
+        guard let root = ObjectReader(document, at: base, sink: sink, expected: "an ARM deployment template object") else { return }
+        let (values, defaults, problems) = resolveParameters(root, supplied: supplied)
+        var variables: [String: JSONNode] = [:]
+        if let object = root.object("variables") {
+            for member in object.node.members ?? [] { variables[member.key.lowercased()] = member.value }
+        }
+        let evaluator = ARMEvaluator(parameterValues: values, defaultParameters: defaults, parameterProblems: problems,
+                                     variableNodes: variables, context: context, deploymentName: deploymentName)
+        guard let resources = root.array("resources", required: true, expected: "an array of resources") else { return }
+        readResources(resources, at: root.path("resources"), evaluator: evaluator)
+    }
+
+    private func readResources(_ resources: [JSONNode], at path: TemplatePath, evaluator: ARMEvaluator) {
+        for (index, resource) in resources.enumerated() {
+            let base = path.appending(index: index)
+            guard resource.members != nil else { continue }
+            if let condition = resource.member("condition")?.value {
+                let value = evaluator.evaluateTree(condition, at: base.appending("condition"), sink: sink)
+                if case .bool(false) = value.value { continue }
+            }
+            let typeNode = resource.member("type")?.value
+            let type = typeNode.map { evaluator.evaluateTree($0, at: base.appending("type"), sink: sink) }?.stringValue ?? ""
+            if type.caseInsensitiveEquals(ImageTemplate.resourceType) {
+                let evaluated = evaluator.evaluateTree(resource, at: base, sink: sink)
+                let reader = TemplateReader(sink: sink, fallbackName: name)
+                if let template = reader.read(evaluated, at: base) {
+                    loaded.append(LoadedTemplate(template: template, basePath: base, stepPaths: reader.stepPaths))
+                }
+            } else if type.caseInsensitiveEquals(DeploymentReader.deploymentType) {
+                readNestedDeployment(resource, at: base, outer: evaluator)
+            }
+        }
+    }
+
+    private func readNestedDeployment(_ resource: JSONNode, at base: TemplatePath, outer: ARMEvaluator) {
+        let propertiesPath = base.appending("properties")
+        guard let properties = resource.member("properties")?.value, properties.members != nil else { return }
+        if properties.member("templateLink") != nil {
+            sink.warning(propertiesPath.appending("templateLink"), "a linked template is not fetched; image templates in it are not read (inline it as properties.template to build it)")
+        }
+        guard let template = properties.member("template")?.value else { return }
+        let templatePath = propertiesPath.appending("template")
+        var scope = "outer"
+        if let options = properties.member("expressionEvaluationOptions")?.value, let scopeNode = options.member("scope")?.value {
+            let scopePath = propertiesPath.appending("expressionEvaluationOptions").appending("scope")
+            let value = outer.evaluateTree(scopeNode, at: scopePath, sink: sink)
+            guard let text = value.stringValue, ["inner", "outer"].contains(text.lowercased()) else {
+                sink.error(scopePath, "expected \"inner\" or \"outer\", found \(value.summary)", at: scopeNode)
+                return
+            }
+            scope = text.lowercased()
+        }
+        var deploymentName = "nested"
+        if let nameNode = resource.member("name")?.value {
+            deploymentName = outer.evaluateTree(nameNode, at: base.appending("name"), sink: sink).stringValue ?? deploymentName
+        }
+        if scope == "outer" {
+            // The parent's parameters and variables apply; the nested template's own are not used (ARM's rule).
+            for key in ["parameters", "variables"] {
+                if let declared = template.member(key)?.value, let members = declared.members, !members.isEmpty {
+                    sink.warning(templatePath.appending(key), "ignored: with expressionEvaluationOptions.scope \"outer\" (the default) expressions use the parent template's \(key); set scope \"inner\" to use these")
+                }
+            }
+            guard let resources = template.member("resources")?.value else { return }
+            guard case .array(let items) = resources.value else {
+                sink.error(templatePath.appending("resources"), "expected an array of resources, found \(resources.summary)", at: resources)
+                return
+            }
+            readResources(items, at: templatePath.appending("resources"), evaluator: outer)
+            return
+        }
+        // Inner scope: the values passed in properties.parameters are evaluated in the parent's scope.
+        var supplied = Supplied(jsonSource: "the nested deployment's properties.parameters", unknownPath: propertiesPath.appending("parameters"))
+        for member in properties.member("parameters")?.value.members ?? [] {
+            let path = propertiesPath.appending("parameters").appending(member.key)
+            guard let value = member.value.member("value")?.value else {
+                sink.error(path, "expected an object with \"value\", found \(member.value.summary)", at: member.value)
+                continue
+            }
+            supplied.json[member.key] = outer.evaluateTree(value, at: path.appending("value"), sink: sink)
+        }
+        readTemplate(template, at: templatePath, supplied: supplied, deploymentName: deploymentName)
+    }
+
+    /// Parameter values: supplied values (a `--parameter` converted to the declared type, else a JSON value checked
+    /// against it, else for secure types the environment), else defaultValue.
+    private func resolveParameters(_ root: ObjectReader, supplied: Supplied) -> ([String: JSONNode], Set<String>, [String: String]) {
+        var values: [String: JSONNode] = [:]
+        var defaults: Set<String> = []
+        var problems: [String: String] = [:]
+        var declared: [String: String] = [:]
+        for member in root.object("parameters")?.node.members ?? [] {
+            let key = member.key.lowercased()
+            declared[key] = member.key
+            let path = root.path("parameters").appending(member.key)
+            guard let definition = ObjectReader(member.value, at: path, sink: sink, expected: "a parameter definition object") else { continue }
+            let type = (definition.string("type") ?? "string").lowercased()
+            let secure = type == "securestring" || type == "secureobject"
+            if let override = supplied.text.first(where: { $0.key.lowercased() == key })?.value {
+                guard let node = ParameterTypes.convert(override, to: type) else {
+                    sink.error(path, "expected a value of type \(type) from --parameter \(member.key)=…, found \"\(secure ? "***" : override)\"")
+                    problems[key] = ""
+                    continue
+                }
+                values[key] = node
+            } else if let given = supplied.json.first(where: { $0.key.lowercased() == key })?.value {
+                guard ParameterTypes.matches(given.value, type) else {
+                    sink.error(path, "expected a value of type \(type) from \(supplied.jsonSource), found \(secure ? "another type" : given.summary)")
+                    problems[key] = ""
+                    continue
+                }
+                values[key] = given
+            } else if secure, let text = supplied.environment[DeploymentInputs.secureEnvironmentPrefix + member.key]
+                        ?? supplied.environment[DeploymentInputs.secureEnvironmentPrefix + member.key.uppercased()] {
+                guard let node = ParameterTypes.convert(text, to: type) else {
+                    sink.error(path, "expected a value of type \(type) in \(DeploymentInputs.secureEnvironmentPrefix)\(member.key), found another")
+                    problems[key] = ""
+                    continue
+                }
+                values[key] = node
+            } else if let defaultValue = definition.value("defaultValue") {
+                values[key] = defaultValue
+                defaults.insert(key)
+            } else {
+                // Reported where the parameter is used, so the message names the template path that needs it.
+                let hint = secure ? ", a parameter file or the environment variable \(DeploymentInputs.secureEnvironmentPrefix)\(member.key)" : " or a parameter file"
+                problems[key] = "expected a value for parameter '\(member.key)' from --parameter \(member.key)=VALUE\(hint), or a defaultValue, found none"
+            }
+            if secure, let value = values[key] { secrets += ParameterTypes.strings(in: value.value) }
+            if let allowed = definition.value("allowedValues")?.value, case .array(let options) = allowed,
+               let chosen = values[key], !(defaults.contains(key) && isExpression(chosen)),
+               !options.contains(where: { ARMFunctions.equal($0.value, chosen.value) }) {
+                sink.error(path, "expected one of the allowedValues \(options.map(\.summary).joined(separator: ", ")), found \(secure ? "***" : chosen.summary)")
+            }
+        }
+        for given in supplied.text.keys where declared[given.lowercased()] == nil {
+            let known = declared.values.sorted().joined(separator: ", ")
+            sink.error(supplied.unknownPath, "expected --parameter to name a declared parameter (\(known.isEmpty ? "none declared" : known)), found \"\(given)\"")
+        }
+        for given in supplied.json.keys.sorted() where declared[given.lowercased()] == nil {
+            let known = declared.values.sorted().joined(separator: ", ")
+            sink.error(supplied.unknownPath, "expected \(supplied.jsonSource) to name declared parameters only (\(known.isEmpty ? "none declared" : known)), found \"\(given)\"")
+        }
+        return (values, defaults, problems)
+    }
+
+    private func isExpression(_ node: JSONNode) -> Bool {
+        guard let text = node.stringValue else { return false }
+        return text.hasPrefix("[") && !text.hasPrefix("[[") && text.hasSuffix("]")
+    }
+}
+
+/// ARM parameter types (https://learn.microsoft.com/azure/azure-resource-manager/templates/data-types).
+enum ParameterTypes {
+    static func convert(_ text: String, to type: String) -> JSONNode? {
+        switch type {
+        case "int":
+            return Int(text).map { JSONNode(.number(String($0))) }
+        case "bool":
+            switch text.lowercased() {
+            case "true": return JSONNode(.bool(true))
+            case "false": return JSONNode(.bool(false))
+            default: return nil
+            }
+        case "array", "object", "secureobject":
+            guard let node = try? JSONParser.parse(text), matches(node.value, type) else { return nil }
+            return node
+        default:
+            return JSONNode(.string(text))
+        }
+    }
+
+    static func matches(_ value: JSONValue, _ type: String) -> Bool {
+        switch (type, value) {
+        case ("string", .string), ("securestring", .string), ("bool", .bool), ("array", .array),
+             ("object", .object), ("secureobject", .object): return true
+        case ("int", .number(let text)): return Int(text) != nil
+        case ("string", _), ("securestring", _), ("int", _), ("bool", _), ("array", _), ("object", _), ("secureobject", _): return false
+        default: return true
+        }
+    }
+
+    /// The strings a secure value holds, to mask in output.
+    static func strings(in value: JSONValue) -> [String] {
+        switch value {
+        case .string(let text): return [text]
+        case .array(let items): return items.flatMap { strings(in: $0.value) }
+        case .object(let members): return members.flatMap { strings(in: $0.value.value) }
+        default: return []
+        }
+    }
+}
