@@ -400,9 +400,10 @@ public final class BuildEngine: @unchecked Sendable {
         log.write("deprovision", current.stdoutText.isEmpty || current.stdoutText == LinuxDeprovisioner.defaultScript
                   ? "running AIB's default deprovisioning (\(LinuxDeprovisioner.scriptPath))"
                   : "running the template's \(LinuxDeprovisioner.scriptPath)")
-        log.write("deprovision", "command: \(LinuxDeprovisioner.command)")
-        log.packerDebug("deprovision", "[DEBUG] starting remote command: \(LinuxDeprovisioner.command)")
-        let (result, tail) = try await StepOutput.exec(LinuxDeprovisioner.command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
+        let command = LinuxDeprovisioner.command(username: machine.username, placedFiles: connection.placedFiles)
+        log.write("deprovision", "command: cat \(LinuxDeprovisioner.scriptPath); sudo -E sh \(LinuxDeprovisioner.scriptPath), then Kiln's final cleanup")
+        log.packerDebug("deprovision", "[DEBUG] starting remote command: \(command)")
+        let (result, tail) = try await StepOutput.exec(command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
         log.write("deprovision", "\(result)")
         guard result.succeeded else {
             throw Outcome.failed("deprovisioning (\(LinuxDeprovisioner.scriptPath)) failed with \(result). Last output:\n\(tail.text)")
@@ -411,7 +412,6 @@ public final class BuildEngine: @unchecked Sendable {
 
         enterPhase(.customizing, "shutdown")
         log.write("kiln", "removing the build user \(machine.username), its key and home, and the SSH host keys; powering off")
-        _ = try? await connection.session.exec(LinuxDeprovisioner.finalCleanup(username: machine.username, placedFiles: connection.placedFiles))
         await connection.close()
         // The cleanup powers the guest off itself; ACPI only if it does not.
         let stopped = await machine.waitForStop(timeout: .seconds(180))

@@ -5,7 +5,7 @@ import KilnSupport
 /// script to /tmp/DeprovisioningScript.sh before the template's customizers run (so that one of them can
 /// replace it), and at the end prints it and runs it with `sh` (customization.log excerpts in
 /// docs/aib-customizers.md). Kiln does the same: the script is written right after boot, written again at the end
-/// if a restart emptied /tmp since, then run as root.
+/// if a restart emptied /tmp since, then run as root, followed by the final cleanup.
 /// Whatever ran, the build user, its key and home and the SSH host keys are removed, the scripts Kiln put in the
 /// guest too, free space is trimmed so exported disks stay small, and the guest powers off.
 enum LinuxDeprovisioner {
@@ -22,15 +22,17 @@ enum LinuxDeprovisioner {
     /// What Kiln writes to `scriptPath` after boot.
     static let defaultScript = defaultCommand + "\n"
 
-    /// Prints the script, then runs it as root with `sh`.
-    static let command = "cat \(scriptPath); \(StepRunner.packerEnvironment)sudo -E sh \(scriptPath)"
-
-    /// Runs detached (setsid) as root, so it survives the end of the SSH session it removes.
-    static func finalCleanup(username: String, placedFiles: [String]) -> String {
-        "sudo -n setsid -f /bin/sh -c \(ShellQuote.quote(cleanupScript(username: username, placedFiles: placedFiles))) </dev/null >/dev/null 2>&1"
+    /// Prints the script, then runs it as root with `sh`; when it succeeds, the same root shell starts the final
+    /// cleanup, detached (setsid) so that it survives the end of the SSH session it removes. It cannot be a
+    /// command of its own afterwards: `waagent -deprovision+user` deletes the build user when the image was
+    /// provisioned from ovf-env.xml, and sudo then refuses a user that no longer exists.
+    static func command(username: String, placedFiles: [String]) -> String {
+        let cleanup = cleanupScript(username: username, placedFiles: placedFiles)
+        let root = "sh \(scriptPath) && setsid -f /bin/sh -c \(ShellQuote.quote(cleanup)) </dev/null >/dev/null 2>&1"
+        return "cat \(scriptPath); \(StepRunner.packerEnvironment)sudo -E sh -c \(ShellQuote.quote(root))"
     }
 
-    /// What `finalCleanup` runs as root.
+    /// What the final cleanup runs as root.
     static func cleanupScript(username: String, placedFiles: [String]) -> String {
         let user = ShellQuote.quote(username)
         let files = ([scriptPath] + placedFiles).map(ShellQuote.quote).joined(separator: " ")

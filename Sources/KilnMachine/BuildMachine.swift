@@ -280,6 +280,7 @@ public final class BuildMachine: @unchecked Sendable {
         inspection = result
         credentialsInjectedOffline = result.injectedCredentials
         provisioningFindings = result.configuration?.description
+        if let notice = result.configuration?.notice { events("note: \(notice)") }
         events("image: \(result.productName) (\(result.osType)), " + (result.configuration?.description ?? "cloud-init \(result.hasCloudInit ? "present" : "absent")")
                + (result.injectedCredentials ? "; build user \(credentials.username) written offline" : ""))
     }

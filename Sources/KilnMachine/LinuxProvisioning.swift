@@ -48,6 +48,13 @@ public struct ProvisioningConfiguration: Sendable, Equatable {
         return .offline
     }
 
+    /// Why an image that the Azure Linux agent provisions on Azure is given its build user offline here.
+    public var notice: String? {
+        guard provisioning == .offline, hasWaagent, !hasCloudInit || cloudInitDisabled,
+              ["auto", "waagent"].contains((waagentProvisioningAgent ?? "auto").lowercased()) else { return nil }
+        return "the Azure Linux agent provisions this image on Azure, but under QEMU it cannot find the wireserver (it needs DHCP option 245, which QEMU's DHCP server cannot send), so Kiln writes the build user offline"
+    }
+
     /// A line for the user: what was found and which way the build user is given.
     public var description: String {
         var parts: [String] = []

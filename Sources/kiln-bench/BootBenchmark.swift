@@ -10,67 +10,118 @@ struct BootBenchmark {
     var runs: Int
     var size: String
 
+    static let header = "run  prepare  to-first-exec  firmware+loader  guest-kernel  guest-userspace  guest-total  overhead  sshd-listening  login-after-sshd  kiln-overhead  libguestfs-launches"
+
+    struct Row {
+        var toFirstExec: Double
+        var overhead: Double
+        var kilnOverhead: Double
+        var line: String
+    }
+
     func run() async throws(KilnError) {
         let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
         defer { try? FileManager.default.removeItem(atPath: state.path) }
         let catalog = try ImageCatalog.locate(state: state)
         let image = try await catalog.resolve(reference: urn)
-        let cacheDirectory = KilnCache.path()
-        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: cacheDirectory)
+        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
         print("boot benchmark: \(image.displayName), \(size), \(decision.accelerator.rawValue) (\(decision.evidence))")
-        print("run  prepare  to-first-exec  firmware+loader  guest-kernel  guest-userspace  guest-total  overhead  sshd-listening  login-after-sshd  kiln-overhead  libguestfs-launches")
-        var overheads: [Double] = []
-        var kilnOverheads: [Double] = []
+        print(Self.header)
+        var rows: [Row] = []
         for index in 1...runs {
-            let clock = ContinuousClock()
-            let start = clock.now
-            let runID = RunID.make()
-            let options = MachineOptions(runID: runID, source: image, size: try VMSize.named(size), accelerator: decision.accelerator,
-                                         runDirectory: state.runsPath + "/" + runID, stateDirectory: state)
-            let vm = try await BuildMachine.boot(options) { _ in }
-            let prepared = clock.now - start
-            do throws(KilnError) {
-                let session = try await vm.waitForSSH(timeout: .seconds(1200))
-                // The first command reads the guest's uptime: how long ago its kernel started.
-                let uptimeText = try await session.run("cat /proc/uptime")
-                let toFirstExec = clock.now - start
-                let uptime = Double(uptimeText.split(separator: " ").first ?? "") ?? 0
-                // The guest's view, once boot has finished.
-                _ = try await session.exec("systemctl is-system-running --wait")
-                let analyze = try await session.run("systemd-analyze")
-                // When sshd first listened, from the journal: ssh.service's own timestamps give its latest start, and
-                // cloud-init may restart sshd after the first login already worked.
-                let listening = try await session.run("sudo -n journalctl -b -u ssh -o short-monotonic --no-pager | grep -m1 'Server listening'")
-                let times = SystemdAnalyze.parse(analyze)
-                let sshActiveSeconds = Double(listening.drop(while: { $0 == "[" || $0 == " " }).prefix(while: { $0 != "]" })) ?? 0
-                let firstExec = toFirstExec.inSeconds
-                let overhead = firstExec - times.total
-                // Host seconds from Kiln's start to the guest kernel's start, minus Kiln's own preparation: QEMU's
-                // start, the firmware and the boot loader, which the guest's clock does not see.
-                let firmware = firstExec - uptime - prepared.inSeconds
-                // Guest seconds from sshd being up to Kiln's first command running.
-                let loginAfterSSHD = uptime - sshActiveSeconds
-                let kilnOverhead = prepared.inSeconds + loginAfterSSHD
-                overheads.append(overhead)
-                kilnOverheads.append(kilnOverhead)
-                let launches = vm.inspection == nil ? 0 : 1
-                print(String(format: "%3d  %6.2fs  %12.1fs  %14.1fs  %11.1fs  %15.1fs  %10.1fs  %7.1fs  %17.1fs  %15.1fs  %12.1fs  %d", index,
-                             prepared.inSeconds, firstExec, firmware, times.kernel, times.userspace, times.total, overhead,
-                             sshActiveSeconds, loginAfterSSHD, kilnOverhead, launches))
-                await session.close()
-            } catch {
-                await vm.teardown(keepFiles: false)
-                throw error
-            }
-            await vm.teardown(keepFiles: false)
+            let row = try await Self.bootOnce(image, index: index, size: size, accelerator: decision.accelerator, state: state)
+            print(row.line)
+            rows.append(row)
         }
-        let mean = overheads.reduce(0, +) / Double(overheads.count)
-        let kilnMean = kilnOverheads.reduce(0, +) / Double(kilnOverheads.count)
+        let mean = rows.map(\.overhead).reduce(0, +) / Double(rows.count)
+        let kilnMean = rows.map(\.kilnOverhead).reduce(0, +) / Double(rows.count)
         print(String(format: "mean kiln-overhead (Kiln's preparation + the time from sshd being up to the first command): %.1fs (target < 3s)", kilnMean))
         print(String(format: "mean overhead against systemd-analyze's total (coarse: counts firmware and loader as Kiln's, and the total includes cloud-init stages that end after SSH is usable): %.1fs", mean))
     }
+
+    /// One boot of `image` to its first command, measured with the guest's own clocks.
+    static func bootOnce(_ image: SourceImage, index: Int, size: String, accelerator: Accelerator, state: StateDirectory) async throws(KilnError) -> Row {
+        let clock = ContinuousClock()
+        let start = clock.now
+        let runID = RunID.make()
+        let options = MachineOptions(runID: runID, source: image, size: try VMSize.named(size), accelerator: accelerator,
+                                     runDirectory: state.runsPath + "/" + runID, stateDirectory: state)
+        let vm = try await BuildMachine.boot(options) { _ in }
+        let prepared = clock.now - start
+        do throws(KilnError) {
+            let session = try await vm.waitForSSH(timeout: .seconds(1200))
+            // The first command reads the guest's uptime: how long ago its kernel started.
+            let uptimeText = try await session.run("cat /proc/uptime")
+            let toFirstExec = clock.now - start
+            let uptime = Double(uptimeText.split(separator: " ").first ?? "") ?? 0
+            // The guest's view, once boot has finished.
+            _ = try await session.exec("systemctl is-system-running --wait")
+            let analyze = try await session.run("systemd-analyze")
+            // When sshd first listened, from the journal: ssh.service's own timestamps give its latest start, and
+            // cloud-init may restart sshd after the first login already worked.
+            let listening = try await session.run("sudo -n journalctl -b -u ssh -o short-monotonic --no-pager | grep -m1 'Server listening'")
+            let times = SystemdAnalyze.parse(analyze)
+            let sshActiveSeconds = Double(listening.drop(while: { $0 == "[" || $0 == " " }).prefix(while: { $0 != "]" })) ?? 0
+            let firstExec = toFirstExec.inSeconds
+            let overhead = firstExec - times.total
+            // Host seconds from Kiln's start to the guest kernel's start, minus Kiln's own preparation: QEMU's
+            // start, the firmware and the boot loader, which the guest's clock does not see.
+            let firmware = firstExec - uptime - prepared.inSeconds
+            // Guest seconds from sshd being up to Kiln's first command running.
+            let loginAfterSSHD = uptime - sshActiveSeconds
+            let kilnOverhead = prepared.inSeconds + loginAfterSSHD
+            let launches = vm.inspection == nil ? 0 : 1
+            let line = String(format: "%3d  %6.2fs  %12.1fs  %14.1fs  %11.1fs  %15.1fs  %10.1fs  %7.1fs  %17.1fs  %15.1fs  %12.1fs  %d", index,
+                              prepared.inSeconds, firstExec, firmware, times.kernel, times.userspace, times.total, overhead,
+                              sshActiveSeconds, loginAfterSSHD, kilnOverhead, launches)
+            await session.close()
+            await vm.teardown(keepFiles: false)
+            return Row(toFirstExec: firstExec, overhead: overhead, kilnOverhead: kilnOverhead, line: line)
+        } catch {
+            await vm.teardown(keepFiles: false)
+            throw error
+        }
+    }
 }
 
+/// Start to first exec for each way a Linux image gets its build user, in one run: the reference image (NoCloud
+/// seed) and the same image with cloud-init reading only the Azure datasource (presented as Azure), alternated so
+/// that both see the same machine load. The guest's own boot and its agent's work are in the columns.
+struct ProvisioningBootBenchmark {
+    var runs: Int
+    var size: String
+
+    func run() async throws(KilnError) {
+        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let catalog = try ImageCatalog.locate(state: state)
+        let reference = try await catalog.resolve(reference: "Debian:debian-12:12")
+        let built = try await Subprocess.run(FileManager.default.currentDirectoryPath + "/scripts/build-image", ["debian-12-azure"], timeout: .seconds(3600))
+        guard built.succeeded, let path = built.stdoutText.split(separator: "\n").last.map(String.init) else {
+            throw KilnError(.external, "scripts/build-image debian-12-azure failed (run from the repository root): \(built.stderrText.suffix(1000))")
+        }
+        var azure = try await catalog.resolve(reference: path)
+        azure.provisioning = .azure
+        azure.hasCloudInit = true
+        let variants: [(String, SourceImage)] = [("cloud-init-nocloud", reference), ("cloud-init-azure", azure)]
+        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
+        print("provisioning boot benchmark: \(size), \(decision.accelerator.rawValue), \(runs) runs each, alternated")
+        print("variant             " + BootBenchmark.header)
+        var firstExec: [String: [Double]] = [:]
+        for index in 1...runs {
+            for (name, image) in variants {
+                let row = try await BootBenchmark.bootOnce(image, index: index, size: size, accelerator: decision.accelerator, state: state)
+                print(name.padding(toLength: 20, withPad: " ", startingAt: 0) + row.line)
+                firstExec[name, default: []].append(row.toFirstExec)
+            }
+        }
+        let means = variants.map { name, _ in (name, (firstExec[name] ?? []).reduce(0, +) / Double(max(1, firstExec[name]?.count ?? 0))) }
+        let base = means.first?.1 ?? 1
+        for (name, mean) in means {
+            print(String(format: "%@: mean to-first-exec %.1fs (%.2f × cloud-init-nocloud; target ≤ 1.10)", name, mean, mean / base))
+        }
+    }
+}
 
 /// "Startup finished in 2.1s (kernel) + 20.0s (userspace) = 22.1s" (also with firmware/loader, and minutes).
 enum SystemdAnalyze {

@@ -9,7 +9,7 @@ enum KilnBench {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N] | validate [--resources N] [--rounds N]")
+            print("usage: kiln-bench boot [URN | --provisioning] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N] | validate [--resources N] [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -24,7 +24,11 @@ enum KilnBench {
             case "boot":
                 let runs = Int(option("--runs") ?? "3") ?? 3
                 let size = option("--size") ?? "Standard_D2s_v3"
-                try await BootBenchmark(urn: arguments.first ?? "Debian:debian-12:12", runs: runs, size: size).run()
+                if arguments.first == "--provisioning" {
+                    try await ProvisioningBootBenchmark(runs: runs, size: size).run()
+                } else {
+                    try await BootBenchmark(urn: arguments.first ?? "Debian:debian-12:12", runs: runs, size: size).run()
+                }
             case "build-vs-packer":
                 let rounds = Int(option("--rounds") ?? "2") ?? 2
                 let mode = option("--mode") ?? "both"

@@ -138,6 +138,7 @@ struct ImageImportCommand: AsyncParsableCommand {
                 if let configuration = inspection.configuration, let provisioning {
                     printError("kiln: \(inspection.productName) (\(inspection.osType)): \(configuration.description)")
                     printError("kiln: the build user will be given by \(provisioning.summary)")
+                    if let notice = configuration.notice { printError("kiln: note: \(notice)") }
                 } else {
                     printError("kiln: \(inspection.productName) (\(inspection.osType)), cloud-init \(inspection.hasCloudInit ? "present" : "absent")")
                 }
