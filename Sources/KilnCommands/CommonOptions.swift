@@ -34,13 +34,14 @@ final class ConsoleEvents: Sendable {
     }
 }
 
-/// Runs `body` in a task that SIGINT and SIGTERM cancel, so that teardown code runs before the process exits.
+/// Runs `body` in a task that SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session) cancel, so that
+/// teardown code runs before the process exits.
 /// The signal sources are made once per process: libdispatch installs its handler for a signal once, so a second
 /// `signal(SIG_IGN)` and source (a build, then the wait while a kept VM lives) would leave the signal ignored.
 enum Interruptible {
     private static let target = Locked<(@Sendable (Int32) -> Void)?>(nil)
 
-    nonisolated(unsafe) private static let sources: [DispatchSourceSignal] = [SIGINT, SIGTERM].map { number in
+    nonisolated(unsafe) private static let sources: [DispatchSourceSignal] = [SIGINT, SIGTERM, SIGHUP].map { number in
         signal(number, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
         source.setEventHandler { Interruptible.target.current?(number) }
@@ -53,7 +54,7 @@ enum Interruptible {
         let task = Task { try await body() }
         target.withLock {
             $0 = { number in
-                printError("kiln: \(number == SIGINT ? "interrupted" : "terminated"); tearing down")
+                printError("kiln: \(number == SIGINT ? "interrupted" : number == SIGHUP ? "hung up" : "terminated"); tearing down")
                 task.cancel()
             }
         }

@@ -58,7 +58,8 @@ struct DoctorCommand: AsyncParsableCommand {
         } else {
             add(Check(name: "qemu", ok: false, detail: "qemu-system-x86_64 not found", fix: "apt-get install qemu-system-x86"))
         }
-        for tool in ["qemu-img", "xorriso"] {
+        // socat joins a Linux guest's connections to Azure's addresses to Kiln's fabric (docs/azure-presentation.md).
+        for tool in ["qemu-img", "xorriso", "socat"] {
             let found = Subprocess.find(tool)
             add(Check(name: tool, ok: found != nil, detail: found ?? "not found", fix: "scripts/install-deps"))
         }
@@ -83,6 +84,8 @@ struct DoctorCommand: AsyncParsableCommand {
                     defer { handle.close() }
                     if decision.accelerator == .tcg { try handle.setBackendSettings(["force_tcg"]) }
                     try handle.setBackend("direct")
+                    // libguestfs refuses to launch without a drive; /dev/null is the usual empty one.
+                    try handle.addDrive("/dev/null", format: "raw", readOnly: true)
                     try handle.launch()
                     try handle.finish()
                 })

@@ -135,6 +135,31 @@ struct BootAndConnectTests {
         #expect(!FileManager.default.fileExists(atPath: vm.overlayPath))
     }
 
+    @Test("a closed terminal (SIGHUP) tears the VM down as Ctrl-C does")
+    func hangUpTearsDown() async throws {
+        let state = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let disk = state.path + "/nossh.raw"
+        var bytes = [UInt8](repeating: 0, count: 16 << 20)
+        bytes[510] = 0x55
+        bytes[511] = 0xAA
+        #expect(FileManager.default.createFile(atPath: disk, contents: Data(bytes)))
+        let output = state.path + "/output.txt"
+        let kiln = try KilnExecutable.start(["vm", "exec", disk, "--state-dir", state.path, "--inject", "cloud-init", "--", "true"], outputPath: output)
+        let clock = ContinuousClock()
+        let start = clock.now
+        while clock.now - start < .seconds(120), VMTestEnvironment.qemuProcesses(named: state.path).isEmpty {
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(!VMTestEnvironment.qemuProcesses(named: state.path).isEmpty, "the VM started")
+        kill(kiln.pid, SIGHUP)
+        let status = kiln.wait()
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(status != 0)
+        #expect(text.contains("hung up; tearing down"), "\(text)")
+        #expect(VMTestEnvironment.qemuProcesses(named: state.path).isEmpty, "no QEMU outlives a hung-up kiln")
+    }
+
     @Test("a port already in use is refused before anything boots")
     func portInUse() async throws {
         let state = VMTestEnvironment.makeStateDirectory()

@@ -4,35 +4,36 @@ import KilnSupport
 import KilnTestSupport
 import Testing
 
-/// Images users bring: an image whose cloud-init reads only the Azure datasource (as Ubuntu's and RHEL's Azure
-/// images are set up), imported as the fixed VHD Azure exports, built end to end with the build VM presented as
-/// Azure presents it.
+/// Images users bring, set up as Azure's are: imported as the VHDs Azure exports, built end to end with a step that
+/// reads the instance metadata, a File step and a reboot, then opened to check the steps' work and that nothing of
+/// Kiln's is left.
 extension BuildTests {
-    @Test("""
-    an image whose cloud-init reads only the Azure datasource, imported as a fixed VHD, is provisioned through \
-    ovf-env.xml, the wireserver and the instance metadata service; a step reads the metadata, a File lands, a reboot \
-    is survived, and the image keeps nothing of Kiln's
-    """)
-    func azureOnlyCloudInitImage() async throws {
-        let work = try Workspace()
-        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
-        let built = try await Subprocess.run(VMTestEnvironment.repositoryRoot.path + "/scripts/build-image", ["--print-path", "debian-12-azure"])
+    struct BroughtImage {
+        var recipe: String
+        var urn: String
+        /// qemu-img's vpc subformat: `fixed` (as Azure exports) or `dynamic`.
+        var subformat: String
+        var provisioning: String
+    }
+
+    /// Imports `image`, builds the shared template on it and returns the build's events and the output VHD, opened.
+    func buildBroughtImage(_ image: BroughtImage, work: Workspace) async throws -> (events: [[String: Any]], handle: GuestfsHandle, vhd: String) {
+        let built = try await Subprocess.run(VMTestEnvironment.repositoryRoot.path + "/scripts/build-image", ["--print-path", image.recipe])
         let qcow2 = try #require(built.succeeded ? built.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) : nil,
-                                 "scripts/build-image debian-12-azure first (scripts/test does)")
-        // As downloaded from Azure: a fixed VHD.
-        let vhd = work.files + "/azure-debian.vhd"
-        let converted = try await Subprocess.run("qemu-img", ["convert", "-f", "qcow2", "-O", "vpc", "-o", "subformat=fixed,force_size", qcow2, vhd])
+                                 "scripts/build-image \(image.recipe) first (scripts/test does)")
+        let vhd = work.files + "/\(image.recipe).vhd"
+        let converted = try await Subprocess.run("qemu-img", ["convert", "-f", "qcow2", "-O", "vpc", "-o", "subformat=\(image.subformat)\(image.subformat == "fixed" ? ",force_size" : "")", qcow2, vhd])
         #expect(converted.succeeded, "\(converted.stderrText)")
         let sourceBefore = try FileManager.default.attributesOfItem(atPath: vhd)
 
-        let imported = try work.kiln(["image", "import", vhd, "--urn", "Contoso:azure-debian:12:1.0.0"])
+        let imported = try work.kiln(["image", "import", vhd, "--urn", image.urn])
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains("vpc (VHD)"), "the format is decided at import and shown: \(imported.stdout)")
-        #expect(imported.stdout.contains("provisioning cloud-init-azure"), "\(imported.stdout)")
-        #expect(imported.stderr.contains("datasource_list [ Azure ]"), "\(imported.stderr)")
+        #expect(imported.stdout.contains("provisioning \(image.provisioning)"), "\(imported.stdout)")
 
-        let payload = try work.write("payload.txt", "payload for the Azure image\n")
-        let template = try work.write("azure-image.json", """
+        let parts = image.urn.split(separator: ":")
+        let payload = try work.write("payload.txt", "payload for \(image.recipe)\n")
+        let template = try work.write("\(image.recipe).json", """
         {
           "type": "Microsoft.VirtualMachineImages/imageTemplates",
           "apiVersion": "2022-07-01",
@@ -42,7 +43,7 @@ extension BuildTests {
           "properties": {
             "buildTimeoutInMinutes": 60,
             "vmProfile": {"vmSize": "Standard_D2s_v3"},
-            "source": {"type": "PlatformImage", "publisher": "Contoso", "offer": "azure-debian", "sku": "12", "version": "1.0.0"},
+            "source": {"type": "PlatformImage", "publisher": "\(parts[0])", "offer": "\(parts[1])", "sku": "\(parts[2])", "version": "\(parts[3])"},
             "customize": [
               {"type": "Shell", "name": "metadata", "inline": [
                 "sudo mkdir -p /opt/kiln",
@@ -55,7 +56,7 @@ extension BuildTests {
               {"type": "Shell", "name": "reboot", "inline": ["sudo reboot"]},
               {"type": "Shell", "name": "after-reboot", "inline": ["cat /proc/sys/kernel/random/boot_id | sudo tee /opt/kiln/boot-after"]}
             ],
-            "distribute": [{"type": "VHD", "runOutputName": "azureVhd"}]
+            "distribute": [{"type": "VHD", "runOutputName": "broughtVhd"}]
           }
         }
         """)
@@ -63,18 +64,18 @@ extension BuildTests {
         let events = work.events(result)
         let final = events.last { $0["event"] as? String == "result" }
         #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])\nstderr:\n\(result.stderr.suffix(3000))")
-        let messages = events.compactMap { $0["message"] as? String }
-        #expect(messages.contains { $0.contains("presented as Azure") }, "\(messages)")
-        #expect(messages.contains { $0.contains("the guest reported Ready to the wireserver") }, "cloud-init's Azure datasource reported ready: \(messages)")
         work.expectNothingLeftBehind(final)
+        // The imported file is never written.
+        let sourceAfter = try FileManager.default.attributesOfItem(atPath: vhd)
+        #expect(sourceAfter[.modificationDate] as? Date == sourceBefore[.modificationDate] as? Date)
+        #expect(sourceAfter[.size] as? NSNumber == sourceBefore[.size] as? NSNumber)
 
         let runID = try #require(final?["runID"] as? String)
-        let image = work.state.runsPath + "/\(runID)/azureVhd.vhd"
+        let output = work.state.runsPath + "/\(runID)/broughtVhd.vhd"
         let handle = try GuestfsHandle()
-        defer { handle.close() }
         if await VMTestEnvironment.accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
         try handle.setBackend("direct")
-        try handle.addDrive(image, format: "vpc", readOnly: true)
+        try handle.addDrive(output, format: "vpc", readOnly: true)
         try handle.launch()
         let os = try #require(try handle.inspectOperatingSystems().first)
         try handle.mountAll(os, readOnly: true)
@@ -86,25 +87,61 @@ extension BuildTests {
         #expect(compute?["vmSize"] as? String == "Standard_D2s_v3")
         #expect(compute?["osType"] as? String == "Linux")
         #expect(compute?["tags"] as? String == "stage:lab;team:images")
-        #expect(compute?["offer"] as? String == "azure-debian")
-        #expect(try read("/opt/kiln/payload.txt") == "payload for the Azure image\n")
+        #expect(compute?["offer"] as? String == String(parts[1]))
+        #expect(try read("/opt/kiln/payload.txt") == "payload for \(image.recipe)\n")
         #expect(try read("/opt/kiln/boot-before") != (try read("/opt/kiln/boot-after")))
-        // Nothing of Kiln's: no build user, no sudoers entry, no provisioning file, no script, no seed.
+        // Nothing of Kiln's: no build user, no sudoers entry, no provisioning file, no script.
         let accounts = try read("/etc/passwd").split(separator: "\n").map { $0.prefix { $0 != ":" } }
         #expect(!accounts.contains("packer"))
         #expect(try !handle.exists("/home/packer"))
         #expect(try !handle.exists("/etc/sudoers.d/90-cloud-init-users"))
+        #expect(try !handle.exists("/etc/sudoers.d/90-kiln-build-user"))
         #expect(try !handle.exists("/var/lib/waagent/ovf-env.xml"))
-        #expect(try read("/etc/hostname").hasPrefix("localhost"), "waagent -deprovision+user ran (it resets the host name), although the reboot emptied /tmp")
         #expect(try !handle.exists("/var/lib/cloud/seed/nocloud"))
         let leftovers = try handle.ls("/tmp").filter { $0.hasPrefix("script_") || $0 == "DeprovisioningScript.sh" }
         #expect(leftovers.isEmpty, "\(leftovers)")
-        #expect(try read("/etc/cloud/cloud.cfg.d/99_azure_datasource.cfg").contains("datasource_list: [ Azure ]"), "the image's own configuration is untouched")
-        handle.close()
+        #expect(try read("/etc/hostname").hasPrefix("localhost"), "waagent -deprovision+user ran (it resets the host name), although the reboot emptied /tmp")
+        return (events, handle, output)
+    }
 
-        // The imported file is never written.
-        let sourceAfter = try FileManager.default.attributesOfItem(atPath: vhd)
-        #expect(sourceAfter[.modificationDate] as? Date == sourceBefore[.modificationDate] as? Date)
-        #expect(sourceAfter[.size] as? NSNumber == sourceBefore[.size] as? NSNumber)
+    @Test("""
+    an image whose cloud-init reads only the Azure datasource, imported as a fixed VHD, is provisioned through \
+    ovf-env.xml, the wireserver and the instance metadata service; a step reads the metadata, a File lands, a reboot \
+    is survived, and the image keeps nothing of Kiln's; kiln doctor passes every check
+    """)
+    func azureOnlyCloudInitImage() async throws {
+        // kiln doctor's real checks, libguestfs's appliance launch included, pass on a machine the test command set up.
+        let doctorState = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: doctorState.path) }
+        let doctor = try KilnExecutable.run(["doctor", "--state-dir", doctorState.path])
+        #expect(doctor.status == 0, "\(doctor.stdout)")
+        #expect(doctor.stdout.contains("libguestfs appliance: launched and shut down"), "\(doctor.stdout)")
+
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-azure", urn: "Contoso:azure-debian:12:1.0.0",
+                                                                           subformat: "fixed", provisioning: "cloud-init-azure"), work: work)
+        defer { handle.close() }
+        let messages = events.compactMap { $0["message"] as? String }
+        #expect(messages.contains { $0.contains("presented as Azure") }, "\(messages)")
+        #expect(messages.contains { $0.contains("the guest reported Ready to the wireserver") }, "cloud-init's Azure datasource reported ready: \(messages)")
+        #expect(String(decoding: try handle.readFile("/etc/cloud/cloud.cfg.d/99_azure_datasource.cfg"), as: UTF8.self).contains("datasource_list: [ Azure ]"),
+                "the image's own configuration is untouched")
+    }
+
+    @Test("""
+    an image provisioned by the Azure Linux agent alone (cloud-init off), imported as a dynamic VHD, gets its build \
+    user offline and builds end to end with the metadata service, a File and a reboot, keeping nothing of Kiln's
+    """)
+    func waagentOnlyImage() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-waagent", urn: "Contoso:waagent-debian:12:1.0.0",
+                                                                           subformat: "dynamic", provisioning: "offline"), work: work)
+        defer { handle.close() }
+        let messages = events.compactMap { $0["message"] as? String }
+        #expect(messages.contains { $0.contains("written offline") }, "\(messages)")
+        #expect(try handle.exists("/etc/cloud/cloud-init.disabled"), "the image's own configuration is untouched")
+        #expect(String(decoding: try handle.readFile("/etc/waagent.conf"), as: UTF8.self).contains("Provisioning.Agent=waagent"))
     }
 }
