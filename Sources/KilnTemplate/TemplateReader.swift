@@ -30,6 +30,10 @@ final class TemplateReader {
         let identity = readIdentity(root, apiVersion: apiVersion)
         let dependsOn = root.stringArray("dependsOn") ?? []
         let properties = root.object("properties", required: true).flatMap { readProperties($0, apiVersion: apiVersion) }
+        // A GET response (or `az image builder show` output) carries the resource ID; ARM ignores it in a request body.
+        if root.has("id") {
+            sink.warning(root.path("id"), "read-only property set by Azure; ignored", at: root.value("id"))
+        }
         root.reportUnknown()
 
         guard let properties, let location, let apiVersion else { return nil }
@@ -146,7 +150,9 @@ final class TemplateReader {
             opt.reportUnknown()
             sink.warning(opt.path, "accepted; boot optimization is an Azure service feature and does nothing locally")
         }
-        let staging = props.string("stagingResourceGroup")
+        // Empty means unset: "If this field is empty, a resource group with a random name will be created" (the API's
+        // description of stagingResourceGroup, 2022-02-14 on).
+        let staging = props.string("stagingResourceGroup", allowEmpty: true).flatMap { $0.trimmingSpaces.isEmpty ? nil : $0 }
         if let staging {
             requireAPIVersion(apiVersion, .v2022_02_14, for: props.path("stagingResourceGroup"))
             if ResourceID(staging + "/providers/x/y/z") == nil && !staging.lowercased().hasPrefix("/subscriptions/") {

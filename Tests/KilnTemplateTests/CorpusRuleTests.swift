@@ -1,0 +1,44 @@
+import Testing
+@testable import KilnTemplate
+
+/// What a run over 42 public AIB templates found Kiln refusing although the service accepts it (issue 14, second pass).
+@Suite("Corpus rules (issue 14)")
+struct CorpusRuleTests {
+    private func windows(_ customize: String) -> String {
+        linuxTemplate(customize: customize)
+            .replacingOccurrences(of: #""publisher": "Debian", "offer": "debian-12", "sku": "12""#,
+                                  with: #""publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2019-Datacenter""#)
+    }
+
+    @Test("empty restartCommand and restartCheckCommand mean the defaults, as the AVD portal's export writes them")
+    func emptyRestartCommands() throws {
+        let result = TemplateLoader.load(text: windows(#"[{"type": "WindowsRestart", "restartCommand": "", "restartCheckCommand": "", "restartTimeout": "10m"}]"#))
+        #expect(result.isValid, "\(result.errors)")
+        let template = try #require(result.templates.first?.template)
+        guard case .windowsRestart(let step) = template.properties.customize.first else {
+            Issue.record("expected a WindowsRestart step"); return
+        }
+        #expect(step.restartCommand == WindowsRestartCustomizer.defaultRestartCommand)
+        #expect(step.restartCheckCommand == nil)
+    }
+
+    @Test("an empty stagingResourceGroup is unset: the service then makes a resource group with a random name")
+    func emptyStagingResourceGroup() throws {
+        let result = TemplateLoader.load(text: linuxTemplate(properties: #""stagingResourceGroup": "","#))
+        #expect(result.isValid, "\(result.errors)")
+        #expect(result.templates.first?.template.properties.stagingResourceGroup == nil)
+    }
+
+    @Test("null artifactTags values are left out with a warning; a top-level id is read-only")
+    func nullTagsAndID() throws {
+        let tags = TemplateLoader.load(text: linuxTemplate(distribute: #"[{"type": "VHD", "runOutputName": "vhd", "artifactTags": {"a": "b", "sourceImageId": null}}]"#))
+        #expect(tags.isValid, "\(tags.errors)")
+        #expect(tags.warnings.map(\.path.description) == ["properties.distribute[0].artifactTags.sourceImageId"])
+        #expect(tags.templates.first?.template.properties.distribute.first?.artifactTags == [KeyValue("a", "b")])
+
+        let id = TemplateLoader.load(text: linuxTemplate(topLevel: testIdentity + #""id": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.VirtualMachineImages/imageTemplates/img","#))
+        #expect(id.isValid, "\(id.errors)")
+        #expect(id.warnings.map(\.path.description) == ["id"])
+        #expect(id.warnings.first?.message.contains("read-only") == true)
+    }
+}
