@@ -18,7 +18,7 @@ final class TemplateReader {
         guard let root = ObjectReader(node, at: base, sink: sink, expected: "an image template object") else { return nil }
 
         readType(root, plain: base == .root)
-        let apiVersion = readAPIVersion(root)
+        let apiVersion = readAPIVersion(root, plain: base == .root)
         if let apiVersion, apiVersion >= .v2024_02_01 { sink.exactCaseAPIVersion = apiVersion }
         defer { sink.exactCaseAPIVersion = nil }
         let name = root.string("name") ?? fallbackName
@@ -68,10 +68,17 @@ final class TemplateReader {
     /// A known version; 2019-05-01-preview (retired, still in older samples) with its own rules; a later, unknown
     /// version with the newest rules and a warning. The specifications:
     /// https://github.com/Azure/azure-rest-api-specs/tree/main/specification/imagebuilder/resource-manager/Microsoft.VirtualMachineImages
-    private func readAPIVersion(_ root: ObjectReader) -> APIVersion? {
+    /// A plain body without one is what `az resource create --is-full-object` and `az image builder create
+    /// --image-template` send: the command line supplies the version (`--api-version`, the newest it knows, or the
+    /// SDK's pinned one), so it is read with the newest rules and a notice, as a missing type is.
+    private func readAPIVersion(_ root: ObjectReader, plain: Bool) -> APIVersion? {
         let known = APIVersion.allCases.map(\.rawValue).joined(separator: ", ")
-        guard let text = root.string("apiVersion", required: true, expected: "an API version (\(known))") else { return nil }
         let newest = APIVersion.newest
+        if plain, root.value("apiVersion") == nil, root.node.member("properties")?.value.member("source") != nil {
+            sink.warning(root.path("apiVersion"), "no apiVersion: Kiln applies the rules of the newest it knows, \(newest.rawValue), as `az resource create --is-full-object` and `az image builder create` supply the version on the command line")
+            return newest
+        }
+        guard let text = root.string("apiVersion", required: true, expected: "an API version (\(known))") else { return nil }
         if let version = APIVersion(rawValue: text) {
             if version == .v2019_05_01_preview {
                 sink.warning(root.path("apiVersion"), "2019-05-01-preview is a retired preview; Kiln applies its rules (identity optional; every later feature warns as newer than the apiVersion)")

@@ -42,3 +42,18 @@ struct CorpusRuleTests {
         #expect(id.warnings.first?.message.contains("read-only") == true)
     }
 }
+
+@Suite("Corpus rules: a body without apiVersion (issue 14)")
+struct MissingAPIVersionTests {
+    @Test("a plain body without apiVersion is read with the newest rules and a notice; a deployment resource still needs one")
+    func missingAPIVersion() throws {
+        let plain = TemplateLoader.load(text: linuxTemplate().replacingOccurrences(of: #""apiVersion": "2022-07-01","#, with: ""))
+        #expect(plain.isValid, "\(plain.errors)")
+        #expect(plain.warnings.map(\.path.description) == ["apiVersion"])
+        #expect(plain.warnings.first?.message.contains(APIVersion.newest.rawValue) == true)
+        #expect(plain.templates.first?.template.apiVersion == APIVersion.newest)
+
+        let deployment = TemplateLoader.load(text: armTemplate(parameters: "{}").replacingOccurrences(of: #""apiVersion": "2022-07-01", "#, with: ""))
+        #expect(!deployment.isValid)
+    }
+}
