@@ -69,6 +69,9 @@ final class ARMEvaluator {
         case .string(let text):
             do {
                 guard let value = try evaluateString(text) else { return node }
+                if ARMFunctions.holdsPlaceholder(value) {
+                    sink.warning(path, "\"\(text)\" needs reference() or list*(), whose live value Kiln cannot know offline; read as the placeholder \(JSONNode(value).summary), not checked against Azure", at: node)
+                }
                 return JSONNode(value, at: node.position)
             } catch {
                 // An empty message means the cause was already reported (a --parameter of the wrong type).
@@ -167,6 +170,7 @@ final class ARMEvaluator {
     }
 
     private func access(_ container: JSONValue, _ selector: JSONValue, original: String) throws(Failure) -> JSONValue {
+        if let member = ARMFunctions.placeholderMember(container, selector) { return member }
         switch (container, selector) {
         case (.object(let members), .string(let key)):
             // Property names match without regard to case, as everywhere in ARM.
@@ -384,7 +388,7 @@ struct ExpressionParser {
     }
 
     private func checkedCall(_ name: String, _ arguments: [Expression]) throws(ARMEvaluator.Failure) -> Expression {
-        guard ARMFunctions.names.contains(name.lowercased()) else {
+        guard ARMFunctions.isKnown(name.lowercased()) else {
             throw ARMEvaluator.Failure(message: ARMFunctions.unsupported(name, original))
         }
         return .call(name, arguments)
