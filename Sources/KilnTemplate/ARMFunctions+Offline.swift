@@ -7,7 +7,7 @@ import Foundation
 /// deterministic placeholder, reported with a warning where it is used (ARMEvaluator.evaluateTree), never a guess
 /// that passes silently.
 extension ARMFunctions {
-    static let moreNames: Set<String> = ["array", "base64", "base64tostring", "extensionresourceid", "reference"]
+    static let moreNames: Set<String> = ["array", "base64", "base64tostring", "extensionresourceid", "reference", "copyindex"]
 
     /// What every placeholder starts with; property and index access on one extends it (`<…>.primaryEndpoints.blob`).
     static let placeholderPrefix = "<live value unknown offline: "

@@ -57,3 +57,37 @@ struct MissingAPIVersionTests {
         #expect(!deployment.isValid)
     }
 }
+
+@Suite("Corpus rules: resource copy loops (issue 14)")
+struct CopyLoopTests {
+    private func looped(count: String, name: String = "[concat('img-', copyIndex(1))]", command: String = "[concat('echo ', parameters('names')[copyIndex()])]") -> String {
+        armTemplate(parameters: #"{"names": {"type": "array", "defaultValue": ["a", "b", "c"]}}"#, command: command)
+            .replacingOccurrences(of: #""name": "img","#, with: #""name": "\#(name)", "copy": {"name": "images", "count": \#(count)},"#)
+    }
+
+    @Test("a resource with copy is read once per index, copyIndex() and copyIndex(offset) giving it")
+    func expanded() throws {
+        let result = TemplateLoader.load(text: looped(count: "[length(parameters('names'))]"))
+        #expect(result.isValid, "\(result.errors)")
+        #expect(result.warnings.isEmpty, "\(result.warnings)")
+        #expect(result.templates.map(\.template.name) == ["img-1", "img-2", "img-3"])
+        let commands = result.templates.map { loaded -> String? in
+            guard case .shell(let step)? = loaded.template.properties.customize.first, case .inline(let lines) = step.script else { return nil }
+            return lines.first
+        }
+        #expect(commands == ["echo a", "echo b", "echo c"])
+        #expect(result.templates.map(\.basePath.description) == ["resources[0]", "resources[0]", "resources[0]"])
+    }
+
+    @Test("copyIndex('loop') names the loop; outside a loop, or with another name, it is an error at the resource's path")
+    func loopNames() throws {
+        let named = TemplateLoader.load(text: looped(count: "2", name: "[concat('img-', copyIndex('images', 5))]"))
+        #expect(named.templates.map(\.template.name) == ["img-5", "img-6"])
+        let wrong = TemplateLoader.load(text: looped(count: "2", name: "[concat('img-', copyIndex('other'))]"))
+        #expect(wrong.errors.map(\.path.description).allSatisfy { $0 == "resources[0].name" } && !wrong.errors.isEmpty, "\(wrong.errors)")
+        let outside = TemplateLoader.load(text: armTemplate(command: "[string(copyIndex())]"))
+        #expect(outside.errors.map(\.path.description) == ["resources[0].properties.customize[0].inline[0]"])
+        let tooMany = TemplateLoader.load(text: looped(count: "801"))
+        #expect(tooMany.errors.map(\.path.description) == ["resources[0].copy.count"])
+    }
+}
