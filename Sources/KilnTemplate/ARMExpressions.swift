@@ -29,6 +29,8 @@ final class ARMEvaluator {
     private var depth = 0
     /// utcNow() is allowed in parameter defaults only, as in ARM.
     private var inParameterDefault = false
+    /// The resource copy loop being expanded: its name and this copy's index, for copyIndex().
+    var copyLoop: (name: String, index: Int)?
 
     init(parameterValues: [String: JSONNode], defaultParameters: Set<String> = [], parameterProblems: [String: String],
          variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template") {
@@ -69,6 +71,9 @@ final class ARMEvaluator {
         case .string(let text):
             do {
                 guard let value = try evaluateString(text) else { return node }
+                if ARMFunctions.holdsPlaceholder(value) {
+                    sink.warning(path, "\"\(text)\" needs reference() or list*(), whose live value Kiln cannot know offline; read as the placeholder \(JSONNode(value).summary), not checked against Azure", at: node)
+                }
                 return JSONNode(value, at: node.position)
             } catch {
                 // An empty message means the cause was already reported (a --parameter of the wrong type).
@@ -154,6 +159,8 @@ final class ARMEvaluator {
                     throw Failure(message: "expected a bool as the condition of if(), found another value in \"\(original)\"")
                 }
                 return try evaluate(arguments[condition ? 1 : 2], original: original)
+            case "copyindex":
+                return try copyIndex(arguments, original: original)
             case "utcnow" where !inParameterDefault:
                 throw Failure(message: "expected utcNow() only in a parameter's defaultValue (ARM's rule), found it in \"\(original)\"")
             default:
@@ -166,7 +173,34 @@ final class ARMEvaluator {
         }
     }
 
+    /// copyIndex(), copyIndex(offset), copyIndex('loopName'[, offset]): the zero-based iteration plus the offset
+    /// (https://learn.microsoft.com/azure/azure-resource-manager/templates/template-functions-numeric#copyindex).
+    private func copyIndex(_ arguments: [Expression], original: String) throws(Failure) -> JSONValue {
+        var values: [JSONValue] = []
+        for argument in arguments { values.append(try evaluate(argument, original: original)) }
+        guard let loop = copyLoop else {
+            throw Failure(message: "expected copyIndex() inside a resource with a copy loop, found it outside one in \"\(original)\"")
+        }
+        var offset = 0
+        switch values.count {
+        case 0: break
+        case 1 where values[0].intValue != nil: offset = values[0].intValue ?? 0
+        case 1, 2:
+            guard case .string(let name) = values[0], values.count == 1 || values[1].intValue != nil else {
+                throw Failure(message: "expected copyIndex([loopName], [offset]), found \(ARMFunctions.describe(values)) in \"\(original)\"")
+            }
+            guard name.caseInsensitiveEquals(loop.name) else {
+                throw Failure(message: "expected copyIndex() of the loop '\(loop.name)', found '\(name)' in \"\(original)\"")
+            }
+            offset = values.count == 2 ? values[1].intValue ?? 0 : 0
+        default:
+            throw Failure(message: "expected copyIndex([loopName], [offset]), found \(values.count) arguments in \"\(original)\"")
+        }
+        return .number(String(loop.index + offset))
+    }
+
     private func access(_ container: JSONValue, _ selector: JSONValue, original: String) throws(Failure) -> JSONValue {
+        if let member = ARMFunctions.placeholderMember(container, selector) { return member }
         switch (container, selector) {
         case (.object(let members), .string(let key)):
             // Property names match without regard to case, as everywhere in ARM.
@@ -384,7 +418,7 @@ struct ExpressionParser {
     }
 
     private func checkedCall(_ name: String, _ arguments: [Expression]) throws(ARMEvaluator.Failure) -> Expression {
-        guard ARMFunctions.names.contains(name.lowercased()) else {
+        guard ARMFunctions.isKnown(name.lowercased()) else {
             throw ARMEvaluator.Failure(message: ARMFunctions.unsupported(name, original))
         }
         return .call(name, arguments)

@@ -16,7 +16,7 @@ enum ARMFunctions {
     ]
 
     static func unsupported(_ function: String, _ original: String) -> String {
-        "expected an ARM function Kiln evaluates (\(names.sorted().joined(separator: ", "))), found \(function)() in \"\(original)\"; replace it with a literal value or a parameter"
+        "expected an ARM function Kiln evaluates (\(names.union(moreNames).sorted().joined(separator: ", ")), list*), found \(function)() in \"\(original)\"; replace it with a literal value or a parameter"
     }
 
     // swiftlint:disable:next cyclomatic_complexity function_body_length
@@ -188,6 +188,7 @@ enum ARMFunctions {
             guard case .string(let value) = args[0], let node = try? JSONParser.parse(value) else { throw fail("a string holding valid JSON") }
             return node.value
         default:
+            if let value = try more(folded, name: name, args, original: original) { return value }
             throw Failure(message: unsupported(name, original))
         }
     }

@@ -51,22 +51,55 @@ final class DeploymentReader {
     private func readResources(_ resources: [JSONNode], at path: TemplatePath, evaluator: ARMEvaluator) {
         for (index, resource) in resources.enumerated() {
             let base = path.appending(index: index)
-            guard resource.members != nil else { continue }
-            if let condition = resource.member("condition")?.value {
-                let value = evaluator.evaluateTree(condition, at: base.appending("condition"), sink: sink)
-                if case .bool(false) = value.value { continue }
+            guard let members = resource.members else { continue }
+            guard let copy = members.first(where: { $0.key.caseInsensitiveEquals("copy") }) else {
+                readResource(resource, at: base, evaluator: evaluator)
+                continue
             }
-            let typeNode = resource.member("type")?.value
-            let type = typeNode.map { evaluator.evaluateTree($0, at: base.appending("type"), sink: sink) }?.stringValue ?? ""
-            if type.caseInsensitiveEquals(ImageTemplate.resourceType) {
-                let evaluated = evaluator.evaluateTree(resource, at: base, sink: sink)
-                let reader = TemplateReader(sink: sink, fallbackName: name)
-                if let template = reader.read(evaluated, at: base) {
-                    loaded.append(LoadedTemplate(template: template, basePath: base, stepPaths: reader.stepPaths))
-                }
-            } else if type.caseInsensitiveEquals(DeploymentReader.deploymentType) {
-                readNestedDeployment(resource, at: base, outer: evaluator)
+            // A resource copy loop (https://learn.microsoft.com/azure/azure-resource-manager/templates/copy-resources):
+            // the resource once per index, copyIndex() giving the index; each copy's messages carry the resource's path.
+            guard let (name, count) = readCopy(copy.value, at: base.appending(copy.key), evaluator: evaluator) else { continue }
+            let body = JSONNode(.object(members.filter { !$0.key.caseInsensitiveEquals("copy") }), at: resource.position)
+            for copyIndex in 0..<count {
+                evaluator.copyLoop = (name, copyIndex)
+                readResource(body, at: base, evaluator: evaluator)
             }
+            evaluator.copyLoop = nil
+        }
+    }
+
+    /// copy: {name, count[, mode, batchSize]}; count from 0 to 800 (ARM's limit), and may be an expression.
+    private func readCopy(_ node: JSONNode, at path: TemplatePath, evaluator: ARMEvaluator) -> (String, Int)? {
+        let copy = evaluator.evaluateTree(node, at: path, sink: sink)
+        guard let reader = ObjectReader(copy, at: path, sink: sink, expected: "a copy object with name and count") else { return nil }
+        let name = reader.string("name", required: true, expected: "a loop name")
+        let count = reader.int("count", required: true, expected: "a count from 0 to 800")
+        _ = reader.value("mode")
+        _ = reader.value("batchSize")
+        reader.reportUnknown()
+        guard let name, let count else { return nil }
+        guard (0...800).contains(count) else {
+            sink.error(path.appending("count"), "expected a count from 0 to 800 (ARM's limit), found \(count)", at: reader.value("count"))
+            return nil
+        }
+        return (name, count)
+    }
+
+    private func readResource(_ resource: JSONNode, at base: TemplatePath, evaluator: ARMEvaluator) {
+        if let condition = resource.member("condition")?.value {
+            let value = evaluator.evaluateTree(condition, at: base.appending("condition"), sink: sink)
+            if case .bool(false) = value.value { return }
+        }
+        let typeNode = resource.member("type")?.value
+        let type = typeNode.map { evaluator.evaluateTree($0, at: base.appending("type"), sink: sink) }?.stringValue ?? ""
+        if type.caseInsensitiveEquals(ImageTemplate.resourceType) {
+            let evaluated = evaluator.evaluateTree(resource, at: base, sink: sink)
+            let reader = TemplateReader(sink: sink, fallbackName: name)
+            if let template = reader.read(evaluated, at: base) {
+                loaded.append(LoadedTemplate(template: template, basePath: base, stepPaths: reader.stepPaths))
+            }
+        } else if type.caseInsensitiveEquals(DeploymentReader.deploymentType) {
+            readNestedDeployment(resource, at: base, outer: evaluator)
         }
     }
 

@@ -144,6 +144,11 @@ final class ObjectReader {
         var pairs: [KeyValue] = []
         for member in map.members {
             map.readKeys.insert(member.key.lowercased())
+            if case .null = member.value.value {
+                // Bicep modules write `if(cond, value, null())` per tag; the tag is then left out, as ARM leaves out null.
+                sink.warning(map.path(member.key), "null value: the tag is left out", at: member.value)
+                continue
+            }
             guard case .string(let text) = member.value.value else {
                 sink.error(map.path(member.key), "expected a string value, found \(member.value.summary)", at: member.value)
                 continue

@@ -70,8 +70,11 @@ extension TemplateReader {
             guard let source, let destination else { return nil }
             return .file(FileCustomizer(name: name, sourceUri: source, destination: destination, sha256Checksum: checksum))
         case .windowsRestart:
-            let command = step.string("restartCommand") ?? WindowsRestartCustomizer.defaultRestartCommand
-            let check = step.string("restartCheckCommand")
+            // '' is the API's documented default for both (the 2020-02-14 types: "restartCheckCommand: Command to
+            // check if restart succeeded [Default: '']"), and the AVD portal's custom image template export writes it.
+            var command = step.string("restartCommand", allowEmpty: true) ?? ""
+            if command.trimmingSpaces.isEmpty { command = WindowsRestartCustomizer.defaultRestartCommand }
+            let check = step.string("restartCheckCommand", allowEmpty: true).flatMap { $0.trimmingSpaces.isEmpty ? nil : $0 }
             let timeoutText = step.string("restartTimeout") ?? WindowsRestartCustomizer.defaultRestartTimeout
             guard let timeout = DurationText.parse(timeoutText), timeout > .zero else {
                 sink.error(step.path("restartTimeout"), "expected a duration such as \"5m\", \"90s\" or \"2h\" (a number with unit s, m or h), found \"\(timeoutText)\"", at: step.value("restartTimeout"))

@@ -18,7 +18,7 @@ final class TemplateReader {
         guard let root = ObjectReader(node, at: base, sink: sink, expected: "an image template object") else { return nil }
 
         readType(root, plain: base == .root)
-        let apiVersion = readAPIVersion(root)
+        let apiVersion = readAPIVersion(root, plain: base == .root)
         if let apiVersion, apiVersion >= .v2024_02_01 { sink.exactCaseAPIVersion = apiVersion }
         defer { sink.exactCaseAPIVersion = nil }
         let name = root.string("name") ?? fallbackName
@@ -30,6 +30,10 @@ final class TemplateReader {
         let identity = readIdentity(root, apiVersion: apiVersion)
         let dependsOn = root.stringArray("dependsOn") ?? []
         let properties = root.object("properties", required: true).flatMap { readProperties($0, apiVersion: apiVersion) }
+        // A GET response (or `az image builder show` output) carries the resource ID; ARM ignores it in a request body.
+        if root.has("id") {
+            sink.warning(root.path("id"), "read-only property set by Azure; ignored", at: root.value("id"))
+        }
         root.reportUnknown()
 
         guard let properties, let location, let apiVersion else { return nil }
@@ -64,10 +68,17 @@ final class TemplateReader {
     /// A known version; 2019-05-01-preview (retired, still in older samples) with its own rules; a later, unknown
     /// version with the newest rules and a warning. The specifications:
     /// https://github.com/Azure/azure-rest-api-specs/tree/main/specification/imagebuilder/resource-manager/Microsoft.VirtualMachineImages
-    private func readAPIVersion(_ root: ObjectReader) -> APIVersion? {
+    /// A plain body without one is what `az resource create --is-full-object` and `az image builder create
+    /// --image-template` send: the command line supplies the version (`--api-version`, the newest it knows, or the
+    /// SDK's pinned one), so it is read with the newest rules and a notice, as a missing type is.
+    private func readAPIVersion(_ root: ObjectReader, plain: Bool) -> APIVersion? {
         let known = APIVersion.allCases.map(\.rawValue).joined(separator: ", ")
-        guard let text = root.string("apiVersion", required: true, expected: "an API version (\(known))") else { return nil }
         let newest = APIVersion.newest
+        if plain, root.value("apiVersion") == nil, root.node.member("properties")?.value.member("source") != nil {
+            sink.warning(root.path("apiVersion"), "no apiVersion: Kiln applies the rules of the newest it knows, \(newest.rawValue), as `az resource create --is-full-object` and `az image builder create` supply the version on the command line")
+            return newest
+        }
+        guard let text = root.string("apiVersion", required: true, expected: "an API version (\(known))") else { return nil }
         if let version = APIVersion(rawValue: text) {
             if version == .v2019_05_01_preview {
                 sink.warning(root.path("apiVersion"), "2019-05-01-preview is a retired preview; Kiln applies its rules (identity optional; every later feature warns as newer than the apiVersion)")
@@ -146,7 +157,9 @@ final class TemplateReader {
             opt.reportUnknown()
             sink.warning(opt.path, "accepted; boot optimization is an Azure service feature and does nothing locally")
         }
-        let staging = props.string("stagingResourceGroup")
+        // Empty means unset: "If this field is empty, a resource group with a random name will be created" (the API's
+        // description of stagingResourceGroup, 2022-02-14 on).
+        let staging = props.string("stagingResourceGroup", allowEmpty: true).flatMap { $0.trimmingSpaces.isEmpty ? nil : $0 }
         if let staging {
             requireAPIVersion(apiVersion, .v2022_02_14, for: props.path("stagingResourceGroup"))
             if ResourceID(staging + "/providers/x/y/z") == nil && !staging.lowercased().hasPrefix("/subscriptions/") {
