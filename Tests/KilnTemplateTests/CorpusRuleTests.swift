@@ -67,7 +67,7 @@ struct CopyLoopTests {
 
     @Test("a resource with copy is read once per index, copyIndex() and copyIndex(offset) giving it")
     func expanded() throws {
-        let result = TemplateLoader.load(text: looped(count: "[length(parameters('names'))]"))
+        let result = TemplateLoader.load(text: looped(count: "\"[length(parameters('names'))]\""))
         #expect(result.isValid, "\(result.errors)")
         #expect(result.warnings.isEmpty, "\(result.warnings)")
         #expect(result.templates.map(\.template.name) == ["img-1", "img-2", "img-3"])
