@@ -103,16 +103,21 @@ struct BootAndConnectTests {
         #expect(!result.stderr.contains("warning :"), "libvirt's own log stays off the terminal")
     }
 
-    @Test("a disk with nothing listening on SSH fails the wait clearly and is torn down")
-    func noSSHServer() async throws {
-        let state = VMTestEnvironment.makeStateDirectory()
-        defer { try? FileManager.default.removeItem(atPath: state.path) }
-        // A disk with an MBR signature and no boot code: the firmware starts it, nothing ever answers.
+    /// A disk with an MBR signature and no boot code: the firmware starts it, nothing ever answers.
+    static func noSSHDisk(in state: StateDirectory) throws -> String {
         let disk = state.path + "/nossh.raw"
         var bytes = [UInt8](repeating: 0, count: 16 << 20)
         bytes[510] = 0x55
         bytes[511] = 0xAA
         #expect(FileManager.default.createFile(atPath: disk, contents: Data(bytes)))
+        return disk
+    }
+
+    @Test("a disk with nothing listening on SSH fails the wait clearly and is torn down")
+    func noSSHServer() async throws {
+        let state = VMTestEnvironment.makeStateDirectory()
+        defer { try? FileManager.default.removeItem(atPath: state.path) }
+        let disk = try Self.noSSHDisk(in: state)
         let image = try await VMTestEnvironment.catalog(state).resolve(reference: disk)
         #expect(image.format == "raw")
         let runID = RunID.make()
@@ -139,11 +144,7 @@ struct BootAndConnectTests {
     func hangUpTearsDown() async throws {
         let state = VMTestEnvironment.makeStateDirectory()
         defer { try? FileManager.default.removeItem(atPath: state.path) }
-        let disk = state.path + "/nossh.raw"
-        var bytes = [UInt8](repeating: 0, count: 16 << 20)
-        bytes[510] = 0x55
-        bytes[511] = 0xAA
-        #expect(FileManager.default.createFile(atPath: disk, contents: Data(bytes)))
+        let disk = try Self.noSSHDisk(in: state)
         let output = state.path + "/output.txt"
         let kiln = try KilnExecutable.start(["vm", "exec", disk, "--state-dir", state.path, "--inject", "cloud-init", "--", "true"], outputPath: output)
         let clock = ContinuousClock()
