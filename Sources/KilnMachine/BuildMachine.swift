@@ -166,8 +166,7 @@ public final class BuildMachine: @unchecked Sendable {
         guard options.windows == nil, options.libvirtURI == nil, let uuid = domainUUID else { return }
         var socket = options.runDirectory + "/azure.sock"
         if socket.utf8.count > 100 { socket = NSTemporaryDirectory() + "kiln-azure-\(options.runID)-\(getpid()).sock" }
-        var metadata = options.instanceMetadata ?? InstanceMetadata()
-        if options.instanceMetadata == nil { metadata.vmSize = options.size.name }
+        let metadata = options.instanceMetadata ?? InstanceMetadata(vmSize: options.size.name)
         let events = self.events
         let fabric = AzureFabric(socketPath: socket, metadata: metadata, vmName: domainName, vmID: uuid, username: options.username,
                                  publicKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"), log: { events($0) })

@@ -72,13 +72,7 @@ extension BuildTests {
 
         let runID = try #require(final?["runID"] as? String)
         let output = work.state.runsPath + "/\(runID)/broughtVhd.vhd"
-        let handle = try GuestfsHandle()
-        if await VMTestEnvironment.accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
-        try handle.setBackend("direct")
-        try handle.addDrive(output, format: "vpc", readOnly: true)
-        try handle.launch()
-        let os = try #require(try handle.inspectOperatingSystems().first)
-        try handle.mountAll(os, readOnly: true)
+        let handle = try await VMTestEnvironment.openVHD(output)
         func read(_ path: String) throws -> String { String(decoding: try handle.readFile(path), as: UTF8.self) }
         // The metadata service answered as AIB's build VM would.
         #expect(try read("/opt/kiln/location") == "northeurope")

@@ -206,14 +206,8 @@ struct BuildTests {
         #expect(images.stdout.contains("westus2x2"))
 
         // The image itself, opened with libguestfs: the steps' effects, the override's marker, no build user.
-        let handle = try GuestfsHandle()
+        let handle = try await VMTestEnvironment.openVHD(vhd)
         defer { handle.close() }
-        if await VMTestEnvironment.accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
-        try handle.setBackend("direct")
-        try handle.addDrive(vhd, format: "vpc", readOnly: true)
-        try handle.launch()
-        let os = try #require(try handle.inspectOperatingSystems().first)
-        try handle.mountAll(os, readOnly: true)
         func read(_ path: String) throws -> String { String(decoding: try handle.readFile(path), as: UTF8.self) }
         #expect(try read("/var/lib/kiln-one") == "one\n")
         #expect(try read("/opt/kiln/two") == "two\n")

@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuestfs
 import KilnMachine
 import KilnSupport
 import Testing
@@ -29,6 +30,23 @@ enum VMTestEnvironment {
     }
 
     /// QEMU processes whose command line names this domain.
+    /// A VHD a build wrote, opened read-only with libguestfs (one appliance launch), its file systems mounted.
+    static func openVHD(_ path: String) async throws -> GuestfsHandle {
+        let handle = try GuestfsHandle()
+        do {
+            if await accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
+            try handle.setBackend("direct")
+            try handle.addDrive(path, format: "vpc", readOnly: true)
+            try handle.launch()
+            let os = try #require(try handle.inspectOperatingSystems().first)
+            try handle.mountAll(os, readOnly: true)
+        } catch {
+            handle.close()
+            throw error
+        }
+        return handle
+    }
+
     static func qemuProcesses(named domain: String) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { Int32($0) }.filter { pid in
