@@ -35,12 +35,14 @@ public struct BuildRequest: Sendable {
     /// Everything the template's parameters and scope functions take: `parameters`, parameter files, the secure
     /// parameters' environment, the subscription and resource group stand-ins.
     public var inputs: DeploymentInputs
+    /// `--force`: a VHD target whose uri names an existing file replaces it (without it, the build refuses to start).
+    public var force: Bool
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
                 sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil,
                 useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes(),
-                resumeRun: String? = nil, offline: Bool = false) {
+                resumeRun: String? = nil, offline: Bool = false, force: Bool = false) {
         self.templatePath = templatePath
         self.name = name
         self.parameters = parameters
@@ -56,6 +58,7 @@ public struct BuildRequest: Sendable {
         self.cacheLimitBytes = cacheLimitBytes
         self.resumeRun = resumeRun
         self.offline = offline
+        self.force = force
         self.inputs = inputs ?? DeploymentInputs(parameters: parameters, environment: ProcessInfo.processInfo.environment)
     }
 }
@@ -120,6 +123,11 @@ public final class BuildEngine: @unchecked Sendable {
         }
         let template = chosen.template
         record.templateName = request.createdTemplateName ?? template.name
+        do {
+            try checkOutputDestinations(template)
+        } catch {
+            return finishEarly(.failed(error.message))
+        }
         do {
             store = try StateStore.open(request.state)
         } catch {
@@ -641,11 +649,24 @@ public final class BuildEngine: @unchecked Sendable {
         }
     }
 
+    /// Every VHD target's local path is checked before the boot: an existing file (without --force), a symbolic link
+    /// on the way or a place inside Kiln's state costs no build.
+    func checkOutputDestinations(_ template: ImageTemplate) throws(KilnError) {
+        for (index, target) in template.properties.distribute.enumerated() {
+            guard case .vhd(let vhd) = target.target else { continue }
+            let destination = Distribution.vhdDestination(vhd.uri, runOutputName: target.runOutputName, runDirectory: runDirectory)
+            guard destination != Distribution.vhdDestination(nil, runOutputName: target.runOutputName, runDirectory: runDirectory) else { continue }
+            try OutputDestination.check(destination, field: "\(request.templatePath): properties.distribute[\(index)].uri",
+                                        force: request.force, protected: OutputDestination.protectedDirectories(state: request.state))
+        }
+    }
+
     func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
                             log: CustomizationLog) async throws {
         let info = try await DiskImageProbe.inspect(machine.overlayPath)
         let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,
-                                        templateLocation: template.location, source: source, guestOS: guestOS, log: log, events: events)
+                                        templateLocation: template.location, source: source, guestOS: guestOS, log: log, force: request.force,
+                                        protected: OutputDestination.protectedDirectories(state: request.state), events: events)
         let outputs = await distribution.run(template.properties.distribute, disk: machine.overlayPath, virtualSizeBytes: info.virtualSizeBytes)
         record.runOutputs = outputs
         persist()

@@ -15,10 +15,19 @@ struct Distribution {
     let source: SourceImage
     let guestOS: OSType
     let log: CustomizationLog
+    /// `--force`: a VHD target may replace an existing file.
+    let force: Bool
+    /// Where no VHD target may go (OutputDestination).
+    let protected: [String]
     let events: @Sendable (BuildEvent) -> Void
 
+    /// The one conversion's file. Its name cannot be a VHD target's default name (`<runOutputName>.vhd`), whatever
+    /// the runOutputName: a target named `.image` once got the scratch file's name, and the scratch file's removal
+    /// took the output with it.
+    static let scratchName = "distribution.vhd.partial"
+
     func run(_ targets: [Distributor], disk: String, virtualSizeBytes: UInt64) async -> [RunOutput] {
-        let artifact = runDirectory + "/.image.vhd"
+        let artifact = runDirectory + "/" + Self.scratchName
         defer { try? FileManager.default.removeItem(atPath: artifact) }
         do {
             log.write("distribute", "converting the build's disk to a fixed VHD")
@@ -52,8 +61,12 @@ struct Distribution {
         let tags = Dictionary(target.artifactTags.map { ($0.key, $0.value) }, uniquingKeysWith: { _, last in last })
         switch target.target {
         case .vhd(let vhd):
-            let destination = vhdDestination(vhd.uri, runOutputName: target.runOutputName)
-            try Self.place(artifact.path, at: destination, replacing: true)
+            let destination = Self.vhdDestination(vhd.uri, runOutputName: target.runOutputName, runDirectory: runDirectory)
+            // Checked before the boot too; again here, because the file may have appeared during the build.
+            if destination != Self.vhdDestination(nil, runOutputName: target.runOutputName, runDirectory: runDirectory) {
+                try OutputDestination.check(destination, field: "the VHD target \(target.runOutputName)", force: force, protected: protected)
+            }
+            try Self.place(artifact.path, at: destination, replacing: force)
             output.path = destination
             output.artifactUri = vhd.uri.flatMap { $0.lowercased().hasPrefix("http") ? $0 : nil } ?? URL(fileURLWithPath: destination).absoluteString
 
@@ -105,7 +118,8 @@ struct Distribution {
         }
     }
 
-    func vhdDestination(_ uri: String?, runOutputName: String) -> String {
+    /// A VHD target's file: its `uri` when that names a local path, else `<runOutputName>.vhd` in the run directory.
+    static func vhdDestination(_ uri: String?, runOutputName: String, runDirectory: String) -> String {
         if let uri {
             if uri.hasPrefix("/") { return uri }
             if uri.lowercased().hasPrefix("file://"), let url = URL(string: uri) { return url.path }

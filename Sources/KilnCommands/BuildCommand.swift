@@ -55,7 +55,7 @@ struct BuildCommand: AsyncParsableCommand {
                                    inputs: try parameterOptions.inputs(), state: machine.state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
-                                   writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline)
+                                   writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline, force: runOptions.force)
         let record = try await Self.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -94,6 +94,9 @@ struct BuildRunOptions: ParsableArguments {
     @Flag(help: "Touch no network: downloads come from the download cache (kiln fetch), and an unbuilt catalog image is an error.")
     var offline = false
 
+    @Flag(help: "Let a VHD target whose uri names an existing file replace it (refused otherwise, before the boot).")
+    var force = false
+
     @Flag(help: "Print only the result.")
     var quiet = false
 
@@ -108,6 +111,7 @@ struct BuildRunOptions: ParsableArguments {
     var forwardedArguments: [String] {
         ["--ssh-timeout", sshTimeout] + (onError.map { ["--on-error", $0.rawValue] } ?? [])
             + (noCache ? ["--no-cache"] : []) + (noCheckpoints ? ["--no-checkpoints"] : []) + (offline ? ["--offline"] : [])
+            + (force ? ["--force"] : [])
     }
 
     var printer: BuildPrinter { BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human)) }

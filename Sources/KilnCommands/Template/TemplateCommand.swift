@@ -140,7 +140,7 @@ struct TemplateRunCommand: AsyncParsableCommand {
         let request = BuildRequest(templatePath: row.storedPath, name: row.resourceName, parameters: row.parameterValues, state: state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
-                                   useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints, offline: runOptions.offline)
+                                   useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints, offline: runOptions.offline, force: runOptions.force)
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
