@@ -135,6 +135,9 @@ public final class BuildEngine: @unchecked Sendable {
         }
         do {
             try FileManager.default.createDirectory(atPath: runDirectory + "/downloads", withIntermediateDirectories: true)
+            // If Kiln is killed outright, the run's QEMU and qemu-img (their command lines name the run directory)
+            // go with it.
+            ProcessWatchdog.shared?.killProcesses(naming: runDirectory)
         } catch {
             return finishEarly(.failed("cannot create the run directory \(runDirectory): \(error.localizedDescription)"))
         }

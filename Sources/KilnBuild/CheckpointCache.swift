@@ -163,6 +163,7 @@ public struct CheckpointCache: Sendable {
         } catch {
             throw KilnError(.io, "cannot create the checkpoint folder \(folder): \(error.localizedDescription)")
         }
+        ProcessWatchdog.shared?.removeOnDeath(folder, unlessItHolds: "meta.json")
         guard let hold = CheckpointHold(folder: folder, exclusive: false, wait: true) else {
             try? FileManager.default.removeItem(atPath: folder)
             throw KilnError(.io, "cannot lock the checkpoint folder \(folder)")

@@ -28,6 +28,7 @@ struct Distribution {
 
     func run(_ targets: [Distributor], disk: String, virtualSizeBytes: UInt64) async -> [RunOutput] {
         let artifact = runDirectory + "/" + Self.scratchName
+        ProcessWatchdog.shared?.removeOnDeath(artifact)
         defer { try? FileManager.default.removeItem(atPath: artifact) }
         do {
             log.write("distribute", "converting the build's disk to a fixed VHD")
@@ -138,6 +139,7 @@ struct Distribution {
         }
         let temporary = directory + "/." + (destination as NSString).lastPathComponent + ".partial-\(getpid())"
         try? FileManager.default.removeItem(atPath: temporary)
+        ProcessWatchdog.shared?.removeOnDeath(temporary)
         defer { try? FileManager.default.removeItem(atPath: temporary) }
         if link(artifact, temporary) != 0 {
             let linkError = errno

@@ -20,6 +20,8 @@ public enum VHDWriter {
             throw KilnError(.io, "cannot create \(directory) for the VHD: \(error.localizedDescription)")
         }
         let temporary = directory + "/." + (destination as NSString).lastPathComponent + ".partial-\(getpid())"
+        ProcessWatchdog.shared?.removeOnDeath(temporary)
+        ProcessWatchdog.shared?.removeOnDeath(temporary + ".padded.qcow2")
         defer { try? FileManager.default.removeItem(atPath: temporary) }
         var source = disk
         var sourceFormat = format

@@ -17,6 +17,9 @@ public enum EmbeddedDriver {
             }
         }
         let root = rootPath
+        // Killed outright, this process's QEMUs (their command lines name the root) and the root go too.
+        ProcessWatchdog.shared?.killProcesses(naming: root)
+        ProcessWatchdog.shared?.removeOnDeath(root)
         // The root goes with the process; roots of processes that died are swept by the next one.
         atexit {
             try? FileManager.default.removeItem(atPath: EmbeddedDriver.rootPath)
