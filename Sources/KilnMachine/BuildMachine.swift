@@ -165,7 +165,8 @@ public final class BuildMachine: @unchecked Sendable {
     func startFabric() throws(KilnError) {
         guard options.windows == nil, options.libvirtURI == nil, let uuid = domainUUID else { return }
         var socket = options.runDirectory + "/azure.sock"
-        if socket.utf8.count > 100 { socket = NSTemporaryDirectory() + "kiln-azure-\(options.runID)-\(getpid()).sock" }
+        // A long run directory: the user's private runtime directory instead, never a guessable name in /tmp.
+        if socket.utf8.count > 100 { socket = try RuntimeDirectory.make() + "/azure-\(options.runID)-\(getpid()).sock" }
         let metadata = options.instanceMetadata ?? InstanceMetadata(vmSize: options.size.name)
         let events = self.events
         let fabric = AzureFabric(socketPath: socket, metadata: metadata, vmName: domainName, vmID: uuid, username: options.username,
