@@ -126,9 +126,10 @@ public final class BuildEngine: @unchecked Sendable {
             return finishEarly(.failed("\(error)"))
         }
         do {
-            try FileManager.default.createDirectory(atPath: runDirectory + "/downloads", withIntermediateDirectories: true)
+            // Mode 0700 from mkdir on: the log, scripts, keys and disks of a run are the user's alone.
+            try PrivateDirectory.createPath(runDirectory + "/downloads")
         } catch {
-            return finishEarly(.failed("cannot create the run directory \(runDirectory): \(error.localizedDescription)"))
+            return finishEarly(.failed("cannot create the run directory \(runDirectory): \(error.message)"))
         }
         let log = CustomizationLog(path: runDirectory + "/customization.log")
         self.log = log

@@ -102,9 +102,8 @@ struct WindowsStepRunner {
         let id = UUID().uuidString.lowercased()
         let local = downloads + "/elevated-\(id).ps1"
         let wrapper = [0xEF, 0xBB, 0xBF] + Array(WindowsScripts.elevated(command: command, principal: principal, id: id).utf8)
-        guard FileManager.default.createFile(atPath: local, contents: Data(wrapper), attributes: [.posixPermissions: 0o600]) else {
-            throw KilnError(.io, "cannot write \(local)")
-        }
+        // It holds the administrator's password.
+        try SecretFile.write(Data(wrapper), to: local)
         defer { try? FileManager.default.removeItem(atPath: local) }
         let remote = WindowsScripts.tempDirectory + "\\kiln-elevated-\(id).ps1"
         try await uploadChecked(local, to: remote, label: label, path: path)

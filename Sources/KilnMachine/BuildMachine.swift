@@ -140,12 +140,8 @@ public final class BuildMachine: @unchecked Sendable {
     }
 
     private func start() async throws(KilnError) {
-        let fileManager = FileManager.default
-        do {
-            try fileManager.createDirectory(atPath: options.runDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
-        }
+        // Mode 0700: the build key, the disks and the console log inside are the user's alone.
+        try PrivateDirectory.createPath(options.runDirectory)
         sshPort = try PortAllocator.reserve(options.sshPort)
         if domainUUID == nil { domainUUID = UUID().uuidString.lowercased() }
         try startFabric()
@@ -268,9 +264,7 @@ public final class BuildMachine: @unchecked Sendable {
 
     func writePrivateKey() throws(KilnError) {
         let contents = keyPair.openSSHPrivateKeyFile(comment: "kiln-\(options.runID)")
-        guard FileManager.default.createFile(atPath: privateKeyPath, contents: Data(contents.utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw KilnError(.io, "cannot write the build key \(privateKeyPath)")
-        }
+        try SecretFile.write(Data(contents.utf8), to: privateKeyPath)
     }
 
     private func provisionOffline(_ credentials: BuildCredentials, force: Bool) async throws(KilnError) {

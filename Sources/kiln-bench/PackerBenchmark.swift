@@ -88,8 +88,7 @@ struct PackerBenchmark {
         // The same credentials mechanism as Kiln: a NoCloud seed with the build user and a fresh key.
         let keyPair = SSHKeyPair()
         let keyPath = work + "/id_ed25519"
-        _ = FileManager.default.createFile(atPath: keyPath, contents: Data(keyPair.openSSHPrivateKeyFile(comment: "bench").utf8),
-                                           attributes: [.posixPermissions: 0o600])
+        try SecretFile.write(Data(keyPair.openSSHPrivateKeyFile(comment: "bench").utf8), to: keyPath)
         let seed = work + "/seed.iso"
         try await CloudInitSeed.write(to: seed, credentials: BuildCredentials(username: "packer", authorizedKey: keyPair.openSSHPublicKey(comment: "bench")),
                                       instanceID: "bench-\(UUID().uuidString)", hostname: "packer-bench")

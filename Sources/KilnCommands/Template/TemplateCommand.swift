@@ -154,7 +154,7 @@ struct TemplateRunCommand: AsyncParsableCommand {
         if let uri = machine.libvirtURI { arguments += ["--connect", uri] }
         let pid: pid_t
         do {
-            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+            try PrivateDirectory.createPath(runDirectory)
             let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
             pid = try DetachedProcess.spawn(executable, arguments, logPath: logPath)
         } catch let error as KilnError {
