@@ -157,10 +157,8 @@ struct TemplateRunCommand: AsyncParsableCommand {
             try PrivateDirectory.createPath(runDirectory)
             let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
             pid = try DetachedProcess.spawn(executable, arguments, logPath: logPath)
-        } catch let error as KilnError {
-            throw fail(error)
         } catch {
-            throw fail(KilnError(.io, "cannot create \(runDirectory): \(error.localizedDescription)"))
+            throw fail(error)
         }
         // Return once the run is recorded (so show, logs and cancel see it), or report why it never was.
         let deadline = ContinuousClock.now + .seconds(60)
