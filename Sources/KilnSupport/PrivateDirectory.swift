@@ -83,6 +83,17 @@ public enum PrivateDirectory {
         }
     }
 
+    /// A new directory in the temporary directory (`$TMPDIR`, else /tmp) named `<prefix>` and six random characters,
+    /// made by mkdtemp(3): mode 0700, and never one that was already there (a name guessed in /tmp, such as
+    /// `<prefix><pid>`, could have been made first by another user, or be a link).
+    public static func makeTemporary(prefix: String) throws(KilnError) -> String {
+        var template = Array(((NSTemporaryDirectory() as NSString).appendingPathComponent(prefix + "XXXXXX")).utf8CString)
+        guard let made = mkdtemp(&template) else {
+            throw KilnError(.io, "cannot create a temporary directory \(prefix)XXXXXX in \(NSTemporaryDirectory()): \(String(cString: strerror(errno)))")
+        }
+        return String(cString: made)
+    }
+
     /// What is wrong with an lstat result for a private directory, or nil.
     static func problem(_ info: stat) -> String? {
         switch info.st_mode & S_IFMT {

@@ -20,7 +20,7 @@ struct BootBenchmark {
     }
 
     func run() async throws(KilnError) {
-        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        let state = StateDirectory(explicit: try PrivateDirectory.makeTemporary(prefix: "kiln-bench-"))
         defer { try? FileManager.default.removeItem(atPath: state.path) }
         let catalog = try ImageCatalog.locate(state: state)
         let image = try await catalog.resolve(reference: urn)
@@ -92,7 +92,7 @@ struct ProvisioningBootBenchmark {
     var size: String
 
     func run() async throws(KilnError) {
-        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        let state = StateDirectory(explicit: try PrivateDirectory.makeTemporary(prefix: "kiln-bench-"))
         defer { try? FileManager.default.removeItem(atPath: state.path) }
         let catalog = try ImageCatalog.locate(state: state)
         let reference = try await catalog.resolve(reference: "Debian:debian-12:12")

@@ -24,8 +24,7 @@ struct PackerBenchmark {
     static let deprovision = "sudo -n /bin/sh -c 'WAAGENT=/usr/sbin/waagent; waagent -version 1> /dev/null 2>&1; if [ $? -eq 0 ]; then WAAGENT=waagent; fi; $WAAGENT -force -deprovision+user && export HISTSIZE=0 && sync'"
 
     func run() async throws(KilnError) {
-        let work = "/tmp/kiln-bench-packer-\(getpid())"
-        try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try PrivateDirectory.makeTemporary(prefix: "kiln-bench-packer-")
         defer { try? FileManager.default.removeItem(atPath: work) }
         let state = StateDirectory(explicit: work + "/state")
         let image = try await ImageCatalog.locate(state: state).resolve(reference: "Debian:debian-12:12")

@@ -111,6 +111,16 @@ struct PrivateDirectoryTests {
         #expect(throws: KilnError.self) { try PrivateDirectory.createPath(scratch.path + "/file") }
     }
 
+    @Test func aTemporaryDirectoryIsNewAndPrivate() throws {
+        let first = try PrivateDirectory.makeTemporary(prefix: "kiln-bench-")
+        let second = try PrivateDirectory.makeTemporary(prefix: "kiln-bench-")
+        defer { for path in [first, second] { try? FileManager.default.removeItem(atPath: path) } }
+        #expect(first != second)
+        #expect(URL(fileURLWithPath: first).lastPathComponent.hasPrefix("kiln-bench-"))
+        try PrivateDirectory.check(first)
+        #expect(Self.mode(first) == 0o700)
+    }
+
     @Test func theRuntimeDirectoryIsXDGsWhenItIsOursElseOneNamedForTheUser() throws {
         let scratch = try Scratch()
         defer { scratch.remove() }
