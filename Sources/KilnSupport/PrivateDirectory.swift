@@ -111,8 +111,9 @@ public enum PrivateDirectory {
 /// is made mode 0700 and checked (``PrivateDirectory/make(_:)``), so a name another user guessed in /tmp is refused,
 /// never used.
 public enum RuntimeDirectory {
-    /// UNIX socket paths live below this directory (sun_path holds 107 bytes): a longer XDG_RUNTIME_DIR is passed over.
-    public static let maximumLength = 48
+    /// UNIX sockets live below this directory, the deepest 72 bytes below it (the QEMU monitor in an embedded
+    /// libvirt root), and sun_path holds 107: a longer `$XDG_RUNTIME_DIR/kiln` is passed over for /tmp/kiln-<uid>.
+    public static let maximumLength = 35
 
     public static func path(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let xdg = environment["XDG_RUNTIME_DIR"], xdg.hasPrefix("/"), (xdg + "/kiln").utf8.count <= maximumLength {

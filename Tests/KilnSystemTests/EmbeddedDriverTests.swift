@@ -36,7 +36,8 @@ struct EmbeddedDriverTests {
     }
 
     @Test func theDeepestSocketFitsForTheDefaultRootsAndALongRootIsRefused() throws {
-        for runtime in ["/run/user/4294967294/kiln", "/tmp/kiln-4294967294"] {
+        let longestRuntime = "/" + String(repeating: "r", count: RuntimeDirectory.maximumLength - 1)
+        for runtime in ["/run/user/4294967294/kiln", "/tmp/kiln-4294967294", longestRuntime] {
             #expect(EmbeddedDriver.deepestSocketPath(root: runtime + "/libvirt-4194304").utf8.count <= 107)
         }
         #expect(EmbeddedDriver.deepestSocketPath(root: "/r").hasSuffix("/monitor.sock"))
