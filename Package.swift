@@ -75,6 +75,7 @@ let package = Package(
                                                      .product(name: "NIOHTTP1", package: "swift-nio")]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnSSH", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
+        .testTarget(name: "KilnSupportTests", dependencies: ["KilnSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -158,11 +158,8 @@ public struct CheckpointCache: Sendable {
     /// never moves. It counts as a checkpoint only once `commit` wrote its `meta.json`.
     public func begin(key: String, runID: String) throws(KilnError) -> PendingCheckpoint {
         let folder = directory + "/\(key)-\(runID)"
-        do {
-            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
-        } catch {
-            throw KilnError(.io, "cannot create the checkpoint folder \(folder): \(error.localizedDescription)")
-        }
+        // Mode 0700: the folder gets the guest's memory image (whatever secrets the guest held) and the build key.
+        try PrivateDirectory.createPath(folder)
         ProcessWatchdog.shared?.removeOnDeath(folder, unlessItHolds: "meta.json")
         guard let hold = CheckpointHold(folder: folder, exclusive: false, wait: true) else {
             try? FileManager.default.removeItem(atPath: folder)

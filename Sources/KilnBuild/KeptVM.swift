@@ -49,7 +49,7 @@ public struct KeptVM: Codable, Sendable, Equatable {
     /// Writes the record with what reaches the VM: the pinned host key for SSH, or the WinRM password.
     func write(runDirectory: String, winrmPassword: String? = nil) throws(KilnError) {
         if let winrmPasswordPath {
-            try AtomicFile.write(Data((winrmPassword ?? "").utf8), to: winrmPasswordPath, permissions: 0o600)
+            try SecretFile.write(Data((winrmPassword ?? "").utf8), to: winrmPasswordPath)
         } else {
             try AtomicFile.write(Data("[127.0.0.1]:\(sshPort) \(hostKey)\n".utf8), to: knownHostsPath)
         }

@@ -84,6 +84,11 @@ struct StepRunner {
                         : "chmod +x \(quoted); \(packerEnvironment) \(quoted)"
     }
 
+    /// What customization.log says of an inline script: how many lines and the file they went to, not their text.
+    static func inlineScriptLogLine(lines: [String], local: String) -> String {
+        "inline script (\(lines.count) line\(lines.count == 1 ? "" : "s")) written to \(local)"
+    }
+
     /// Packer's remote name for a script: /tmp/script_<0…9998>.<ext>.
     static func remoteScriptPath(fileExtension: String) -> String {
         "/tmp/script_\(Int.random(in: 0..<9999)).\(fileExtension)"
@@ -167,10 +172,10 @@ struct StepRunner {
         case .inline(let lines):
             let body = fileExtension == "sh" ? "#!/bin/sh -e\n" + lines.joined(separator: "\n") + "\n"
                                              : "$ErrorActionPreference = 'Stop'\n" + lines.joined(separator: "\n") + "\nexit $LASTEXITCODE\n"
-            guard FileManager.default.createFile(atPath: local, contents: Data(body.utf8)) else {
-                throw KilnError(.io, "cannot write \(local)")
-            }
-            log.write(label, "inline script (\(lines.count) line\(lines.count == 1 ? "" : "s")):\n" + lines.map { "  " + $0 }.joined(separator: "\n"))
+            // The lines may carry secrets (a token, a secure parameter's value): the file is the user's alone, and the
+            // log names it, as Packer logs a script's path and never its text.
+            try SecretFile.write(Data(body.utf8), to: local)
+            log.write(label, StepRunner.inlineScriptLogLine(lines: lines, local: local))
         case .scriptUri(let uri):
             if !FileManager.default.fileExists(atPath: local) {
                 _ = try await fetchVerified(uri, checksum: checksum, label: label, path: path + ".scriptUri", name: "script_\(index).\(fileExtension)")

@@ -76,8 +76,9 @@ struct WindowsStepRunner {
         case .inline(let lines):
             // UTF-8 with a byte order mark: Windows PowerShell reads a BOM-less file in the ANSI code page.
             let body = [0xEF, 0xBB, 0xBF] + Array(WindowsScripts.inlineScript(lines).utf8)
-            guard FileManager.default.createFile(atPath: local, contents: Data(body)) else { throw KilnError(.io, "cannot write \(local)") }
-            log.write(label, "inline script (\(lines.count) line\(lines.count == 1 ? "" : "s")):\n" + lines.map { "  " + $0 }.joined(separator: "\n"))
+            // As on Linux: the file is the user's alone, and the log names it without its text.
+            try SecretFile.write(Data(body), to: local)
+            log.write(label, StepRunner.inlineScriptLogLine(lines: lines, local: local))
         case .scriptUri(let uri):
             if !FileManager.default.fileExists(atPath: local) {
                 _ = try await fetcher.fetchVerified(uri, checksum: ps.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).ps1")
@@ -102,9 +103,8 @@ struct WindowsStepRunner {
         let id = UUID().uuidString.lowercased()
         let local = downloads + "/elevated-\(id).ps1"
         let wrapper = [0xEF, 0xBB, 0xBF] + Array(WindowsScripts.elevated(command: command, principal: principal, id: id).utf8)
-        guard FileManager.default.createFile(atPath: local, contents: Data(wrapper), attributes: [.posixPermissions: 0o600]) else {
-            throw KilnError(.io, "cannot write \(local)")
-        }
+        // It holds the administrator's password.
+        try SecretFile.write(Data(wrapper), to: local)
         defer { try? FileManager.default.removeItem(atPath: local) }
         let remote = WindowsScripts.tempDirectory + "\\kiln-elevated-\(id).ps1"
         try await uploadChecked(local, to: remote, label: label, path: path)

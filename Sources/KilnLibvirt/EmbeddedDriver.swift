@@ -3,29 +3,46 @@ import KilnSupport
 
 /// The embedded QEMU driver (`qemu:///embed?root=DIR`): libvirt inside Kiln's process, no daemon.
 /// A process can open the driver at one root only, and a root belongs to one process, so each Kiln process uses
-/// `/tmp/kiln-libvirt-<pid>` for its whole life (short, because libvirt puts UNIX sockets below it), and removes
-/// the roots of Kiln processes that have exited.
+/// `<runtime>/libvirt-<pid>` for its whole life, `<runtime>` being the user's private runtime directory
+/// (``RuntimeDirectory``: `$XDG_RUNTIME_DIR/kiln` or `/tmp/kiln-<uid>`, mode 0700, checked). The root is made
+/// afresh by this process (never one found there), kept short because libvirt puts UNIX sockets below it, and the
+/// roots of Kiln processes that have exited are removed, only from that private directory.
 public enum EmbeddedDriver {
-    private static let processRoot: Result<String, KilnError> = {
-        let base = FileManager.default.temporaryDirectory.path + "/kiln-libvirt-"
-        let directory = (base as NSString).deletingLastPathComponent
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where entry.hasPrefix("kiln-libvirt-") {
-            guard let pid = Int32(entry.dropFirst("kiln-libvirt-".count)), pid != getpid() else { continue }
-            if kill(pid, 0) != 0 && errno == ESRCH {
-                killOrphanedGuests(root: directory + "/" + entry)
-                try? FileManager.default.removeItem(atPath: directory + "/" + entry)
-            }
-        }
-        let root = rootPath
+    /// This process's root, created on first use (before the driver opens: libvirt's log goes inside).
+    private static let processRootDirectory: Result<String, KilnError> = Result { () throws(KilnError) -> String in
+        let runtime = try RuntimeDirectory.make()
+        sweep(runtime: runtime)
+        let root = runtime + "/" + rootPrefix + String(getpid())
+        try checkSocketRoom(root: root)
+        try PrivateDirectory.makeFresh(root)
         // Killed outright, this process's QEMUs (their command lines name the root) and the root go too.
         ProcessWatchdog.shared?.killProcesses(naming: root)
         ProcessWatchdog.shared?.removeOnDeath(root)
         // The root goes with the process; roots of processes that died are swept by the next one.
         atexit {
-            try? FileManager.default.removeItem(atPath: EmbeddedDriver.rootPath)
+            if case .success(let root) = EmbeddedDriver.processRootDirectory {
+                try? PrivateDirectory.removeIfOurs(root)
+            }
         }
-        return Result { () throws(KilnError) -> String in try prepare(root: root) }
-    }()
+        return root
+    }
+
+    private static let processRoot: Result<String, KilnError> = processRootDirectory.flatMap { root in
+        Result { () throws(KilnError) -> String in try prepare(root: root) }
+    }
+
+    static let rootPrefix = "libvirt-"
+
+    /// Removes the roots in `runtime` whose process has exited, with the QEMU processes they left.
+    static func sweep(runtime: String) {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: runtime)) ?? [] where entry.hasPrefix(rootPrefix) {
+            guard let pid = Int32(entry.dropFirst(rootPrefix.count)), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH {
+                killOrphanedGuests(root: runtime + "/" + entry)
+                try? PrivateDirectory.removeIfOurs(runtime + "/" + entry)
+            }
+        }
+    }
 
     /// Sends libvirt's warnings and errors to `<root>/libvirt.log` instead of standard error. libvirt reads
     /// LIBVIRT_LOG_OUTPUTS while the library loads, before `main`, so an executable that wants this calls it
@@ -39,12 +56,24 @@ public enum EmbeddedDriver {
             // execv returned: carry on without it.
             return
         }
-        let root = rootPath
-        try? FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        // The root is made here the one way it is ever made; if that fails, opening the driver reports why.
+        guard case .success(let root) = processRootDirectory else { return }
         setenv("LIBVIRT_LOG_OUTPUTS", "3:file:\(root)/libvirt.log", 1)
     }
 
-    static var rootPath: String { FileManager.default.temporaryDirectory.path + "/kiln-libvirt-" + String(getpid()) }
+    /// The deepest UNIX socket libvirt makes below a root for Kiln's domains: the QEMU monitor,
+    /// `<root>/lib/qemu/domain-<id>-<name, at most 20 characters>/monitor.sock` (a five-digit domain ID allowed).
+    static func deepestSocketPath(root: String) -> String {
+        root + "/lib/qemu/domain-99999-" + String(repeating: "n", count: 20) + "/monitor.sock"
+    }
+
+    /// sun_path holds 108 bytes with the terminating NUL.
+    static func checkSocketRoom(root: String) throws(KilnError) {
+        let deepest = deepestSocketPath(root: root)
+        guard deepest.utf8.count <= 107 else {
+            throw KilnError(.invalidArgument, "the embedded libvirt root \(root) is too long for UNIX socket paths: expected at most 107 bytes for \(deepest), found \(deepest.utf8.count); set XDG_RUNTIME_DIR to a shorter directory or unset it")
+        }
+    }
 
     /// A Kiln process killed outright (SIGKILL, a crash) cannot tear its VMs down, and the embedded driver has no
     /// daemon to do it: QEMU processes whose sockets live under a dead process's root are killed here.
@@ -81,8 +110,8 @@ public enum EmbeddedDriver {
     /// After this process's driver started a domain (libvirt probes QEMU then, not when the connection opens):
     /// keep what it probed for the next process.
     public static func keepCapabilities(uri: String) {
-        guard uri == "qemu:///embed?root=" + rootPath else { return }
-        copyCapabilities(from: capabilitiesPath(root: rootPath), to: sharedCapabilitiesPath)
+        guard case .success(let root) = processRootDirectory, uri == "qemu:///embed?root=" + root else { return }
+        copyCapabilities(from: capabilitiesPath(root: root), to: sharedCapabilitiesPath)
     }
 
     /// The connection URI of this process's embedded driver, preparing its root on first use.
@@ -92,6 +121,7 @@ public enum EmbeddedDriver {
 
     /// Writes DIR/etc/qemu.conf and returns the connection URI.
     public static func prepare(root: String) throws(KilnError) -> String {
+        try checkSocketRoom(root: root)
         let etc = root + "/etc"
         var lines = [
             "# Written by Kiln for the embedded QEMU driver.",
@@ -116,9 +146,6 @@ public enum EmbeddedDriver {
             throw KilnError(.io, "cannot write \(etc)/qemu.conf: \(error.localizedDescription)")
         }
         copyCapabilities(from: sharedCapabilitiesPath, to: capabilitiesPath(root: root))
-        guard (root + "/run/libvirt/qemu/x.sock").utf8.count < 100 else {
-            throw KilnError(.invalidArgument, "the embedded libvirt root \(root) is too long for UNIX socket paths; use a shorter --state-dir")
-        }
         return "qemu:///embed?root=" + root
     }
 }

@@ -140,12 +140,8 @@ public final class BuildMachine: @unchecked Sendable {
     }
 
     private func start() async throws(KilnError) {
-        let fileManager = FileManager.default
-        do {
-            try fileManager.createDirectory(atPath: options.runDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
-        }
+        // Mode 0700: the build key, the disks and the console log inside are the user's alone.
+        try PrivateDirectory.createPath(options.runDirectory)
         sshPort = try PortAllocator.reserve(options.sshPort)
         if domainUUID == nil { domainUUID = UUID().uuidString.lowercased() }
         try startFabric()
@@ -165,7 +161,8 @@ public final class BuildMachine: @unchecked Sendable {
     func startFabric() throws(KilnError) {
         guard options.windows == nil, options.libvirtURI == nil, let uuid = domainUUID else { return }
         var socket = options.runDirectory + "/azure.sock"
-        if socket.utf8.count > 100 { socket = NSTemporaryDirectory() + "kiln-azure-\(options.runID)-\(getpid()).sock" }
+        // A long run directory: the user's private runtime directory instead, never a guessable name in /tmp.
+        if socket.utf8.count > 100 { socket = try RuntimeDirectory.make() + "/azure-\(options.runID)-\(getpid()).sock" }
         let metadata = options.instanceMetadata ?? InstanceMetadata(vmSize: options.size.name)
         let events = self.events
         let fabric = AzureFabric(socketPath: socket, metadata: metadata, vmName: domainName, vmID: uuid, username: options.username,
@@ -267,9 +264,7 @@ public final class BuildMachine: @unchecked Sendable {
 
     func writePrivateKey() throws(KilnError) {
         let contents = keyPair.openSSHPrivateKeyFile(comment: "kiln-\(options.runID)")
-        guard FileManager.default.createFile(atPath: privateKeyPath, contents: Data(contents.utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw KilnError(.io, "cannot write the build key \(privateKeyPath)")
-        }
+        try SecretFile.write(Data(contents.utf8), to: privateKeyPath)
     }
 
     private func provisionOffline(_ credentials: BuildCredentials, force: Bool) async throws(KilnError) {

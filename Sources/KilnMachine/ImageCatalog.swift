@@ -101,24 +101,9 @@ public struct ImageCatalog: Sendable {
     public var buildCacheDirectory: String
     public var importedDirectory: String
 
-    /// Finds images/catalog.json: `KILN_CATALOG`, else beside the executable's checkout, else above the current directory.
+    /// Finds images/catalog.json: `KILN_CATALOG`, else walking up from the executable's real location.
     public static func locate(state: StateDirectory, environment: [String: String] = ProcessInfo.processInfo.environment) throws(KilnError) -> ImageCatalog {
-        var catalogPath = environment["KILN_CATALOG"]
-        if catalogPath == nil {
-            let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath()
-            for start in [executable.deletingLastPathComponent(), URL(fileURLWithPath: FileManager.default.currentDirectoryPath)] {
-                var directory = start
-                while directory.path != "/" {
-                    let candidate = directory.appendingPathComponent("images/catalog.json").path
-                    if FileManager.default.fileExists(atPath: candidate) {
-                        catalogPath = candidate
-                        break
-                    }
-                    directory.deleteLastPathComponent()
-                }
-                if catalogPath != nil { break }
-            }
-        }
+        let catalogPath = findCatalog(executable: executablePath, environment: environment)
         var entries: [Entry] = []
         if let catalogPath {
             guard let data = FileManager.default.contents(atPath: catalogPath) else {
@@ -136,6 +121,28 @@ public struct ImageCatalog: Sendable {
                             importedDirectory: state.imagesPath + "/imported")
     }
 
+    /// The catalog file: the one `KILN_CATALOG` names, else the first `images/catalog.json` in the directories
+    /// above the executable, symbolic links resolved (a checkout's `.build/debug/kiln`, or a link to it on PATH).
+    /// Never the working directory: a catalog there names the `scripts/build-image` Kiln would run, and a
+    /// directory someone else controls (a download, a shared folder) must not choose what runs.
+    static func findCatalog(executable: String, environment: [String: String]) -> String? {
+        if let explicit = environment["KILN_CATALOG"], !explicit.isEmpty { return explicit }
+        var directory = URL(fileURLWithPath: executable).resolvingSymlinksInPath().deletingLastPathComponent()
+        while directory.path != "/" && !directory.path.isEmpty {
+            let candidate = directory.appendingPathComponent("images/catalog.json").path
+            if FileManager.default.fileExists(atPath: candidate) { return candidate }
+            directory.deleteLastPathComponent()
+        }
+        return nil
+    }
+
+    /// This process's executable file, from `/proc/self/exe` (argv[0] may be a bare name found on PATH, or relative
+    /// to a working directory since left).
+    static var executablePath: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? Bundle.main.executablePath ?? "/"
+    }
+
+    /// `scripts/build-image` of the checkout the catalog is in, when it is there and executable.
     public var buildScript: String? {
         guard let catalogPath else { return nil }
         let script = URL(fileURLWithPath: catalogPath).deletingLastPathComponent().deletingLastPathComponent()
@@ -191,7 +198,8 @@ public struct ImageCatalog: Sendable {
         let urn = "\(publisher):\(offer):\(sku):\(version)"
         guard !candidates.isEmpty else {
             let known = Set(records().map { "\($0.publisher):\($0.offer):\($0.sku)" } + entries.map { "\($0.publisher):\($0.offer):\($0.sku)" })
-            throw KilnError(.notFound, "expected a source image in the catalog or the local store, found none for \(urn) (available: \(known.sorted().joined(separator: ", ")); add one with kiln image import FILE --urn \(urn))")
+            let noCatalog = catalogPath == nil ? "; no images/catalog.json was found above the executable \(ImageCatalog.executablePath), KILN_CATALOG can name one" : ""
+            throw KilnError(.notFound, "expected a source image in the catalog or the local store, found none for \(urn) (available: \(known.sorted().joined(separator: ", ")); add one with kiln image import FILE --urn \(urn)\(noCatalog))")
         }
         if version.lowercased() == "latest", let newest = candidates.max(by: { compareVersions($0.version, $1.version) }) {
             return newest.source

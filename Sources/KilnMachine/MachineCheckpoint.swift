@@ -75,10 +75,7 @@ extension BuildMachine {
             // The UEFI variables change only when the guest writes them (boot entries): a copy taken now matches.
             if uefi { try fileManager.copyItem(atPath: nvramPath, toPath: checkpoint.nvramPath) }
             if root == nil {
-                guard fileManager.createFile(atPath: checkpoint.keyPath, contents: Data(keyPair.privateKey.rawRepresentation),
-                                             attributes: [.posixPermissions: 0o600]) else {
-                    throw KilnError(.io, "cannot write \(checkpoint.keyPath)")
-                }
+                try SecretFile.write(Data(keyPair.privateKey.rawRepresentation), to: checkpoint.keyPath)
                 if let attachedSeedPath { try fileManager.copyItem(atPath: attachedSeedPath, toPath: checkpoint.seedPath) }
             }
         } catch let error as KilnError {
@@ -111,11 +108,7 @@ extension BuildMachine {
     }
 
     private func startResumed(_ checkpoint: MachineCheckpoint) async throws(KilnError) {
-        do {
-            try FileManager.default.createDirectory(atPath: options.runDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw KilnError(.io, "cannot create the run directory \(options.runDirectory): \(error.localizedDescription)")
-        }
+        try PrivateDirectory.createPath(options.runDirectory)
         sshPort = try PortAllocator.reserve(options.sshPort)
         domainUUID = checkpoint.domainUUID
         domainName = checkpoint.domainName

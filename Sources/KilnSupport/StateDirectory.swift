@@ -21,13 +21,11 @@ public struct StateDirectory: Sendable {
     public var imagesPath: String { path + "/images" }
     public var cachePath: String { path + "/cache" }
 
+    /// Creates the state directory or a directory below it; each one made here is mode 0700 (runs hold logs,
+    /// build keys and disks), from its mkdir on.
     public func create(_ subpath: String = "") throws(KilnError) -> String {
         let target = subpath.isEmpty ? path : path + "/" + subpath
-        do {
-            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-        } catch {
-            throw KilnError(.io, "cannot create the state directory \(target): \(error.localizedDescription)")
-        }
+        try PrivateDirectory.createPath(target)
         return target
     }
 

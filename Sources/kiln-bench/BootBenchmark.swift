@@ -20,7 +20,7 @@ struct BootBenchmark {
     }
 
     func run() async throws(KilnError) {
-        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        let state = StateDirectory(explicit: try PrivateDirectory.makeTemporary(prefix: "kiln-bench-"))
         defer { try? FileManager.default.removeItem(atPath: state.path) }
         let catalog = try ImageCatalog.locate(state: state)
         let image = try await catalog.resolve(reference: urn)
@@ -92,13 +92,17 @@ struct ProvisioningBootBenchmark {
     var size: String
 
     func run() async throws(KilnError) {
-        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        let state = StateDirectory(explicit: try PrivateDirectory.makeTemporary(prefix: "kiln-bench-"))
         defer { try? FileManager.default.removeItem(atPath: state.path) }
         let catalog = try ImageCatalog.locate(state: state)
         let reference = try await catalog.resolve(reference: "Debian:debian-12:12")
-        let built = try await Subprocess.run(FileManager.default.currentDirectoryPath + "/scripts/build-image", ["debian-12-azure"], timeout: .seconds(3600))
+        // The checkout's build script, found as the catalog is (beside the executable), not in the working directory.
+        guard let buildScript = catalog.buildScript else {
+            throw KilnError(.notFound, "expected scripts/build-image beside the image catalog \(catalog.catalogPath ?? "(none found above the executable; set KILN_CATALOG)"), found none")
+        }
+        let built = try await Subprocess.run(buildScript, ["debian-12-azure"], timeout: .seconds(3600))
         guard built.succeeded, let path = built.stdoutText.split(separator: "\n").last.map(String.init) else {
-            throw KilnError(.external, "scripts/build-image debian-12-azure failed (run from the repository root): \(built.stderrText.suffix(1000))")
+            throw KilnError(.external, "\(buildScript) debian-12-azure failed: \(built.stderrText.suffix(1000))")
         }
         var azure = try await catalog.resolve(reference: path)
         azure.provisioning = .azure

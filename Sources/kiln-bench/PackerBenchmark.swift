@@ -24,8 +24,7 @@ struct PackerBenchmark {
     static let deprovision = "sudo -n /bin/sh -c 'WAAGENT=/usr/sbin/waagent; waagent -version 1> /dev/null 2>&1; if [ $? -eq 0 ]; then WAAGENT=waagent; fi; $WAAGENT -force -deprovision+user && export HISTSIZE=0 && sync'"
 
     func run() async throws(KilnError) {
-        let work = "/tmp/kiln-bench-packer-\(getpid())"
-        try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try PrivateDirectory.makeTemporary(prefix: "kiln-bench-packer-")
         defer { try? FileManager.default.removeItem(atPath: work) }
         let state = StateDirectory(explicit: work + "/state")
         let image = try await ImageCatalog.locate(state: state).resolve(reference: "Debian:debian-12:12")
@@ -88,8 +87,7 @@ struct PackerBenchmark {
         // The same credentials mechanism as Kiln: a NoCloud seed with the build user and a fresh key.
         let keyPair = SSHKeyPair()
         let keyPath = work + "/id_ed25519"
-        _ = FileManager.default.createFile(atPath: keyPath, contents: Data(keyPair.openSSHPrivateKeyFile(comment: "bench").utf8),
-                                           attributes: [.posixPermissions: 0o600])
+        try SecretFile.write(Data(keyPair.openSSHPrivateKeyFile(comment: "bench").utf8), to: keyPath)
         let seed = work + "/seed.iso"
         try await CloudInitSeed.write(to: seed, credentials: BuildCredentials(username: "packer", authorizedKey: keyPair.openSSHPublicKey(comment: "bench")),
                                       instanceID: "bench-\(UUID().uuidString)", hostname: "packer-bench")

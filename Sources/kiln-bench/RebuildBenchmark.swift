@@ -22,8 +22,7 @@ struct RebuildBenchmark {
     }
 
     func run() async throws(KilnError) {
-        let work = "/tmp/kiln-bench-rebuild-\(getpid())"
-        try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try PrivateDirectory.makeTemporary(prefix: "kiln-bench-rebuild-")
         defer { try? FileManager.default.removeItem(atPath: work) }
         let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
         let stepCount = RebuildBenchmark.steps(last: "").count

@@ -13,9 +13,8 @@ struct UploadBenchmark {
     var rounds: Int
 
     func run() async throws(KilnError) {
-        let state = StateDirectory(explicit: "/tmp/kiln-bench-\(getpid())")
+        let state = StateDirectory(explicit: try PrivateDirectory.makeTemporary(prefix: "kiln-bench-"))
         defer { try? FileManager.default.removeItem(atPath: state.path) }
-        try? FileManager.default.createDirectory(atPath: state.path, withIntermediateDirectories: true)
         let payload = state.path + "/payload.bin"
         var bytes = [UInt8](repeating: 0, count: mib << 20)
         for index in bytes.indices { bytes[index] = UInt8.random(in: 0...255) }

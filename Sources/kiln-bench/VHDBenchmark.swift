@@ -12,8 +12,7 @@ struct VHDBenchmark {
     var dataMiB: Int
 
     func run() async throws(KilnError) {
-        let work = "/tmp/kiln-bench-vhd-\(getpid())"
-        try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let work = try PrivateDirectory.makeTemporary(prefix: "kiln-bench-vhd-")
         defer { try? FileManager.default.removeItem(atPath: work) }
         print("VHD export benchmark: \(dataMiB) MiB of data per disk, \(rounds) rounds; median seconds, median per-round ratio")
         print("virtual  kiln     qemu-img  ratio  vhd on disk")

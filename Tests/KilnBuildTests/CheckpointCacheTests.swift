@@ -82,6 +82,8 @@ struct CheckpointCacheTests {
         let pending = try fixture.cache.begin(key: "k2", runID: "run2")
         #expect(fixture.cache.lookup("k2") == nil)
         #expect(FileManager.default.fileExists(atPath: pending.folder))
+        let mode = (try? FileManager.default.attributesOfItem(atPath: pending.folder)[.posixPermissions] as? Int) ?? 0
+        #expect(mode == 0o700, "the guest's memory image goes in: the folder is the user's alone")
         // A parent that disappeared makes the child unusable.
         try FileManager.default.removeItem(atPath: boot.machine.directory)
         #expect(fixture.cache.lookup("k1") == nil)

@@ -133,6 +133,27 @@ struct LinuxStepRunnerTests {
                 "Packer's default execute_command, as AIB's log shows it (no sudo)")
     }
 
+    @Test("customization.log names an inline script's file, not its text; its output is logged")
+    func inlineTextIsNotLogged() async throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let session = StandInSession(bootID: "boot-1") { command in
+            command.hasPrefix("chmod +x ") ? ("s3cr3t-token\n", .exited(0)) : ("", .exited(0))
+        }
+        let step = Customizer.shell(ShellCustomizer(name: "token", script: .inline(["echo s3cr3t-token", "curl -H 'Authorization: Bearer s3cr3t-token' https://example.invalid"])))
+        try await fixture.runner(Self.connection(session)).run(step, index: 2, path: "properties.customize[2]")
+
+        let upload = try #require(session.uploads.first)
+        let log = fixture.logText
+        #expect(!log.contains("echo s3cr3t-token"), "\(log)")
+        #expect(!log.contains("Authorization"))
+        #expect(log.contains("[token] PACKER OUT     azure-arm: s3cr3t-token"), "the output is logged")
+        #expect(log.contains("[token] inline script (2 lines) written to \(fixture.folder)/downloads/script_2.sh"))
+        #expect(log.contains("[token] running: chmod +x '\(upload.remote)'"), "the uploaded script's path")
+        var info = stat()
+        #expect(lstat(upload.local, &info) == 0 && info.st_mode & 0o777 == 0o600, "the script file is the user's alone")
+    }
+
     @Test func aFailedScriptIsRemovedUnlessItsVMIsKept() async throws {
         for keep in [false, true] {
             let fixture = try Fixture()

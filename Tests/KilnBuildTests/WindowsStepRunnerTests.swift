@@ -175,6 +175,10 @@ import Testing
         #expect(log.contains("the guest restarted (boot:1 → boot:2)"))
         #expect(log.contains("Windows Update round 2"))
         #expect(log.contains("highest run level, as SYSTEM"))
+        // An inline script's text is not logged (it may hold a secret), its output is.
+        #expect(log.contains("[plain] inline script (1 line) written to \(guest.root)/host-downloads/script_0.ps1"), "\(log)")
+        #expect(!log.contains("echo hello from"))
+        #expect(log.contains("[plain] PACKER OUT     azure-arm: hello from ps ✓"))
         // The administrator's password is never logged (it is inside the elevated wrapper, which is not).
         #expect(!log.contains(guest.server.password))
     }

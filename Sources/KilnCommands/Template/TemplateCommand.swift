@@ -154,13 +154,11 @@ struct TemplateRunCommand: AsyncParsableCommand {
         if let uri = machine.libvirtURI { arguments += ["--connect", uri] }
         let pid: pid_t
         do {
-            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+            try PrivateDirectory.createPath(runDirectory)
             let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
             pid = try DetachedProcess.spawn(executable, arguments, logPath: logPath)
-        } catch let error as KilnError {
-            throw fail(error)
         } catch {
-            throw fail(KilnError(.io, "cannot create \(runDirectory): \(error.localizedDescription)"))
+            throw fail(error)
         }
         // Return once the run is recorded (so show, logs and cancel see it), or report why it never was.
         let deadline = ContinuousClock.now + .seconds(60)
