@@ -134,15 +134,11 @@ public final class BuildEngine: @unchecked Sendable {
             return finishEarly(.failed("\(error)"))
         }
         do {
-<<<<<<< ours
-            try FileManager.default.createDirectory(atPath: runDirectory + "/downloads", withIntermediateDirectories: true)
+            // Mode 0700 from mkdir on: the log, scripts, keys and disks of a run are the user's alone.
+            try PrivateDirectory.createPath(runDirectory + "/downloads")
             // If Kiln is killed outright, the run's QEMU and qemu-img (their command lines name the run directory)
             // go with it.
             ProcessWatchdog.shared?.killProcesses(naming: runDirectory)
-=======
-            // Mode 0700 from mkdir on: the log, scripts, keys and disks of a run are the user's alone.
-            try PrivateDirectory.createPath(runDirectory + "/downloads")
->>>>>>> theirs
         } catch {
             return finishEarly(.failed("cannot create the run directory \(runDirectory): \(error.message)"))
         }
