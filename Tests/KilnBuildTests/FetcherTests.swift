@@ -1,5 +1,6 @@
 import Foundation
 import KilnBuild
+import KilnMachine
 import KilnSupport
 import KilnTestSupport
 import Testing
@@ -194,5 +195,105 @@ struct FetcherTests {
         #expect(tooLarge?.message.contains("limit of 4 bytes") == true, "\(String(describing: tooLarge))")
         #expect(tooLarge?.message.contains("is 8 bytes") == true, "\(String(describing: tooLarge))")
         #expect(target.contents.sorted() == ["a", "b"], "\(target.contents)")
+    }
+
+    /// Over real TLS (socat in front of the scripted server, with a certificate made now for IP 127.0.0.1): an
+    /// untrusted certificate is refused; trusted (OpenSSL's SSL_CERT_FILE), the download arrives, and a redirect from
+    /// it down to http is refused without the http URL ever being asked. One test, so that the untrusted case never
+    /// runs while SSL_CERT_FILE is set (the other tests here use http only).
+    @Test func httpsVerifiesTheCertificateAndNeverRedirectsDownToHTTP() async throws {
+        let plainHits = ScriptedHTTPServer.Counter()
+        let plain = try ScriptedHTTPServer { _, connection in
+            plainHits.increment()
+            connection.send("HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nplain\n")
+        }
+        defer { plain.stop() }
+        let plainURL = plain.url("/script.sh")
+        let backend = try ScriptedHTTPServer { request, connection in
+            if request.path == "/down" {
+                connection.send("HTTP/1.1 302 Found\r\nLocation: \(plainURL)\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            } else {
+                connection.send("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nsecure\n")
+            }
+        }
+        defer { backend.stop() }
+        let tls = try LoopbackTLS(forwardingTo: backend.port)
+        defer { tls.stop() }
+        let folder = try Folder()
+        defer { folder.remove() }
+
+        let untrusted = await Self.fetchError("https://127.0.0.1:\(tls.port)/script.sh", into: folder)
+        #expect(untrusted?.message.contains("certificate not trusted") == true, "\(String(describing: untrusted))")
+        #expect(untrusted?.message.contains("--insecure") == false, "a WinRM flag means nothing here")
+
+        setenv("SSL_CERT_FILE", tls.certificatePath, 1)
+        defer { unsetenv("SSL_CERT_FILE") }
+        let fetched = try await Fetcher.fetch("https://127.0.0.1:\(tls.port)/script.sh", into: folder.path, name: "secure.sh", maximumBytes: 1 << 20)
+        #expect(try String(contentsOfFile: fetched.localPath, encoding: .utf8) == "secure\n")
+
+        let secureURL = "https://127.0.0.1:\(tls.port)/down"
+        let down = await Self.fetchError(secureURL, into: folder)
+        let message = down?.message ?? ""
+        #expect(message.contains(secureURL) && message.contains(plainURL) && message.contains("from https down to http"), "\(message)")
+        #expect(plainHits.value == 0, "the http URL was never asked")
+        #expect(folder.contents == ["secure.sh"], "\(folder.contents)")
+    }
+}
+
+/// socat terminating TLS on a free port of 127.0.0.1, with a self-signed certificate for IP 127.0.0.1 made now,
+/// in front of a plain port.
+final class LoopbackTLS {
+    private(set) var port = 0
+    let certificatePath: String
+    private let directory: String
+    private var process = Process()
+
+    init(forwardingTo target: Int) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-fetch-tls-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        certificatePath = directory + "/cert.pem"
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                             "-days", "1", "-keyout", directory + "/key.pem", "-out", certificatePath]
+        openssl.standardOutput = FileHandle.nullDevice
+        openssl.standardError = FileHandle.nullDevice
+        try openssl.run()
+        openssl.waitUntilExit()
+        for _ in 0..<5 {
+            port = try PortAllocator.reserve(nil)
+            process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
+            process.arguments = ["OPENSSL-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork,cert=\(certificatePath),key=\(directory)/key.pem,verify=0",
+                                 "TCP:127.0.0.1:\(target)"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let deadline = Date().addingTimeInterval(30)
+            while process.isRunning && Date() < deadline {
+                if Self.isListening(port) { return }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            if process.isRunning { break }
+        }
+        stop()
+        throw KilnError(.timeout, "socat did not listen on 127.0.0.1:\(port)")
+    }
+
+    static func isListening(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: directory)
     }
 }

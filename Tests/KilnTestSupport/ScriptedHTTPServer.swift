@@ -41,6 +41,15 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
         public func send(_ text: String) -> Bool { send(Array(text.utf8)) }
     }
 
+    /// A count a handler can bump from its thread.
+    public final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var count = 0
+        public init() {}
+        public func increment() { lock.withLock { count += 1 } }
+        public var value: Int { lock.withLock { count } }
+    }
+
     public private(set) var port = 0
     private let listener: Int32
     private let handler: @Sendable (Request, Connection) -> Void
