@@ -36,12 +36,15 @@ public enum Fetcher {
         return value
     }
 
-    public static func fetch(_ uri: String, into directory: String, name: String, maximumBytes: UInt64? = nil) async throws(KilnError) -> FetchedFile {
+    /// `environment` gives the download limit and the proxy (`https_proxy`, `http_proxy`, `no_proxy`, as curl reads
+    /// them).
+    public static func fetch(_ uri: String, into directory: String, name: String, maximumBytes: UInt64? = nil,
+                             environment: [String: String] = ProcessInfo.processInfo.environment) async throws(KilnError) -> FetchedFile {
         let limit: UInt64
         if let maximumBytes {
             limit = maximumBytes
         } else {
-            limit = try Fetcher.maximumBytes()
+            limit = try Fetcher.maximumBytes(environment: environment)
         }
         let destination = directory + "/" + name
         // Whatever a previous attempt left under the final name goes first: after a failure nothing is there.
@@ -58,7 +61,7 @@ public enum Fetcher {
             guard let url = URL(string: uri), url.host != nil else {
                 throw KilnError(.invalidArgument, "expected a valid URL, found \"\(uri)\"")
             }
-            try await download(url, uri: uri, to: temporary, limit: limit)
+            try await download(url, uri: uri, to: temporary, limit: limit, environment: environment)
         } else {
             throw KilnError(.invalidArgument, "expected an http, https or file URI, found \"\(uri)\"")
         }
@@ -215,7 +218,7 @@ public enum Fetcher {
 
     /// GETs `url` into `temporary`, following redirects the policy allows. Cancellation aborts the connection in
     /// use, which ends a blocked read at once.
-    private static func download(_ url: URL, uri: String, to temporary: String, limit: UInt64) async throws(KilnError) {
+    private static func download(_ url: URL, uri: String, to temporary: String, limit: UInt64, environment: [String: String]) async throws(KilnError) {
         var current = url
         for _ in 0...maximumRedirects {
             let output = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
@@ -223,7 +226,7 @@ public enum Fetcher {
                 throw KilnError(.io, "cannot fetch \(uri): cannot create \(temporary): \(String(cString: strerror(errno)))")
             }
             defer { close(output) }
-            let get = try HTTPGet(current)
+            let get = try HTTPGet(current, environment: environment)
             let result: Result<HTTPGet.Outcome, KilnError> = await withTaskCancellationHandler {
                 await withCheckedContinuation { continuation in
                     DispatchQueue.global().async {

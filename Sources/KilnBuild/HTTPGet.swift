@@ -22,6 +22,8 @@ final class HTTPGet: @unchecked Sendable {
     let host: String
     let port: Int
     let secure: Bool
+    /// The HTTP proxy the environment names for this URL, if any (see `HTTPProxy`).
+    let proxy: HTTPProxy?
     /// Waiting longer than this for the next bytes (or for the connection) fails the download.
     var idleTimeoutSeconds = 60
     static let maximumHeadBytes = 64 << 10
@@ -33,7 +35,7 @@ final class HTTPGet: @unchecked Sendable {
     private var pending: [UInt8] = []
     private var uri: String { url.absoluteString }
 
-    init(_ url: URL) throws(KilnError) {
+    init(_ url: URL, environment: [String: String] = ProcessInfo.processInfo.environment) throws(KilnError) {
         guard let scheme = url.scheme?.lowercased(), scheme == "http" || scheme == "https", let host = url.host, !host.isEmpty else {
             throw KilnError(.invalidArgument, "expected an http or https URL, found \"\(url.absoluteString)\"")
         }
@@ -41,6 +43,7 @@ final class HTTPGet: @unchecked Sendable {
         self.host = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         secure = scheme == "https"
         port = url.port ?? (secure ? 443 : 80)
+        proxy = try HTTPProxy.forTarget(host: self.host, secure: secure, environment: environment)
     }
 
     /// Ends the transfer from any thread: a call blocked in `perform` returns with an error at once.
@@ -70,12 +73,18 @@ final class HTTPGet: @unchecked Sendable {
     /// `output` (at most `limit` bytes), anything else is an error naming the URL.
     func perform(output: Int32, limit: UInt64) throws(KilnError) -> Outcome {
         defer { close() }
-        try connect()
+        let hostHeader = (host.contains(":") ? "[\(host)]" : host) + (url.port.map { ":\($0)" } ?? "")
+        try connect(hostHeader: hostHeader)
         var target = url.path.isEmpty ? "/" : (URLComponents(url: url, resolvingAgainstBaseURL: false)?.percentEncodedPath ?? url.path)
         if target.isEmpty { target = "/" }
         if let query = url.query { target += "?" + query }
-        let hostHeader = (host.contains(":") ? "[\(host)]" : host) + (url.port.map { ":\($0)" } ?? "")
-        let request = "GET \(target) HTTP/1.1\r\nHost: \(hostHeader)\r\nUser-Agent: kiln\r\nAccept: */*\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+        var extra = ""
+        if let proxy, !secure {
+            // Through a proxy, plain http asks for the absolute URL (RFC 9112, 3.2.2).
+            target = "http://\(hostHeader)\(target)"
+            if let authorization = proxy.authorization { extra = "Proxy-Authorization: \(authorization)\r\n" }
+        }
+        let request = "GET \(target) HTTP/1.1\r\nHost: \(hostHeader)\r\n\(extra)User-Agent: kiln\r\nAccept: */*\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
         try send(Array(request.utf8))
 
         let head = try readHead()
@@ -118,14 +127,18 @@ final class HTTPGet: @unchecked Sendable {
 
     // MARK: Connection
 
-    private func connect() throws(KilnError) {
+    /// Connects to the server, or to the proxy (and through it, for https, with CONNECT), then starts TLS.
+    private func connect(hostHeader: String) throws(KilnError) {
+        let peerHost = proxy?.host ?? host
+        let peerPort = proxy?.port ?? port
+        let through = proxy.map { " through the proxy \($0.host):\($0.port)" } ?? ""
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_family = AF_UNSPEC
         var list: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(host, String(port), &hints, &list)
+        let status = getaddrinfo(peerHost, String(peerPort), &hints, &list)
         guard status == 0, let first = list else {
-            throw KilnError(.io, "cannot download \(uri): cannot resolve \(host): \(String(cString: gai_strerror(status)))")
+            throw KilnError(.io, "cannot download \(uri): cannot resolve \(peerHost)\(through.isEmpty ? "" : " (the proxy)"): \(String(cString: gai_strerror(status)))")
         }
         defer { freeaddrinfo(list) }
         var lastError = "no address"
@@ -152,6 +165,9 @@ final class HTTPGet: @unchecked Sendable {
             var timeout = timeval(tv_sec: idleTimeoutSeconds, tv_usec: 0)
             setsockopt(socketFD, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(socketFD, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            if secure, let proxy {
+                try tunnel(through: proxy, hostHeader: hostHeader)
+            }
             if secure {
                 var error = [CChar](repeating: 0, count: 512)
                 guard let session = kiln_tls_connect(socketFD, host, 1, &error, error.count) else {
@@ -164,7 +180,25 @@ final class HTTPGet: @unchecked Sendable {
             }
             return
         }
-        throw KilnError(.io, "cannot download \(uri): cannot connect to \(host):\(port): \(lastError)")
+        throw KilnError(.io, "cannot download \(uri): cannot connect to \(peerHost):\(peerPort)\(through.isEmpty ? "" : " (the proxy)"): \(lastError)")
+    }
+
+    /// Asks the proxy for a tunnel to the server (RFC 9110, 9.3.6); TLS then runs through it end to end.
+    private func tunnel(through proxy: HTTPProxy, hostHeader: String) throws(KilnError) {
+        let authority = (host.contains(":") ? "[\(host)]" : host) + ":\(port)"
+        var request = "CONNECT \(authority) HTTP/1.1\r\nHost: \(authority)\r\nUser-Agent: kiln\r\n"
+        if let authorization = proxy.authorization { request += "Proxy-Authorization: \(authorization)\r\n" }
+        try send(Array((request + "\r\n").utf8))
+        let head = try readHead()
+        let statusLine = String(decoding: head, as: UTF8.self).components(separatedBy: "\r\n")[0]
+        let parts = statusLine.split(separator: " ", maxSplits: 2)
+        guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]), (200..<300).contains(status) else {
+            throw KilnError(.io, "cannot download \(uri): the proxy \(proxy.host):\(proxy.port) refused a tunnel to \(authority): \"\(statusLine.prefix(80))\"")
+        }
+        // Anything after the proxy's answer already belongs to TLS, which reads the socket itself.
+        guard pending.isEmpty else {
+            throw KilnError(.io, "cannot download \(uri): the proxy \(proxy.host):\(proxy.port) sent data after its answer to CONNECT")
+        }
     }
 
     /// Non-blocking connect with the idle timeout as deadline; nil on success, otherwise why not.
@@ -342,5 +376,44 @@ final class HTTPGet: @unchecked Sendable {
                 throw KilnError(.io, "cannot download \(uri): the server sent a chunk longer than its size")
             }
         }
+    }
+}
+
+/// The proxy for one download, from the environment as curl reads it: `https_proxy`/`HTTPS_PROXY` for https,
+/// `http_proxy` for http (not `HTTP_PROXY`, which a CGI request can set), `all_proxy`/`ALL_PROXY` for both, and
+/// `no_proxy`/`NO_PROXY` (comma-separated host names, domain suffixes such as `.example.com`, or `*`) to go direct.
+/// Only http:// proxies are supported; credentials in the proxy URL are sent as Basic Proxy-Authorization.
+struct HTTPProxy: Equatable {
+    var host: String
+    var port: Int
+    var authorization: String?
+
+    static func forTarget(host: String, secure: Bool, environment: [String: String]) throws(KilnError) -> HTTPProxy? {
+        let names = secure ? ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] : ["http_proxy", "all_proxy", "ALL_PROXY"]
+        guard let (name, text) = names.lazy.compactMap({ name in environment[name].map { (name, $0) } }).first(where: { !$0.1.isEmpty }) else {
+            return nil
+        }
+        let bypass = (environment["no_proxy"] ?? environment["NO_PROXY"] ?? "").split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }
+        let target = host.lowercased()
+        for entry in bypass {
+            if entry == "*" { return nil }
+            let domain = entry.hasPrefix(".") ? String(entry.dropFirst()) : entry
+            let bare = domain.split(separator: ":").first.map(String.init) ?? domain
+            if target == bare || target.hasSuffix("." + bare) { return nil }
+        }
+        let withScheme = text.contains("://") ? text : "http://" + text
+        guard let components = URLComponents(string: withScheme), let proxyHost = components.host, !proxyHost.isEmpty else {
+            throw KilnError(.invalidArgument, "\(name): expected a proxy URL such as http://proxy.example:3128, found \"\(text)\"")
+        }
+        guard components.scheme?.lowercased() == "http" else {
+            throw KilnError(.unsupported, "\(name): expected an http:// proxy, found \"\(text)\" (Kiln's downloads speak HTTP to a proxy, with CONNECT for https)")
+        }
+        var authorization: String?
+        if let user = components.user {
+            let credentials = (user.removingPercentEncoding ?? user) + ":" + ((components.password?.removingPercentEncoding) ?? "")
+            authorization = "Basic " + Data(credentials.utf8).base64EncodedString()
+        }
+        return HTTPProxy(host: proxyHost, port: components.port ?? 80, authorization: authorization)
     }
 }

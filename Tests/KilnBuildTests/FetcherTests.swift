@@ -1,5 +1,5 @@
 import Foundation
-import KilnBuild
+@testable import KilnBuild
 import KilnMachine
 import KilnSupport
 import KilnTestSupport
@@ -7,7 +7,9 @@ import Testing
 
 /// Downloads of what a template names, against servers on 127.0.0.1 that misbehave on purpose: cancelled mid-way,
 /// too large (announced or streamed), redirected where they must not go, and file:// URIs naming what is not a file.
-@Suite("Fetcher: downloads are bounded, cancellable and read files only")
+/// Serialized: one test sets SSL_CERT_FILE, which others' "certificate not trusted" must not see. Each passes its
+/// own environment, so the machine's proxy settings play no part.
+@Suite("Fetcher: downloads are bounded, cancellable and read files only", .serialized)
 struct FetcherTests {
     /// A scratch folder per test.
     struct Folder {
@@ -21,9 +23,9 @@ struct FetcherTests {
         var contents: [String] { (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] }
     }
 
-    static func fetchError(_ uri: String, into folder: Folder, maximumBytes: UInt64? = nil) async -> KilnError? {
+    static func fetchError(_ uri: String, into folder: Folder, maximumBytes: UInt64? = nil, environment: [String: String] = [:]) async -> KilnError? {
         do {
-            _ = try await Fetcher.fetch(uri, into: folder.path, name: "download", maximumBytes: maximumBytes)
+            _ = try await Fetcher.fetch(uri, into: folder.path, name: "download", maximumBytes: maximumBytes, environment: environment)
             return nil
         } catch {
             return error
@@ -38,7 +40,7 @@ struct FetcherTests {
         defer { server.stop() }
         let folder = try Folder()
         defer { folder.remove() }
-        let fetched = try await Fetcher.fetch(server.url("/script.sh"), into: folder.path, name: "script.sh", maximumBytes: 1 << 20)
+        let fetched = try await Fetcher.fetch(server.url("/script.sh"), into: folder.path, name: "script.sh", maximumBytes: 1 << 20, environment: [:])
         #expect(fetched.sizeBytes == UInt64(body.utf8.count))
         #expect(try String(contentsOfFile: fetched.localPath, encoding: .utf8) == body)
         #expect(folder.contents == ["script.sh"])
@@ -156,7 +158,7 @@ struct FetcherTests {
         defer { server.stop() }
         let folder = try Folder()
         defer { folder.remove() }
-        let followed = try await Fetcher.fetch(server.url("/moved"), into: folder.path, name: "followed", maximumBytes: 1 << 20)
+        let followed = try await Fetcher.fetch(server.url("/moved"), into: folder.path, name: "followed", maximumBytes: 1 << 20, environment: [:])
         #expect(followed.sizeBytes == 5)
         let error = await Self.fetchError(server.url("/to-file"), into: folder)
         let message = error?.message ?? ""
@@ -176,9 +178,9 @@ struct FetcherTests {
         let fifo = folder.path + "/pipe"
         #expect(mkfifo(fifo, 0o600) == 0)
 
-        #expect(try await Fetcher.fetch("file://" + regular, into: target.path, name: "a", maximumBytes: 1 << 20).sizeBytes == 8)
+        #expect(try await Fetcher.fetch("file://" + regular, into: target.path, name: "a", maximumBytes: 1 << 20, environment: [:]).sizeBytes == 8)
         // A symbolic link is followed to what it names.
-        #expect(try await Fetcher.fetch("file://" + link, into: target.path, name: "b", maximumBytes: 1 << 20).sizeBytes == 8)
+        #expect(try await Fetcher.fetch("file://" + link, into: target.path, name: "b", maximumBytes: 1 << 20, environment: [:]).sizeBytes == 8)
 
         let refusals: [(path: String, found: String)] = [
             (folder.path, "found a directory"),
@@ -199,8 +201,7 @@ struct FetcherTests {
 
     /// Over real TLS (socat in front of the scripted server, with a certificate made now for IP 127.0.0.1): an
     /// untrusted certificate is refused; trusted (OpenSSL's SSL_CERT_FILE), the download arrives, and a redirect from
-    /// it down to http is refused without the http URL ever being asked. One test, so that the untrusted case never
-    /// runs while SSL_CERT_FILE is set (the other tests here use http only).
+    /// it down to http is refused without the http URL ever being asked.
     @Test func httpsVerifiesTheCertificateAndNeverRedirectsDownToHTTP() async throws {
         let plainHits = ScriptedHTTPServer.Counter()
         let plain = try ScriptedHTTPServer { _, connection in
@@ -228,7 +229,7 @@ struct FetcherTests {
 
         setenv("SSL_CERT_FILE", tls.certificatePath, 1)
         defer { unsetenv("SSL_CERT_FILE") }
-        let fetched = try await Fetcher.fetch("https://127.0.0.1:\(tls.port)/script.sh", into: folder.path, name: "secure.sh", maximumBytes: 1 << 20)
+        let fetched = try await Fetcher.fetch("https://127.0.0.1:\(tls.port)/script.sh", into: folder.path, name: "secure.sh", maximumBytes: 1 << 20, environment: [:])
         #expect(try String(contentsOfFile: fetched.localPath, encoding: .utf8) == "secure\n")
 
         let secureURL = "https://127.0.0.1:\(tls.port)/down"
@@ -238,6 +239,79 @@ struct FetcherTests {
         #expect(plainHits.value == 0, "the http URL was never asked")
         #expect(folder.contents == ["secure.sh"], "\(folder.contents)")
     }
+
+    @Test func downloadsGoThroughTheProxyTheEnvironmentNames() async throws {
+        let seen = ScriptedHTTPServer.Log()
+        let proxy = try ScriptedHTTPServer { request, connection in
+            seen.append(request.head)
+            connection.send("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nproxied\n")
+        }
+        defer { proxy.stop() }
+        let folder = try Folder()
+        defer { folder.remove() }
+        // A host that resolves nowhere: only the proxy can answer for it.
+        let environment = ["http_proxy": "http://kiln:p%40ss@127.0.0.1:\(proxy.port)"]
+        let fetched = try await Fetcher.fetch("http://downloads.example.invalid:8080/a.sh?x=1", into: folder.path, name: "a.sh",
+                                              maximumBytes: 1 << 20, environment: environment)
+        #expect(try String(contentsOfFile: fetched.localPath, encoding: .utf8) == "proxied\n")
+        let head = seen.entries.first ?? ""
+        #expect(head.hasPrefix("GET http://downloads.example.invalid:8080/a.sh?x=1 HTTP/1.1\r\n"), "\(head)")
+        #expect(head.contains("Proxy-Authorization: Basic \(Data("kiln:p@ss".utf8).base64EncodedString())"), "\(head)")
+
+        // no_proxy sends a host direct: the proxy named is not even listening.
+        let direct = try ScriptedHTTPServer { _, connection in
+            connection.send("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\ndirect\n")
+        }
+        defer { direct.stop() }
+        let bypassed = try await Fetcher.fetch(direct.url("/b.sh"), into: folder.path, name: "b.sh", maximumBytes: 1 << 20,
+                                               environment: ["http_proxy": "http://127.0.0.1:1", "no_proxy": "localhost,127.0.0.1"])
+        #expect(try String(contentsOfFile: bypassed.localPath, encoding: .utf8) == "direct\n")
+        #expect(seen.entries.count == 1)
+    }
+
+    @Test func httpsGoesThroughAProxyTunnel() async throws {
+        let backend = try ScriptedHTTPServer { _, connection in
+            connection.send("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nsecure\n")
+        }
+        defer { backend.stop() }
+        let tls = try LoopbackTLS(forwardingTo: backend.port)
+        defer { tls.stop() }
+        let tlsPort = tls.port
+        let seen = ScriptedHTTPServer.Log()
+        let proxy = try ScriptedHTTPServer { request, connection in
+            seen.append(request.head)
+            if request.path == "127.0.0.1:\(tlsPort)" {
+                guard connection.send("HTTP/1.1 200 Connection established\r\n\r\n") else { return }
+                connection.splice(toPort: tlsPort)
+            } else {
+                connection.send("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            }
+        }
+        defer { proxy.stop() }
+        let folder = try Folder()
+        defer { folder.remove() }
+        let environment = ["https_proxy": "127.0.0.1:\(proxy.port)"]
+        // The tunnel carries TLS end to end: the certificate is still checked (and not trusted here).
+        let untrusted = await Self.fetchError("https://127.0.0.1:\(tls.port)/s.sh", into: folder, environment: environment)
+        #expect(untrusted?.message.contains("certificate not trusted") == true, "\(String(describing: untrusted))")
+        #expect(seen.entries.first?.hasPrefix("CONNECT 127.0.0.1:\(tls.port) HTTP/1.1\r\n") == true, "\(seen.entries)")
+        // A proxy that refuses the tunnel is named with its answer.
+        let refused = await Self.fetchError("https://downloads.example.invalid/s.sh", into: folder, environment: environment)
+        let message = refused?.message ?? ""
+        #expect(message.contains("the proxy 127.0.0.1:\(proxy.port) refused a tunnel to downloads.example.invalid:443") && message.contains("403"), "\(message)")
+    }
+
+    @Test func proxySettingsAreReadAsCurlReadsThem() throws {
+        #expect(try HTTPProxy.forTarget(host: "a.example", secure: true, environment: ["HTTPS_PROXY": "http://p:3128"]) == HTTPProxy(host: "p", port: 3128))
+        #expect(try HTTPProxy.forTarget(host: "a.example", secure: false, environment: ["HTTP_PROXY": "http://p:3128"]) == nil,
+                "HTTP_PROXY in capitals is not read (a CGI request header can set it)")
+        #expect(try HTTPProxy.forTarget(host: "a.example", secure: false, environment: ["all_proxy": "p"]) == HTTPProxy(host: "p", port: 80))
+        #expect(try HTTPProxy.forTarget(host: "deep.a.example", secure: true, environment: ["https_proxy": "p:1", "no_proxy": ".a.example"]) == nil)
+        #expect(try HTTPProxy.forTarget(host: "a.example", secure: true, environment: ["https_proxy": "p:1", "NO_PROXY": "*"]) == nil)
+        #expect(try HTTPProxy.forTarget(host: "nota.example", secure: true, environment: ["https_proxy": "p:1", "no_proxy": "a.example"]) != nil)
+        #expect(throws: KilnError.self) { try HTTPProxy.forTarget(host: "a.example", secure: true, environment: ["https_proxy": "socks5://p:1080"]) }
+    }
+
 }
 
 /// socat terminating TLS on a free port of 127.0.0.1, with a self-signed certificate for IP 127.0.0.1 made now,

@@ -39,6 +39,39 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
 
         @discardableResult
         public func send(_ text: String) -> Bool { send(Array(text.utf8)) }
+
+        /// Makes this connection a tunnel to 127.0.0.1:`port` (a proxy's CONNECT): bytes are copied both ways until
+        /// either side closes. The request head was read byte by byte, so nothing of what follows it is lost.
+        public func splice(toPort port: Int) {
+            let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard upstream >= 0 else { return }
+            defer { Glibc.close(upstream) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = UInt16(port).bigEndian
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard connected == 0 else { return }
+            let client = fd
+            let done = DispatchSemaphore(value: 0)
+            for (from, to) in [(client, upstream), (upstream, client)] {
+                Thread {
+                    var buffer = [UInt8](repeating: 0, count: 65536)
+                    while true {
+                        let count = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, 0) }
+                        guard count > 0 else { break }
+                        let written = buffer.withUnsafeBytes { Glibc.send(to, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
+                        guard written == count else { break }
+                    }
+                    shutdown(to, Int32(SHUT_WR))
+                    done.signal()
+                }.start()
+            }
+            done.wait()
+            done.wait()
+        }
     }
 
     /// A count a handler can bump from its thread.
@@ -48,6 +81,15 @@ public final class ScriptedHTTPServer: @unchecked Sendable {
         public init() {}
         public func increment() { lock.withLock { count += 1 } }
         public var value: Int { lock.withLock { count } }
+    }
+
+    /// Texts a handler records from its thread (request heads, say).
+    public final class Log: @unchecked Sendable {
+        private let lock = NSLock()
+        private var texts: [String] = []
+        public init() {}
+        public func append(_ text: String) { lock.withLock { texts.append(text) } }
+        public var entries: [String] { lock.withLock { texts } }
     }
 
     public private(set) var port = 0
