@@ -5,8 +5,8 @@ import Testing
 @testable import KilnWinRM
 
 /// The WinRM client's HTTP reader against replies no WinRM service should send: a negative, non-numeric or huge
-/// Content-Length or chunk size, a body past the limit, a head that never ends. Each is an error naming the endpoint
-/// and what was wrong; none crashes or reads without bound.
+/// Content-Length or chunk size, a body past the limit, a head that never ends; and envelopes nested 100,000 deep or
+/// carrying a DTD's entities. Each is an error naming what was wrong; none crashes or reads without bound.
 @Suite("WinRM HTTP replies are bounded")
 struct HTTPReplyLimitTests {
     /// Sends `reply` (raw bytes) to the first request, then `tail` until the client goes away.
@@ -100,5 +100,24 @@ struct HTTPReplyLimitTests {
         let response = try connection.roundTrip(headers: [], body: [], readTimeout: .seconds(10))
         #expect(response.status == 200)
         #expect(String(decoding: response.body, as: UTF8.self) == body)
+    }
+
+    @Test func deeplyNestedXMLIsAnError() throws {
+        let depth = 100_000
+        let nested = String(repeating: "<a>", count: depth) + String(repeating: "</a>", count: depth)
+        let error = #expect(throws: KilnError.self) { try XMLElementNode.parse(Array(nested.utf8)) }
+        #expect(error?.message.contains("more than \(XMLElementNode.maximumDepth) levels deep") == true, "\(String(describing: error))")
+        // An envelope as deep as the limit still parses.
+        let deepest = String(repeating: "<a>", count: XMLElementNode.maximumDepth) + String(repeating: "</a>", count: XMLElementNode.maximumDepth)
+        #expect(try XMLElementNode.parse(Array(deepest.utf8)).name == "a")
+    }
+
+    @Test func entityHeavyXMLIsAnError() throws {
+        // Entities that double at each level: a billion characters from a few hundred bytes.
+        var entities = "<!DOCTYPE r [<!ENTITY e0 \"xxxxxxxxxx\">"
+        for level in 1...9 { entities += "<!ENTITY e\(level) \"" + String(repeating: "&e\(level - 1);", count: 10) + "\">" }
+        entities += "]><r>&e9;</r>"
+        let error = #expect(throws: KilnError.self) { try XMLElementNode.parse(Array(entities.utf8)) }
+        #expect(error?.message.contains("a document type declaration at byte 0") == true, "\(String(describing: error))")
     }
 }
