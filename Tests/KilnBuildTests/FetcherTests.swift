@@ -65,7 +65,7 @@ struct FetcherTests {
         let cancelledAt = clock.now
         download.cancel()
         let error = await download.value
-        #expect(clock.now - cancelledAt < .seconds(2))
+        #expect(clock.now - cancelledAt < .seconds(3), "a couple of seconds, with room for a loaded CI machine")
         #expect(error?.code == .cancelled, "\(String(describing: error))")
         #expect(error?.message.contains(uri) == true)
         #expect(folder.contents.isEmpty, "\(folder.contents)")

@@ -66,7 +66,7 @@ struct CacheCLITests {
         let interruptedAt = Date()
         kill(fetch.pid, SIGINT)
         let status = fetch.wait()
-        #expect(Date().timeIntervalSince(interruptedAt) < 3, "the download ends at once")
+        #expect(Date().timeIntervalSince(interruptedAt) < 5, "the download ends at once (the process exit included; room for a loaded CI machine)")
         #expect(status == 1)
         let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
         #expect(printed.contains("fetch interrupted after 0 download(s)"), "\(printed)")
