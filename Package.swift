@@ -51,7 +51,7 @@ let package = Package(
         // Layer 2: templates, runs, runOutputs, managed images and gallery versions in SQLite under the state dir.
         .target(name: "KilnStore", dependencies: ["KilnSupport", "KilnTemplate", .product(name: "GRDB", package: "GRDB.swift")]),
         // Layer 3
-        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM"]),
+        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM", "CKilnShim"]),
         // CLI
         .target(name: "KilnCommands", dependencies: [
             "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",

@@ -667,7 +667,8 @@ public final class BuildEngine: @unchecked Sendable {
 
     func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
                             log: CustomizationLog) async throws {
-        let info = try await DiskImageProbe.inspect(machine.overlayPath)
+        // Kiln's own overlay: qcow2 on the source, its backing file by design.
+        let info = try await DiskImageProbe.inspect(machine.overlayPath, format: "qcow2", allowingBackingFile: true)
         let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,
                                         templateLocation: template.location, source: source, guestOS: guestOS, log: log, force: request.force,
                                         protected: OutputDestination.protectedDirectories(state: request.state), events: events)

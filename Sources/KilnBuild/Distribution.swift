@@ -107,11 +107,15 @@ struct Distribution {
                 log.write("distribute", notice)
                 events(.message("notice: \(notice)"))
             }
+            // Whether this build put the disk there: a file already at the path (the reason placing failed) is not
+            // this build's to remove.
+            var placed = false
             do {
                 try Self.place(artifact.path, at: reservation.path, replacing: false)
+                placed = true
                 try store.completeGalleryVersion(reservation)
             } catch {
-                store.abandonGalleryVersion(reservation)
+                store.abandonGalleryVersion(reservation, diskWritten: placed)
                 throw error
             }
             output.artifactId = reservation.record.id

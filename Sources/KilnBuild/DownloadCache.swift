@@ -108,6 +108,7 @@ extension DownloadCache {
 
     /// Downloads `download`, verifies its sha256Checksum when the template gives one, and keeps it.
     public func fetch(_ download: TemplateDownload) async throws(KilnError) -> Entry {
+        sweepScratch()
         let scratch = directory + "/.fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try? FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
@@ -116,5 +117,24 @@ extension DownloadCache {
             throw KilnError(.checksumMismatch, "\(download.path): sha256 checksum mismatch for \(download.uri): expected \(expected.lowercased()), actual \(file.sha256); not kept")
         }
         return try store(file)
+    }
+
+    /// Removes the scratch folders (`.fetch-<pid>-…`) and blob temporaries (`sha256/<hex>.partial-<pid>`) of
+    /// processes that are gone: a fetch killed outright (SIGKILL, a power cut) cannot clean up after itself.
+    func sweepScratch() {
+        let fileManager = FileManager.default
+        func isDead(_ pidText: Substring) -> Bool {
+            guard let pid = Int32(pidText), pid > 0 else { return false }
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+        for name in (try? fileManager.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(".fetch-") {
+            if let pid = name.dropFirst(".fetch-".count).split(separator: "-").first, isDead(pid) {
+                try? fileManager.removeItem(atPath: directory + "/" + name)
+            }
+        }
+        for name in (try? fileManager.contentsOfDirectory(atPath: directory + "/sha256")) ?? [] {
+            guard let range = name.range(of: ".partial-") else { continue }
+            if isDead(name[range.upperBound...]) { try? fileManager.removeItem(atPath: directory + "/sha256/" + name) }
+        }
     }
 }

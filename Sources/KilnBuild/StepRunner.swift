@@ -202,6 +202,10 @@ struct StepRunner {
             log.write(label, "downloading \(uri)")
             do {
                 fetched = try await Fetcher.fetch(uri, into: downloads, name: name)
+            } catch where error.code == .cancelled {
+                // A cancelled build is not a failed step: the caller tells the two apart by this code.
+                log.write(label, "download cancelled")
+                throw error
             } catch {
                 throw StepFailure(message: "\(path) (\(label)): \(error.message)")
             }

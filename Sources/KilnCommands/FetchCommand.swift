@@ -35,34 +35,47 @@ struct FetchCommand: AsyncParsableCommand {
         }
         let state = stateFlags.state
         let cache = DownloadCache(state: state)
-        var failures = 0
-        var unpinned = 0
-        var fetched = 0
-        for chosen in loaded.templates where name == nil || chosen.template.name == name {
-            failures += await fetchSource(chosen, state: state) ? 0 : 1
-            for download in DownloadCache.downloads(of: chosen) {
-                guard DownloadCache.needsNetwork(download.uri) else {
-                    print("\(download.path): \(download.uri) is a local file; builds read it where it is")
-                    continue
-                }
-                do {
-                    let entry = try await cache.fetch(download)
-                    fetched += 1
-                    let pin = download.sha256Checksum == nil ? "no sha256Checksum: pinned by this sha256" : "sha256Checksum verified"
-                    if download.sha256Checksum == nil { unpinned += 1 }
-                    print("\(download.path): fetched \(download.uri) (\(ByteSize.format(entry.sizeBytes))) sha256 \(entry.sha256), \(pin)")
-                } catch {
-                    failures += 1
-                    printError("kiln: error: \(download.path): \(error)")
+        let templates = loaded.templates.filter { name == nil || $0.template.name == name }
+        // Ctrl-C cancels the task: the download in flight ends at once and leaves nothing (Fetcher), and no
+        // further download starts.
+        let (fetched, unpinned, failures, interrupted) = try await Interruptible.run { () async -> (Int, Int, Int, Bool) in
+            var failures = 0
+            var unpinned = 0
+            var fetched = 0
+            for chosen in templates {
+                failures += await Self.fetchSource(chosen, state: state) ? 0 : 1
+                for download in DownloadCache.downloads(of: chosen) {
+                    if Task.isCancelled { return (fetched, unpinned, failures, true) }
+                    guard DownloadCache.needsNetwork(download.uri) else {
+                        print("\(download.path): \(download.uri) is a local file; builds read it where it is")
+                        continue
+                    }
+                    do throws(KilnError) {
+                        let entry = try await cache.fetch(download)
+                        fetched += 1
+                        let pin = download.sha256Checksum == nil ? "no sha256Checksum: pinned by this sha256" : "sha256Checksum verified"
+                        if download.sha256Checksum == nil { unpinned += 1 }
+                        print("\(download.path): fetched \(download.uri) (\(ByteSize.format(entry.sizeBytes))) sha256 \(entry.sha256), \(pin)")
+                    } catch where error.code == .cancelled || Task.isCancelled {
+                        return (fetched, unpinned, failures, true)
+                    } catch {
+                        failures += 1
+                        printError("kiln: error: \(download.path): \(error)")
+                    }
                 }
             }
+            return (fetched, unpinned, failures, Task.isCancelled)
+        }
+        if interrupted {
+            printError("kiln: fetch interrupted after \(fetched) download(s); nothing partial was kept")
+            throw ExitCode.failure
         }
         print("\(fetched) download(s) in \(cache.directory), \(unpinned) without a sha256Checksum, \(failures) failure(s)")
         if failures > 0 { throw ExitCode.failure }
     }
 
     /// Makes sure the source exists locally: a catalog image is built if needed; store references are checked.
-    private func fetchSource(_ loaded: LoadedTemplate, state: StateDirectory) async -> Bool {
+    private static func fetchSource(_ loaded: LoadedTemplate, state: StateDirectory) async -> Bool {
         do {
             switch loaded.template.properties.source {
             case .platformImage(let image):

@@ -19,7 +19,12 @@ public enum DiskImageProbe {
     /// Formats Kiln boots. A fixed VHD is qemu's "vpc" with a footer only; qemu-img would call it raw.
     static let bootableFormats: Set<String> = ["qcow2", "raw", "vpc", "vmdk", "vhdx"]
 
-    public static func inspect(_ path: String) async throws(KilnError) -> DiskImageInfo {
+    /// Format, size and firmware of a disk image file. Without `format`, the format is decided here, once (the one
+    /// place Kiln lets qemu-img probe: a VHD footer says vpc, otherwise qemu-img's answer); everything after, this
+    /// function's own reads included, states it. An image that reads another file (a backing file, a qcow2 external
+    /// data file, a VMDK extent elsewhere) is refused unless `allowingBackingFile` (Kiln's own overlays): booting it
+    /// would put that host file in front of the guest.
+    public static func inspect(_ path: String, format declared: String? = nil, allowingBackingFile: Bool = false) async throws(KilnError) -> DiskImageInfo {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw KilnError(.notFound, "expected a disk image file, found no file at \(path)")
@@ -27,24 +32,89 @@ public enum DiskImageProbe {
         guard !isDirectory.boolValue else {
             throw KilnError(.invalidArgument, "expected a disk image file, found a directory: \(path)")
         }
-        let vhd = try hasVHDFooter(path)
-        var arguments = ["info", "--output=json", "-U"]
-        if vhd { arguments += ["-f", "vpc"] }
-        let result = try await Subprocess.run("qemu-img", arguments + [path], timeout: .seconds(60))
-        guard result.succeeded,
-              let json = try? JSONSerialization.jsonObject(with: result.stdout) as? [String: Any],
-              let format = json["format"] as? String,
-              let size = (json["virtual-size"] as? NSNumber)?.uint64Value else {
-            throw KilnError(.invalidArgument, "expected a disk image (qcow2, raw, VHD), found a file qemu-img cannot read: \(path): \(result.stderrText.trimmingCharacters(in: .whitespacesAndNewlines))")
+        let format: String
+        if let declared {
+            format = declared
+        } else if try hasVHDFooter(path) {
+            format = "vpc"
+        } else {
+            format = try await probeFormat(path)
         }
         guard bootableFormats.contains(format) else {
             throw KilnError(.invalidArgument, "expected a disk image (qcow2, raw, VHD), found qemu format \(format): \(path)")
+        }
+        let json = try await info(path, format: format)
+        guard let size = (json["virtual-size"] as? NSNumber)?.uint64Value else {
+            throw KilnError(.invalidArgument, "expected a disk image (qcow2, raw, VHD), found a \(format) file without a virtual size: \(path)")
+        }
+        if let problem = externalFile(in: json, path: path, allowingBackingFile: allowingBackingFile) {
+            throw refusal(path, format: format, problem)
         }
         let sector0 = try await readSectors(path, format: format, count: 34)
         guard let firmware = firmware(fromFirstSectors: sector0) else {
             throw KilnError(.invalidArgument, "expected a bootable disk image with an MBR or GPT partition table, found none in \(path) (format \(format))")
         }
         return DiskImageInfo(format: format, virtualSizeBytes: size, firmware: firmware)
+    }
+
+    /// Checks again, before a build boots it, that an image recorded with `format` still reads no other file (an
+    /// imported image stays where its owner keeps it, and may have been changed since).
+    public static func requireSelfContained(_ path: String, format: String) async throws(KilnError) {
+        let json = try await info(path, format: format)
+        if let problem = externalFile(in: json, path: path, allowingBackingFile: false) {
+            throw refusal(path, format: format, problem)
+        }
+    }
+
+    static func refusal(_ path: String, format: String, _ problem: String) -> KilnError {
+        KilnError(.invalidArgument, "expected a self-contained disk image, found a \(format) image with \(problem): \(path); "
+                  + "the guest would read that host file through it. Make a self-contained copy first: "
+                  + "qemu-img convert -f \(format) -O qcow2 \(path) standalone.qcow2")
+    }
+
+    /// What qemu-img calls the file, asked once, without a format.
+    static func probeFormat(_ path: String) async throws(KilnError) -> String {
+        let result = try await Subprocess.run("qemu-img", ["info", "--output=json", "-U", path], timeout: .seconds(60))
+        guard result.succeeded,
+              let json = try? JSONSerialization.jsonObject(with: result.stdout) as? [String: Any],
+              let format = json["format"] as? String else {
+            throw KilnError(.invalidArgument, "expected a disk image (qcow2, raw, VHD), found a file qemu-img cannot read: \(path): \(result.stderrText.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return format
+    }
+
+    /// `qemu-img info` with the format stated.
+    static func info(_ path: String, format: String) async throws(KilnError) -> [String: Any] {
+        let result = try await Subprocess.run("qemu-img", ["info", "--output=json", "-U", "-f", format, path], timeout: .seconds(60))
+        guard result.succeeded, let json = try? JSONSerialization.jsonObject(with: result.stdout) as? [String: Any] else {
+            throw KilnError(.invalidArgument, "expected a \(format) disk image, found a file qemu-img cannot read as \(format): \(path): \(result.stderrText.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+        return json
+    }
+
+    /// The other file an image reads, described, or nil: a backing file (refused unless allowed), a qcow2 external
+    /// data file, a VMDK extent that is not the image file itself.
+    static func externalFile(in json: [String: Any], path: String, allowingBackingFile: Bool) -> String? {
+        if !allowingBackingFile, let backing = json["backing-filename"] as? String {
+            return "a backing file (\(backing))"
+        }
+        let specific = (json["format-specific"] as? [String: Any])?["data"] as? [String: Any]
+        if let dataFile = specific?["data-file"] as? String {
+            return "an external data file (\(dataFile))"
+        }
+        if let extents = specific?["extents"] as? [[String: Any]] {
+            var own = stat()
+            guard stat(path, &own) == 0 else { return "extents that cannot be checked" }
+            for extent in extents {
+                let name = extent["filename"] as? String ?? ""
+                let resolved = name.hasPrefix("/") ? name : (path as NSString).deletingLastPathComponent + "/" + name
+                var other = stat()
+                if stat(resolved, &other) != 0 || other.st_dev != own.st_dev || other.st_ino != own.st_ino {
+                    return "an extent in another file (\(name))"
+                }
+            }
+        }
+        return nil
     }
 
     /// The first `count` 512-byte sectors of the virtual disk, through qemu-img so that any format works.

@@ -202,12 +202,21 @@ public struct ImageCatalog: Sendable {
             throw KilnError(.notFound, "expected a source image in the catalog or the local store, found none for \(urn) (available: \(known.sorted().joined(separator: ", ")); add one with kiln image import FILE --urn \(urn)\(noCatalog))")
         }
         if version.lowercased() == "latest", let newest = candidates.max(by: { compareVersions($0.version, $1.version) }) {
-            return newest.source
+            return try await checked(newest)
         }
         guard let exact = candidates.first(where: { $0.version == version }) else {
             throw KilnError(.notFound, "expected version \(version) of \(publisher):\(offer):\(sku), found only \(candidates.map(\.version).joined(separator: ", "))")
         }
-        return exact.source
+        return try await checked(exact)
+    }
+
+    /// An imported image is checked again before use: its file is its owner's, and a backing file or external data
+    /// file added since the import would be read by the guest.
+    private func checked(_ record: ImageRecord) async throws(KilnError) -> SourceImage {
+        if record.origin == "imported" {
+            try await DiskImageProbe.requireSelfContained(record.path, format: record.format)
+        }
+        return record.source
     }
 
     func build(_ entry: Entry, progress: @Sendable (String) -> Void) async throws(KilnError) {

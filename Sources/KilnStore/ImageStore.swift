@@ -260,7 +260,7 @@ extension StateStore {
             var rows = try GalleryVersionRow.filter(Column("imageKey") == imageKey).fetchAll(db)
             for stale in rows where stale.isStale {
                 try stale.delete(db)
-                try? FileManager.default.removeItem(atPath: stale.path)
+                if try !Self.isDiskReferenced(db, path: stale.path) { Self.removeDisk(stale.path) }
             }
             rows.removeAll(where: \.isStale)
             let existing = rows.map(\.version)
@@ -316,12 +316,16 @@ extension StateStore {
         }
     }
 
-    /// Gives a reserved version back after a failed write (its file, if any, is removed).
-    public func abandonGalleryVersion(_ reservation: GalleryReservation) {
-        try? FileManager.default.removeItem(atPath: reservation.path)
+    /// Gives a reserved version back after a failed write. Only what the build made goes: its disk when
+    /// `diskWritten` (the build put it at the reservation's path), and not even that while another record names the
+    /// same file. A file that was at the path before the build (the reason its write failed) stays.
+    public func abandonGalleryVersion(_ reservation: GalleryReservation, diskWritten: Bool) {
         _ = try? write("abandon gallery version \(reservation.record.id)") { db in
             try db.execute(sql: "DELETE FROM galleryVersions WHERE lower(id) = ? AND state = 'Creating'",
                            arguments: [reservation.record.id.lowercased()])
+            if diskWritten, try !Self.isDiskReferenced(db, path: reservation.path) {
+                Self.removeDisk(reservation.path)
+            }
         }
     }
 
@@ -376,20 +380,22 @@ extension StateStore {
             throw KilnError(.invalidArgument, "expected a managed image or gallery image version resource ID, found \"\(text)\"")
         }
         let removed: RemovedImage = try write("remove \(id)") { db in
+            let removed: RemovedImage
             if let image = try ManagedImageRow.fetchOne(db, key: id.key) {
                 try image.delete(db)
-                return .managedImage(image.record)
-            }
-            if let row = try GalleryVersionRow.filter(sql: "lower(id) = ?", arguments: [id.key]).fetchOne(db) {
+                removed = .managedImage(image.record)
+            } else if let row = try GalleryVersionRow.filter(sql: "lower(id) = ?", arguments: [id.key]).fetchOne(db) {
                 guard row.state != "Creating" || row.isStale else {
                     throw KilnError(.invalidState, "gallery version \(row.id) is being written by run \(row.runID); wait for it to finish")
                 }
                 try row.delete(db)
-                return .galleryVersion(row.record(galleryImageId: row.imageKey))
+                removed = .galleryVersion(row.record(galleryImageId: row.imageKey))
+            } else {
+                throw KilnError(.notFound, "expected a managed image or gallery image version \(id) in the local store, found none (kiln image list shows them)")
             }
-            throw KilnError(.notFound, "expected a managed image or gallery image version \(id) in the local store, found none (kiln image list shows them)")
+            if try !Self.isDiskReferenced(db, path: removed.disk.path) { Self.removeDisk(removed.disk.path) }
+            return removed
         }
-        try? FileManager.default.removeItem(atPath: removed.disk.path)
         return removed
     }
 
@@ -405,12 +411,41 @@ extension StateStore {
         return id
     }
 
-    /// Folder names for a resource ID under store/: subscription, resource group and each name, lower case, with
-    /// anything but letters, digits, `-`, `_` and `.` replaced (and no name may be `.` or `..`).
+    /// Folder names for a resource ID under store/: subscription, resource group and each name, lower case (IDs
+    /// are case-insensitive: the key is lower case too), with every UTF-8 byte outside `a-z`, `0-9`, `-` and `.`
+    /// percent-encoded, `%` and `_` included, and a leading `.` too (no name is `.`, `..` or hidden). The encoding
+    /// is injective, so two IDs never share a folder: `rg(1)` is `rg%281%29`, `rg_1_` is `rg%5F1%5F`. (Stores written
+    /// before replaced each such character with `_`; their records keep the path they were written at, so they
+    /// still read, and new images go to the new folders.)
     static func pathComponents(of id: ResourceID) -> [String] {
-        ([id.subscriptionId, id.resourceGroup] + id.segments.map(\.name)).map { name in
-            let safe = String(name.lowercased().map { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) ? $0 : "_" })
-            return safe.hasPrefix(".") ? "_" + safe : safe
+        ([id.subscriptionId, id.resourceGroup] + id.segments.map(\.name)).map(folderName)
+    }
+
+    static func folderName(_ name: String) -> String {
+        var encoded = ""
+        for (offset, byte) in name.lowercased().utf8.enumerated() {
+            let plain = (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || byte == UInt8(ascii: "-") || (byte == UInt8(ascii: ".") && offset > 0)
+            if plain {
+                encoded.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                encoded += "%" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16, uppercase: true)
+            }
         }
+        return encoded
+    }
+
+    /// Whether any record other than the gallery version `exceptID` names `path` as its disk. A store written before
+    /// folder names were injective may hold two IDs whose disks share a path: neither may take the other's with it.
+    static func isDiskReferenced(_ db: Database, path: String, exceptGalleryVersion exceptID: String? = nil) throws -> Bool {
+        let images = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM managedImages WHERE path = ?", arguments: [path]) ?? 0
+        let versions = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM galleryVersions WHERE path = ? AND lower(id) != ?",
+                                        arguments: [path, exceptID?.lowercased() ?? ""]) ?? 0
+        return images + versions > 0
+    }
+
+    /// Removes a stored disk file: unlink, never a recursive removal, so a path that is (somehow) a folder stays.
+    static func removeDisk(_ path: String) {
+        _ = unlink(path)
     }
 }

@@ -91,12 +91,14 @@ public struct DeploymentInputs: Sendable, Equatable {
     /// (https://learn.microsoft.com/azure/azure-resource-manager/templates/parameter-files). Key Vault
     /// `reference`s cannot be resolved locally and are an error.
     public static func readParameterFile(_ path: String) throws(ParameterFileError) -> [String: JSONNode] {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ParameterFileError(file: path, message: "expected a readable parameter file, found \(FileManager.default.fileExists(atPath: path) ? "an unreadable file" : "no such file")")
+        let bytes: [UInt8]
+        switch InputFile.read(path, what: "parameter file") {
+        case .success(let read): bytes = read
+        case .failure(let refusal): throw ParameterFileError(file: path, message: refusal.message)
         }
         let document: JSONNode
         do {
-            document = try JSONParser.parse(bytes: Array(data))
+            document = try JSONParser.parse(bytes: bytes)
         } catch {
             throw ParameterFileError(file: path, message: "malformed JSON at \(error.position): \(error.message)")
         }

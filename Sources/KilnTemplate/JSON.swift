@@ -139,6 +139,17 @@ public struct JSONParser {
     }
 
     private mutating func parseDocument() throws(JSONSyntaxError) -> JSONNode {
+        // Checked whole before parsing: a string or comment would otherwise take a bad byte as U+FFFD in silence.
+        if let offset = JSONParser.firstInvalidUTF8(in: bytes, from: index) {
+            let marks: [[UInt8]: String] = [[0xFF, 0xFE]: "UTF-16 (little-endian)", [0xFE, 0xFF]: "UTF-16 (big-endian)"]
+            let encoding = marks[Array(bytes.prefix(2))].map { "; the file starts with the byte order mark of \($0): save it as UTF-8" } ?? ""
+            for position in index..<offset where bytes[position] == 0x0A {
+                line += 1
+                lineStart = position + 1
+            }
+            index = offset
+            throw fail("invalid UTF-8 at byte offset \(offset) (byte 0x\(String(bytes[offset], radix: 16, uppercase: true))); expected a file encoded as UTF-8\(encoding)")
+        }
         try skipWhitespace()
         guard index < bytes.count else { throw fail("the file is empty; expected a JSON object") }
         let node = try parseValue()
@@ -150,6 +161,40 @@ public struct JSONParser {
     }
 
     /// Skips blanks and comments. An unterminated `/*` is reported where it starts.
+    /// The offset of the first byte that does not belong to well-formed UTF-8 (Unicode 15, table 3-7: no overlong
+    /// forms, no surrogates, nothing above U+10FFFF), or nil.
+    static func firstInvalidUTF8(in bytes: [UInt8], from start: Int = 0) -> Int? {
+        var index = start
+        let count = bytes.count
+        while index < count {
+            let lead = bytes[index]
+            if lead < 0x80 {
+                index += 1
+                continue
+            }
+            let continuation: Int
+            var secondRange: ClosedRange<UInt8> = 0x80...0xBF
+            switch lead {
+            case 0xC2...0xDF: continuation = 1
+            case 0xE0: continuation = 2; secondRange = 0xA0...0xBF
+            case 0xE1...0xEC, 0xEE...0xEF: continuation = 2
+            case 0xED: continuation = 2; secondRange = 0x80...0x9F
+            case 0xF0: continuation = 3; secondRange = 0x90...0xBF
+            case 0xF1...0xF3: continuation = 3
+            case 0xF4: continuation = 3; secondRange = 0x80...0x8F
+            default: return index
+            }
+            guard index + continuation < count, secondRange.contains(bytes[index + 1]) else { return index }
+            var next = 2
+            while next <= continuation {
+                guard bytes[index + next] & 0xC0 == 0x80 else { return index }
+                next += 1
+            }
+            index += continuation + 1
+        }
+        return nil
+    }
+
     private mutating func skipWhitespace() throws(JSONSyntaxError) {
         while index < bytes.count {
             switch bytes[index] {

@@ -40,12 +40,14 @@ public enum TemplateLoader {
 
     public static func load(file path: String, inputs: DeploymentInputs) -> TemplateLoadResult {
         let name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot read the file" : "no such file"
+        let bytes: [UInt8]
+        switch InputFile.read(path, what: "template") {
+        case .success(let read): bytes = read
+        case .failure(let refusal):
             return TemplateLoadResult(sourceName: path, isDeploymentTemplate: false, templates: [],
-                                      diagnostics: [Diagnostic(.error, .root, "expected a readable template file, found \(reason): \(path)")])
+                                      diagnostics: [Diagnostic(.error, .root, refusal.message)])
         }
-        var result = load(bytes: Array(data), name: name, inputs: inputs)
+        var result = load(bytes: bytes, name: name, inputs: inputs)
         result.sourceName = path
         return result
     }

@@ -71,6 +71,11 @@ final class HTTPConnection: @unchecked Sendable {
     private var pending: [UInt8] = []
     private let fdLock = NSLock()
     private(set) var peerCertificateSHA256: [UInt8]?
+    /// The largest reply body read: far above any WS-Management envelope (Kiln asks for 150 KiB ones), so that a
+    /// broken or hostile service announcing or streaming gigabytes gets an error, not all of Kiln's memory.
+    var maximumBodyBytes = 64 << 20
+    /// The largest status line plus headers, and the longest chunk-size line.
+    var maximumHeadBytes = 64 << 10
 
     init(endpoint: WinRMEndpoint, verifyCertificate: Bool, pinnedCertificateSHA256: [UInt8]? = nil, connectTimeout: Duration = .seconds(10)) {
         self.endpoint = endpoint
@@ -188,14 +193,31 @@ final class HTTPConnection: @unchecked Sendable {
         var response = HTTPResponse(status: status, reason: statusParts.count > 2 ? String(statusParts[2]) : "", headers: responseHeaders, body: [])
         if response.header("Transfer-Encoding")?.lowercased().contains("chunked") == true {
             response.body = try readChunked()
-        } else if let length = response.header("Content-Length").flatMap(Int.init) {
-            response.body = try readExactly(length)
+        } else if let text = response.header("Content-Length") {
+            response.body = try readExactly(try contentLength(text))
         } else if status != 204 && status != 304 && !(100..<200).contains(status) {
             response.body = try readToEnd()
             close()
         }
         if response.header("Connection")?.lowercased() == "close" { close() }
         return response
+    }
+
+    /// A Content-Length as RFC 9110 has it (digits only: no sign, no spaces inside), within `maximumBodyBytes`.
+    private func contentLength(_ text: String) throws(KilnError) -> Int {
+        guard !text.isEmpty, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else {
+            close()
+            throw KilnError(.external, "\(endpoint) sent a reply with Content-Length \"\(text.prefix(40))\"; expected a number of bytes")
+        }
+        guard let length = Int(text), length <= maximumBodyBytes else {
+            close()
+            throw tooLarge("announced a body of \(text.prefix(40)) bytes (Content-Length)")
+        }
+        return length
+    }
+
+    private func tooLarge(_ what: String) -> KilnError {
+        KilnError(.external, "\(endpoint) \(what); expected a reply of at most \(maximumBodyBytes) bytes (\(maximumBodyBytes >> 20) MiB) from a WinRM service")
     }
 
     private func setReadTimeout(_ timeout: Duration) {
@@ -258,6 +280,10 @@ final class HTTPConnection: @unchecked Sendable {
                     index += 1
                 }
                 searchFrom = pending.count
+                if pending.count > maximumHeadBytes {
+                    close()
+                    throw KilnError(.external, "\(endpoint) sent more than \(maximumHeadBytes) bytes without ending the reply's status line and headers")
+                }
             }
             guard try fill() else {
                 close()
@@ -267,6 +293,10 @@ final class HTTPConnection: @unchecked Sendable {
     }
 
     private func readExactly(_ count: Int) throws(KilnError) -> [UInt8] {
+        guard count >= 0 else {
+            close()
+            throw KilnError(.internalError, "asked to read \(count) bytes from \(endpoint)")
+        }
         while pending.count < count {
             guard try fill() else {
                 close()
@@ -279,11 +309,21 @@ final class HTTPConnection: @unchecked Sendable {
     }
 
     private func readLine() throws(KilnError) -> String {
+        var searchFrom = 0
         while true {
-            if let index = pending.indices.dropLast().first(where: { pending[$0] == 13 && pending[$0 + 1] == 10 }) {
-                let line = String(decoding: pending[0..<index], as: UTF8.self)
-                pending.removeFirst(index + 2)
-                return line
+            var index = max(0, searchFrom - 1)
+            while index + 1 < pending.count {
+                if pending[index] == 13, pending[index + 1] == 10 {
+                    let line = String(decoding: pending[0..<index], as: UTF8.self)
+                    pending.removeFirst(index + 2)
+                    return line
+                }
+                index += 1
+            }
+            searchFrom = pending.count
+            if pending.count > maximumHeadBytes {
+                close()
+                throw KilnError(.external, "\(endpoint) sent a line of more than \(maximumHeadBytes) bytes in a chunked reply")
             }
             guard try fill() else {
                 close()
@@ -296,12 +336,25 @@ final class HTTPConnection: @unchecked Sendable {
         var body: [UInt8] = []
         while true {
             let sizeLine = try readLine()
-            guard let size = Int(sizeLine.split(separator: ";")[0].trimmingCharacters(in: .whitespaces), radix: 16) else {
+            // Hex digits only (Int(_:radix:) would take a sign), then optional extensions after ';'.
+            let digits = sizeLine.prefix { $0 != ";" }.trimmingCharacters(in: .whitespaces)
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }) else {
                 close()
                 throw KilnError(.connection, "\(endpoint) sent a bad chunk size \"\(sizeLine.prefix(20))\"")
             }
+            guard let size = Int(digits, radix: 16), size <= maximumBodyBytes - body.count else {
+                close()
+                throw tooLarge("sent a chunk of 0x\(digits.prefix(20)) bytes after \(body.count) bytes of body")
+            }
             if size == 0 {
-                while try !readLine().isEmpty {}
+                var trailers = 0
+                while try !readLine().isEmpty {
+                    trailers += 1
+                    guard trailers < 100 else {
+                        close()
+                        throw KilnError(.external, "\(endpoint) sent more than 100 trailer lines after a chunked reply")
+                    }
+                }
                 return body
             }
             body += try readExactly(size)
@@ -310,7 +363,12 @@ final class HTTPConnection: @unchecked Sendable {
     }
 
     private func readToEnd() throws(KilnError) -> [UInt8] {
-        while try fill() {}
+        while try fill() {
+            if pending.count > maximumBodyBytes {
+                close()
+                throw tooLarge("sent a reply body of more than \(maximumBodyBytes) bytes (read to the end of the connection)")
+            }
+        }
         let bytes = pending
         pending = []
         return bytes

@@ -110,25 +110,77 @@ public final class XMLElementNode: @unchecked Sendable {
 
     public var trimmedText: String { text.trimmingCharacters(in: .whitespacesAndNewlines) }
 
-    /// Parses a document with namespaces processed (names are local names).
+    /// Elements nested deeper are an error: a SOAP envelope is a handful of levels deep, and the tree's readers (and
+    /// its release) recurse once per level, so a hostile reply nested 100,000 deep would overflow the stack.
+    public static let maximumDepth = 256
+
+    /// Parses a document with namespaces processed (names are local names). A document type declaration is
+    /// refused before parsing: SOAP forbids one (SOAP 1.2 part 1, 5), and its entities are how a small reply
+    /// expands to gigabytes.
     public static func parse(_ data: [UInt8]) throws(KilnError) -> XMLElementNode {
+        if let marker = firstDeclaration(in: data) {
+            throw KilnError(.external, "the WinRM response holds \(marker.description) at byte \(marker.offset), which SOAP forbids; refused: \(String(decoding: data.prefix(200), as: UTF8.self))")
+        }
         let delegate = TreeBuilder()
         let parser = XMLParser(data: Data(data))
         parser.shouldProcessNamespaces = true
+        parser.shouldResolveExternalEntities = false
         parser.delegate = delegate
-        guard parser.parse(), let root = delegate.root else {
+        let parsed = parser.parse()
+        if delegate.tooDeep {
+            // Release the partial tree one level at a time, not by recursion.
+            delegate.dismantle()
+            throw KilnError(.external, "the WinRM response nests elements more than \(maximumDepth) levels deep; refused: \(String(decoding: data.prefix(200), as: UTF8.self))")
+        }
+        guard parsed, let root = delegate.root else {
+            delegate.dismantle()
             let reason = parser.parserError.map { "\($0.localizedDescription)" } ?? "no root element"
             throw KilnError(.external, "the WinRM response is not well-formed XML (\(reason)): \(String(decoding: data.prefix(200), as: UTF8.self))")
         }
         return root
     }
 
+    /// `<!DOCTYPE` or `<!ENTITY`, wherever it is (ASCII case-insensitive), with its byte offset.
+    private static func firstDeclaration(in data: [UInt8]) -> (description: String, offset: Int)? {
+        let markers = ["<!DOCTYPE", "<!ENTITY"].map { Array($0.utf8) }
+        var index = 0
+        while index + 2 < data.count {
+            if data[index] == UInt8(ascii: "<"), data[index + 1] == UInt8(ascii: "!") {
+                for marker in markers where index + marker.count <= data.count {
+                    if zip(data[index..<index + marker.count], marker).allSatisfy({ $0 == $1 || $0 ^ 0x20 == $1 }) {
+                        return (String(decoding: marker.dropFirst(2), as: UTF8.self) == "DOCTYPE" ? "a document type declaration" : "an entity declaration", index)
+                    }
+                }
+            }
+            index += 1
+        }
+        return nil
+    }
+
     private final class TreeBuilder: NSObject, XMLParserDelegate {
         var root: XMLElementNode?
         var stack: [XMLElementNode] = []
+        var tooDeep = false
+
+        /// Empties the tree from the leaves up, so that no release recurses deeply.
+        func dismantle() {
+            stack = []
+            guard let root else { return }
+            var pending = [root]
+            while let node = pending.popLast() {
+                pending += node.children
+                node.children = []
+            }
+            self.root = nil
+        }
 
         func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName: String?,
                     attributes: [String: String]) {
+            guard stack.count < XMLElementNode.maximumDepth else {
+                tooDeep = true
+                parser.abortParsing()
+                return
+            }
             var local: [String: String] = [:]
             for (key, value) in attributes {
                 local[String(key.split(separator: ":").last ?? Substring(key))] = value

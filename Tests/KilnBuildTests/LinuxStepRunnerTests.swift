@@ -1,6 +1,7 @@
 import Foundation
 import KilnSSH
 import KilnSupport
+import KilnTestSupport
 import Testing
 @testable import KilnBuild
 @testable import KilnTemplate
@@ -88,6 +89,28 @@ struct LinuxStepRunnerTests {
     /// The script command a call ran: the one that starts with chmod.
     static func scriptCall(_ session: StandInSession) -> StandInSession.Call? {
         session.calls.first { $0.command.hasPrefix("chmod +x ") }
+    }
+
+    @Test func aCancelledDownloadIsACancellationNotAFailedStep() async throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let server = try ScriptedHTTPServer { _, connection in
+            guard connection.send("HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n") else { return }
+            while connection.send([UInt8](repeating: 0x41, count: 1024)) { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        defer { server.stop() }
+        let prefetcher = StepRunner(connection: nil, log: fixture.log, events: { _ in }, downloads: fixture.folder + "/downloads", guestOS: .linux)
+        let step = Customizer.file(FileCustomizer(name: "big", sourceUri: server.url("/big.iso"), destination: "/tmp/big.iso"))
+        let task = Task { try await prefetcher.prefetch(step, index: 0, path: "properties.customize[0]") }
+        try await Task.sleep(for: .milliseconds(500))
+        task.cancel()
+        do {
+            _ = try await task.value
+            Issue.record("expected the download to be cancelled")
+        } catch {
+            #expect((error as? KilnError)?.code == .cancelled, "\(error)")
+        }
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: fixture.folder + "/downloads")) ?? []).isEmpty)
     }
 
     @Test func aScriptUriScriptRunsAsRootThroughSudoAndIsRemoved() async throws {

@@ -38,6 +38,44 @@ struct CacheCLITests {
         """
     }
 
+    @Test("Ctrl-C during kiln fetch ends the download at once and leaves nothing behind; a dead fetch's leftovers are swept")
+    func interruptedFetchLeavesNothing() throws {
+        let work = try Workspace()
+        // A server that trickles a large file for ever.
+        let server = try ScriptedHTTPServer { _, connection in
+            guard connection.send("HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n") else { return }
+            let piece = [UInt8](repeating: 0x41, count: 4096)
+            while connection.send(piece) { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        defer { server.stop() }
+        let template = try work.write("t.json", Self.template("""
+        [{"type": "File", "name": "big", "sourceUri": "\(server.url("/big.iso"))", "destination": "/tmp/big.iso"}]
+        """))
+        let downloads = work.path + "/state/cache/downloads"
+        // Leftovers of a fetch killed outright (a PID above pid_max: no such process).
+        try FileManager.default.createDirectory(atPath: downloads + "/.fetch-99999999-1", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: downloads + "/sha256", withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: downloads + "/sha256/abc.partial-99999999", contents: Data("x".utf8)))
+
+        let output = work.path + "/fetch.out"
+        let fetch = try KilnExecutable.start(["fetch", template], environment: ["KILN_STATE_DIR": work.path + "/state"], outputPath: output)
+        // Wait until the download is under way.
+        let deadline = Date().addingTimeInterval(30)
+        while server.requests == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        Thread.sleep(forTimeInterval: 0.5)
+        let interruptedAt = Date()
+        kill(fetch.pid, SIGINT)
+        let status = fetch.wait()
+        #expect(Date().timeIntervalSince(interruptedAt) < 5, "the download ends at once (the process exit included; room for a loaded CI machine)")
+        #expect(status == 1)
+        let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(printed.contains("fetch interrupted after 0 download(s)"), "\(printed)")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: downloads)) ?? []
+        #expect(!left.contains { $0.hasPrefix(".fetch-") }, "\(left)")
+        #expect(!left.contains("index.json"), "nothing was recorded: \(left)")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: downloads + "/sha256")) ?? []).isEmpty)
+    }
+
     @Test("fetch keeps verified downloads, pins those without a checksum, refuses a mismatch and names a missing source; --offline then lists only what is missing, before anything starts")
     func fetchAndOffline() throws {
         let work = try Workspace()

@@ -95,7 +95,7 @@ struct GalleryTests {
         #expect(missing?.message.contains("it has no versions") == true)
 
         // A reservation whose process died is given back on the next allocation.
-        store.abandonGalleryVersion(inProgress)
+        store.abandonGalleryVersion(inProgress, diskWritten: false)
         let orphan = try store.reserveGalleryVersion(request(), owner: deadOwner)
         #expect(orphan.record.version.description == "1.0.2")
         #expect(try publish(store, request()) == "1.0.2")

@@ -14,6 +14,10 @@ extern const uint64_t kiln_guestfs_create_flags_no_close_on_exit;
 /* guestfs_create_flags is variadic; Swift cannot call it. */
 guestfs_h *kiln_guestfs_create_flags(unsigned flags);
 
+/* fstatfs lives in <sys/vfs.h>, which Glibc's Swift module does not export: the file system type (f_type) of an
+   open file, or -1. */
+long kiln_fstatfs_type(int fd);
+
 /* OpenSSL's version text is a string macro. */
 const char *kiln_openssl_version_text(void);
 /* EVP_MAX_MD_SIZE, as a value. */
