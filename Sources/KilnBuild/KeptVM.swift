@@ -66,24 +66,33 @@ public struct KeptVM: Codable, Sendable, Equatable {
         RecordFile.read(KeptVM.self, from: path(runDirectory: runDirectory))
     }
 
-    /// The kept VMs whose keeping process still runs; records a killed process left behind are removed.
-    public static func list(state: StateDirectory) -> [KeptVM] {
-        var result: [KeptVM] = []
+    /// The kept VMs whose keeping process still runs.
+    public static func list(state: StateDirectory) -> [KeptVM] { survey(state: state).alive }
+
+    /// The kept VMs: those whose keeping process still runs, and those whose keeper died (killed outright, a
+    /// crash). A dead keeper's VM is really stopped here — its QEMU, whose command line names the run directory's
+    /// disk, is killed if the keeper's watchdog did not already — and its record removed.
+    public static func survey(state: StateDirectory) -> (alive: [KeptVM], orphaned: [KeptVM]) {
+        var alive: [KeptVM] = []
+        var orphaned: [KeptVM] = []
         for run in (try? FileManager.default.contentsOfDirectory(atPath: state.runsPath)) ?? [] {
             let directory = state.runsPath + "/" + run
             guard let kept = read(runDirectory: directory) else { continue }
             if kept.isAlive {
-                result.append(kept)
+                alive.append(kept)
             } else {
+                OrphanProcesses.kill(naming: directory)
                 remove(runDirectory: directory)
+                orphaned.append(kept)
             }
         }
-        return result.sorted { $0.keptAt < $1.keptAt }
+        return (alive.sorted { $0.keptAt < $1.keptAt }, orphaned.sorted { $0.keptAt < $1.keptAt })
     }
 
     /// Asks the keeping process to tear the VM down (SIGTERM) and waits for it to finish.
     public func stop(state: StateDirectory, timeout: Duration = .seconds(60)) async throws(KilnError) {
         guard let identity = ProcessIdentity(owner), identity.isAlive else {
+            OrphanProcesses.kill(naming: state.runsPath + "/" + runID)
             KeptVM.remove(runDirectory: state.runsPath + "/" + runID)
             return
         }

@@ -78,13 +78,7 @@ public enum EmbeddedDriver {
     /// A Kiln process killed outright (SIGKILL, a crash) cannot tear its VMs down, and the embedded driver has no
     /// daemon to do it: QEMU processes whose sockets live under a dead process's root are killed here.
     static func killOrphanedGuests(root: String) {
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
-            let commandLine = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
-            if commandLine.contains("qemu-system") && commandLine.contains(root + "/") {
-                kill(pid, SIGKILL)
-            }
-        }
+        OrphanProcesses.kill(naming: root, alsoContaining: "qemu-system")
     }
 
     /// Where QEMU capability probes are kept between processes: libvirt probes QEMU (several QEMU runs, seconds

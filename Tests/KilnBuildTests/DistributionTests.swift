@@ -31,7 +31,8 @@ struct DistributionTests {
 
         let source = SourceImage(path: disk, format: "qcow2", virtualSizeBytes: 1 << 20, firmware: .bios, osType: "Linux", hasCloudInit: true, urn: "A:B:C:1.0.0")
         let distribution = Distribution(store: store, runID: "run", runDirectory: root + "/run", templateLocation: "westeurope", source: source,
-                                        guestOS: .linux, log: CustomizationLog(path: root + "/run/customization.log"), events: { _ in })
+                                        guestOS: .linux, log: CustomizationLog(path: root + "/run/customization.log"), force: false, protected: [],
+                                        events: { _ in })
         let target = Distributor(runOutputName: "gallery", artifactTags: [],
                                  target: .sharedImage(SharedImageDistributor(galleryImageId: imageID + "/versions/1.0.0", replicationRegions: [],
                                                                              targetRegions: [], excludeFromLatest: false, storageAccountType: nil,

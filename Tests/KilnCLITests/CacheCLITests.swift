@@ -1,4 +1,5 @@
 import Foundation
+import KilnSupport
 import KilnTestSupport
 import Testing
 
@@ -113,6 +114,46 @@ struct CacheCLITests {
         #expect(message.contains("properties.customize[2].scriptUri: \(server.url("c.sh"))"), "\(message)")
         #expect(!message.contains("customize[0]"))
         #expect(!events.contains { $0["detail"] as? String == "resolve source" })
+    }
+
+    @Test("a kept VM whose keeping process died: vm list and vm stop really stop it (its QEMU stand-in is killed), then forget it")
+    func deadKeeper() async throws {
+        let work = try Workspace()
+        for run in ["deadbee1", "deadbee2"] {
+            let directory = work.path + "/state/runs/" + run
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            // A keeper that is gone: this boot, a PID that cannot be running with that start time.
+            let record = """
+            {"runID": "\(run)", "templateName": "t", "templatePath": "/t.json", "domainName": "kiln-\(run)", "sshPort": 1,
+             "username": "packer", "privateKeyPath": "\(directory)/id_ed25519", "knownHostsPath": "\(directory)/known_hosts",
+             "hostKey": "ssh-ed25519 AAAA", "owner": "\(ProcessIdentity.current.bootID):\(getpid()):1", "keptAt": "2026-01-01T00:00:00Z", "failure": "step failed"}
+            """
+            try record.write(toFile: directory + "/kept.json", atomically: true, encoding: .utf8)
+        }
+        // Stand-ins for the VMs' QEMU: their command lines name the run directories' disks.
+        func guest(_ run: String) throws -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "read line", work.path + "/state/runs/\(run)/disk.qcow2"]
+            process.standardInput = Pipe()
+            try process.run()
+            return process
+        }
+        let first = try guest("deadbee1"), second = try guest("deadbee2")
+        defer { kill(first.processIdentifier, SIGKILL); kill(second.processIdentifier, SIGKILL) }
+        func alive(_ process: Process) -> Bool {
+            guard let stat = FileManager.default.contents(atPath: "/proc/\(process.processIdentifier)/stat") else { return false }
+            return !String(decoding: stat, as: UTF8.self).contains(") Z ")
+        }
+
+        let stop = try work.kiln(["vm", "stop", "deadbee1"])
+        #expect(stop.status == 0 && stop.stdout.contains("stopped the build VM of run deadbee1 (the process keeping it had died)"), "\(stop.stdout)\(stop.stderr)")
+        // vm stop surveys every kept VM: the other dead keeper's VM goes too.
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(!alive(first) && !alive(second))
+        #expect(!FileManager.default.fileExists(atPath: work.path + "/state/runs/deadbee1/kept.json"))
+        let list = try work.kiln(["vm", "list"])
+        #expect(list.status == 0 && list.stdout.contains("no kept build VMs"), "\(list.stdout)")
     }
 
     @Test("cache and kept-VM commands on empty state; bad arguments are usage errors")

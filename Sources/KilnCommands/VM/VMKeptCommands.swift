@@ -13,10 +13,13 @@ struct VMListCommand: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let kept = KeptVM.list(state: stateFlags.state)
+        let (kept, orphaned) = KeptVM.survey(state: stateFlags.state)
         if json {
             try printJSON(kept)
             return
+        }
+        for vm in orphaned {
+            print("run \(vm.runID): the process keeping its VM had died; the VM is stopped and its record removed")
         }
         guard !kept.isEmpty else {
             print("no kept build VMs (a build keeps its VM after a failure with --on-error abort or errorHandling abort)")
@@ -69,6 +72,10 @@ struct VMStopCommand: AsyncParsableCommand {
     var run: String
 
     func run() async throws {
+        if KeptVM.survey(state: stateFlags.state).orphaned.contains(where: { $0.runID == run }) {
+            print("stopped the build VM of run \(run) (the process keeping it had died)")
+            return
+        }
         let vm = try requireKept(run, state: stateFlags.state)
         do {
             try await vm.stop(state: stateFlags.state)
@@ -80,7 +87,10 @@ struct VMStopCommand: AsyncParsableCommand {
 }
 
 func requireKept(_ run: String, state: StateDirectory) throws -> KeptVM {
-    let kept = KeptVM.list(state: state)
+    let (kept, orphaned) = KeptVM.survey(state: state)
+    if orphaned.contains(where: { $0.runID == run }) {
+        throw fail(KilnError(.notFound, "the process keeping the VM of run \(run) had died; the VM is stopped now and its record removed"))
+    }
     guard let vm = kept.first(where: { $0.runID == run }) else {
         let known = kept.map(\.runID)
         throw fail(KilnError(.notFound, "expected a kept build VM for run \(run), found \(known.isEmpty ? "none" : "only " + known.joined(separator: ", ")) (kiln vm list)"))
