@@ -12,6 +12,8 @@ final class DeploymentReader {
     let context: DeploymentContext
     private(set) var loaded: [LoadedTemplate] = []
     private(set) var secrets: [String] = []
+    /// The names of the `securestring`/`secureObject` parameters, as declared.
+    private(set) var secureParameterNames: [String] = []
 
     init(sink: DiagnosticSink, name: String, context: DeploymentContext) {
         self.sink = sink
@@ -168,6 +170,12 @@ final class DeploymentReader {
             let type = (definition.string("type") ?? "string").lowercased()
             let secure = type == "securestring" || type == "secureobject"
             if let override = supplied.text.first(where: { $0.key.lowercased() == key })?.value {
+                guard !secure else {
+                    // A command line is readable by every user of the host (ps, /proc) and lands in shell history.
+                    sink.error(path, "expected the \(type) parameter '\(member.key)' in the environment variable \(DeploymentInputs.secureEnvironmentPrefix)\(member.key) or a parameter file, found it on the command line (--parameter), where every user of this host can read it")
+                    problems[key] = ""
+                    continue
+                }
                 guard let node = ParameterTypes.convert(override, to: type) else {
                     sink.error(path, "expected a value of type \(type) from --parameter \(member.key)=…, found \"\(secure ? "***" : override)\"")
                     problems[key] = ""
@@ -197,6 +205,7 @@ final class DeploymentReader {
                 let hint = secure ? ", a parameter file or the environment variable \(DeploymentInputs.secureEnvironmentPrefix)\(member.key)" : " or a parameter file"
                 problems[key] = "expected a value for parameter '\(member.key)' from --parameter \(member.key)=VALUE\(hint), or a defaultValue, found none"
             }
+            if secure { secureParameterNames.append(member.key) }
             if secure, let value = values[key] { secrets += ParameterTypes.strings(in: value.value) }
             if let allowed = definition.value("allowedValues")?.value, case .array(let options) = allowed,
                let chosen = values[key], !(defaults.contains(key) && isExpression(chosen)),

@@ -15,6 +15,8 @@ public struct TemplateLoadResult: Sendable {
     public var diagnostics: [Diagnostic]
     /// Values of `securestring`/`secureObject` parameters (their strings), which no output may show.
     public var secrets: [String] = []
+    /// The names of the `securestring`/`secureObject` parameters, as declared.
+    public var secureParameterNames: [String] = []
 
     public var errors: [Diagnostic] { diagnostics.filter { $0.severity == .error } }
     public var warnings: [Diagnostic] { diagnostics.filter { $0.severity == .warning } }
@@ -72,11 +74,13 @@ public enum TemplateLoader {
         let isDeployment = document.member("resources") != nil || (document.member("$schema")?.value.stringValue?.lowercased().contains("deploymenttemplate") ?? false)
         var loaded: [LoadedTemplate] = []
         var secrets: [String] = []
+        var secureNames: [String] = []
         if isDeployment {
             let reader = DeploymentReader(sink: sink, name: name, context: inputs.context)
             reader.readTopLevel(document, inputs: inputs)
             loaded = reader.loaded
             secrets = reader.secrets
+            secureNames = reader.secureParameterNames
             if loaded.isEmpty && !sink.hasErrors {
                 sink.error(TemplatePath.root.appending("resources"), "expected at least one resource of type \(ImageTemplate.resourceType) (directly or in a nested deployment's inline template), found none")
             }
@@ -98,6 +102,7 @@ public enum TemplateLoader {
         }
         var result = TemplateLoadResult(sourceName: name, isDeploymentTemplate: isDeployment, templates: loaded, diagnostics: diagnostics,
                                         secrets: secrets)
+        result.secureParameterNames = secureNames
         if !secrets.isEmpty {
             result.diagnostics = result.diagnostics.map { diagnostic in
                 var copy = diagnostic

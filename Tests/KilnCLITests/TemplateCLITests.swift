@@ -24,6 +24,32 @@ struct TemplateCLITests {
        "distribute": [{"type": "VHD", "runOutputName": "v"}]}}
     """
 
+    @Test("a securestring given in a parameter file is not stored by template create; on the command line it is refused")
+    func secureParametersAreNotStored() throws {
+        let state = State()
+        let file = try TemplateFiles.write(ValidateParameterCLITests.template)
+        let secret = "hunter2-never-stored"
+        let parameters = try TemplateFiles.write(#"{"parameters": {"word": {"value": "plain-word"}, "token": {"value": "\#(secret)"}}}"#)
+        defer {
+            try? FileManager.default.removeItem(atPath: file)
+            try? FileManager.default.removeItem(atPath: parameters)
+        }
+        let created = try state.kiln(["template", "create", "secure", file, "--parameters", parameters])
+        #expect(created.status == 0, "\(created.stderr)")
+        #expect(created.stdout.contains("KILN_PARAMETER_token"), "the user is told where the value comes from at run time: \(created.stdout)")
+        var stored = Data()
+        for name in (try FileManager.default.subpathsOfDirectory(atPath: state.path)) {
+            stored += FileManager.default.contents(atPath: state.path + "/" + name) ?? Data()
+        }
+        #expect(stored.range(of: Data(secret.utf8)) == nil, "the secret is nowhere in the state directory")
+        #expect(stored.range(of: Data("plain-word".utf8)) != nil, "ordinary parameters are kept")
+
+        let onCommandLine = try state.kiln(["template", "create", "secure2", file, "--parameter", "word=w", "--parameter", "token=\(secret)"])
+        #expect(onCommandLine.status == 1)
+        #expect(onCommandLine.stderr.contains("found it on the command line (--parameter)"), "\(onCommandLine.stderr)")
+        #expect(!onCommandLine.stderr.contains(secret))
+    }
+
     @Test("create, list, show (text and az-shaped JSON), delete; names compare without case; the stored copy is independent of the file")
     func lifecycle() throws {
         let state = State()

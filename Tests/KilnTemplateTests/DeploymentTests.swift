@@ -130,6 +130,12 @@ struct DeploymentTests {
         #expect(printed.contains("login --token ***"))
         #expect(!printed.contains(secret))
 
+        // Never from the command line: readable by every user of the host.
+        let commandLine = TemplateLoader.load(text: template, inputs: DeploymentInputs(parameters: ["level": "2", "token": secret]))
+        #expect(commandLine.errors.map(\.path.description) == ["parameters.token"])
+        #expect(commandLine.errors.first?.message.contains("found it on the command line (--parameter)") == true, "\(commandLine.errors)")
+        #expect(commandLine.diagnostics.allSatisfy { !$0.message.contains(secret) })
+
         let missing = TemplateLoader.load(text: template, inputs: DeploymentInputs(parameters: ["level": "2"]))
         #expect(missing.errors.first?.message.contains("KILN_PARAMETER_token") == true, "\(missing.errors)")
 

@@ -89,9 +89,12 @@ struct TemplateCreateCommand: ParsableCommand {
                 throw KilnError(.io, "cannot read \(path)")
             }
             try AtomicFile.write(data, to: stored)
+            // Secure parameters are never stored: `template run` takes them from the environment again.
+            let secure = Set(result.secureParameterNames.map { $0.lowercased() })
+            let storedParameters = inputs.flattenedParameters.filter { !secure.contains($0.key.lowercased()) }
             do {
                 try store.createTemplate(TemplateRow(name: name, templatePath: path, storedPath: stored, resourceName: chosen.template.name,
-                                                     parameters: inputs.flattenedParameters, location: chosen.template.location))
+                                                     parameters: storedParameters, location: chosen.template.location))
             } catch {
                 try? FileManager.default.removeItem(atPath: directory)
                 throw error
@@ -100,6 +103,9 @@ struct TemplateCreateCommand: ParsableCommand {
             throw fail(error)
         }
         print("created template \(name) from \(template)")
+        for secure in result.secureParameterNames {
+            print("the \(secure) parameter is secure and not stored: kiln template run takes it from \(DeploymentInputs.secureEnvironmentPrefix)\(secure)")
+        }
     }
 }
 
@@ -137,10 +143,11 @@ struct TemplateRunCommand: AsyncParsableCommand {
             try startInBackground(row, state: state, store: store)
             return
         }
-        let request = BuildRequest(templatePath: row.storedPath, name: row.resourceName, parameters: row.parameterValues, state: state,
+        var request = BuildRequest(templatePath: row.storedPath, name: row.resourceName, parameters: row.parameterValues, state: state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
                                    useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints, offline: runOptions.offline, force: runOptions.force)
+        request.isolateNetwork = runOptions.isolateNetwork
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
