@@ -58,7 +58,7 @@ extension BuildEngine {
         }
 
         enterPhase(.customizing, "shutdown")
-        log.write("kiln", "powering off: \(WindowsScripts.powerOffCommand)")
+        log.write("kiln", "powering off (shutdown /s /f /t 5), then removing Kiln's WinRM setup script, firewall rule, HTTPS listener and certificate")
         _ = try? await session.exec(WindowsScripts.powerOffCommand)
         await session.close()
         // A generalized guest is never forced off: a half-written image is worse than a failed build.

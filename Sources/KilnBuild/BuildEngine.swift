@@ -37,6 +37,8 @@ public struct BuildRequest: Sendable {
     public var inputs: DeploymentInputs
     /// `--force`: a VHD target whose uri names an existing file replaces it (without it, the build refuses to start).
     public var force: Bool
+    /// `--isolate-network`: the guest reaches nothing outside, the host's loopback included (MachineOptions).
+    public var isolateNetwork = false
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
@@ -300,6 +302,10 @@ public final class BuildEngine: @unchecked Sendable {
             downloaded.append(try await prefetcher.prefetch(step, index: index, path: path))
         }
         if guestOS == .windows {
+            if request.isolateNetwork {
+                // A Windows guest fetches File uploads from Kiln's server on the host address.
+                throw Outcome.failed("--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
+            }
             try await buildWindows(template, source: source, steps: steps, validations: validations, size: size, accelerator: decision.accelerator,
                                    downloads: downloads, prefetcher: prefetcher, log: log)
             return
@@ -309,6 +315,7 @@ public final class BuildEngine: @unchecked Sendable {
         var options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
                                      accelerator: decision.accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
                                      stateDirectory: request.state)
+        options.isolateNetwork = request.isolateNetwork
         if guestOS == .linux {
             // What the instance metadata service tells the guest: AIB's build VM in the template's location.
             var metadata = InstanceMetadata(location: template.location, vmSize: size.name,
@@ -715,7 +722,8 @@ public final class BuildEngine: @unchecked Sendable {
                             hostKey: machine.hostKeyPin.pinnedKey ?? "", owner: ProcessIdentity.current.description,
                             keptAt: Date(), failure: record.message,
                             winrmURL: machine.winRMOptions.map { $0.endpoint.description },
-                            winrmPasswordPath: machine.options.windows.map { _ in KeptVM.passwordPath(runDirectory: runDirectory) })
+                            winrmPasswordPath: machine.options.windows.map { _ in KeptVM.passwordPath(runDirectory: runDirectory) },
+                            winrmCertificateSHA256: machine.winRMCertificateSHA256.map { $0.map { String(format: "%02x", $0) }.joined() })
             do {
                 try vm.write(runDirectory: runDirectory, winrmPassword: machine.options.windows?.password)
             } catch {

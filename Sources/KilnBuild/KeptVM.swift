@@ -23,13 +23,17 @@ public struct KeptVM: Codable, Sendable, Equatable {
     /// A Windows VM: reached with `kiln winrm exec` at this URL, with the password in `winrmPasswordPath` (mode 0600).
     public var winrmURL: String? = nil
     public var winrmPasswordPath: String? = nil
+    /// The SHA-256 (hex) of the certificate the build pinned when the guest first answered: the command line to
+    /// reach the VM pins it too, instead of accepting any certificate.
+    public var winrmCertificateSHA256: String? = nil
 
     static func passwordPath(runDirectory: String) -> String { runDirectory + "/winrm-password" }
 
     /// How to reach the VM, as printed when it is kept.
     public var reachCommand: String {
         guard let winrmURL else { return sshCommand }
-        return "kiln winrm exec --url \(winrmURL) --username \(username) --insecure -- CMD (KILN_WINRM_PASSWORD from \(winrmPasswordPath ?? "?"))"
+        let trust = winrmCertificateSHA256.map { "--pin-sha256 \($0)" } ?? "--insecure"
+        return "kiln winrm exec --url \(winrmURL) --username \(username) \(trust) -- CMD (KILN_WINRM_PASSWORD from \(winrmPasswordPath ?? "?"))"
     }
 
     public var sshCommand: String {

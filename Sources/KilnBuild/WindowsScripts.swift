@@ -112,7 +112,25 @@ public enum WindowsScripts {
     """)
 
     public static let rebootCommand = #"shutdown /r /f /t 0 /c "kiln windows update""#
-    public static let powerOffCommand = #"shutdown /s /f /t 0 /c "kiln shutdown""#
+    public static let powerOffCommand = PowerShell.commandLine(powerOffScript)
+
+    /// The last command of a Windows build, after deprovisioning: the power-off is scheduled first (so nothing
+    /// below can stop it), then what Kiln added for the build leaves the image — the WinRM setup script, the
+    /// firewall rule, the HTTPS listener and its self-signed certificate. This command runs over that listener, so
+    /// its removal comes last (and the reply may not arrive: the build waits for the power-off, not for it).
+    /// `Enable-PSRemoting`'s own HTTP listener and rules are Windows' defaults on Server and stay.
+    static let powerOffScript = """
+    $ErrorActionPreference = 'Continue'
+    & shutdown.exe /s /f /t 5 /c "kiln shutdown"
+    Remove-Item -LiteralPath '\(winRMSetupScriptPath)' -Force -ErrorAction SilentlyContinue
+    & netsh advfirewall firewall delete rule name='Kiln WinRM HTTPS' | Out-Null
+    $listeners = @(Get-ChildItem 'WSMan:\\localhost\\Listener' | Where-Object { $_.Keys -contains 'Transport=HTTPS' })
+    foreach ($listener in $listeners) {
+      $thumbprint = (Get-ChildItem -Path $listener.PSPath | Where-Object { $_.Name -eq 'CertificateThumbprint' }).Value
+      if ($thumbprint) { Get-ChildItem 'Cert:\\LocalMachine\\My' | Where-Object { $_.Thumbprint -eq $thumbprint } | Remove-Item -Force }
+    }
+    $listeners | Remove-Item -Recurse -Force
+    """
 
     /// Windows Update through the Windows Update Agent API, run as SYSTEM. Filters are `include:EXPR` or
     /// `exclude:EXPR`, evaluated with `$_` bound to each update; the first match decides, none matching skips

@@ -51,11 +51,12 @@ struct BuildCommand: AsyncParsableCommand {
                 do { try await kept.stop(state: state) } catch { throw fail(error) }
             }
         }
-        let request = BuildRequest(templatePath: templatePath, name: name, parameters: parameterOptions.parameters,
+        var request = BuildRequest(templatePath: templatePath, name: name, parameters: parameterOptions.parameters,
                                    inputs: try parameterOptions.inputs(), state: machine.state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
                                    writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline, force: runOptions.force)
+        request.isolateNetwork = runOptions.isolateNetwork
         let record = try await Self.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -97,6 +98,9 @@ struct BuildRunOptions: ParsableArguments {
     @Flag(help: "Let a VHD target whose uri names an existing file replace it (refused otherwise, before the boot).")
     var force = false
 
+    @Flag(help: "Give the Linux guest no way out (QEMU restrict=on): not the host's loopback services, not the network; only Kiln's own forwards.")
+    var isolateNetwork = false
+
     @Flag(help: "Print only the result.")
     var quiet = false
 
@@ -111,7 +115,7 @@ struct BuildRunOptions: ParsableArguments {
     var forwardedArguments: [String] {
         ["--ssh-timeout", sshTimeout] + (onError.map { ["--on-error", $0.rawValue] } ?? [])
             + (noCache ? ["--no-cache"] : []) + (noCheckpoints ? ["--no-checkpoints"] : []) + (offline ? ["--offline"] : [])
-            + (force ? ["--force"] : [])
+            + (force ? ["--force"] : []) + (isolateNetwork ? ["--isolate-network"] : [])
     }
 
     var printer: BuildPrinter { BuildPrinter(mode: json ? .json : (quiet ? .quiet : .human)) }

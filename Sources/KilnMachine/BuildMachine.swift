@@ -53,6 +53,10 @@ public struct MachineOptions: Sendable {
     public var windows: WindowsAccess?
     /// What a Linux guest's instance metadata service reports (location, VM size, tags); nil: defaults.
     public var instanceMetadata: InstanceMetadata?
+    /// QEMU user networking's `restrict=on`: the guest reaches nothing outside — not the host's loopback services
+    /// (through the host address, as Packer's 10.0.2.2), not the network — only what Kiln forwards (SSH in, the
+    /// Azure wireserver and IMDS out). User-mode networking cannot block the host alone.
+    public var isolateNetwork = false
 
     public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
                 libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,
@@ -301,6 +305,9 @@ public final class BuildMachine: @unchecked Sendable {
             spec.chassisAssetTag = Self.azureChassisAssetTag
             spec.userNetworkOptions = Self.azureNetworkOptions + fabric.guestForwards.map { $0.replacingOccurrences(of: ",", with: ",,") }
         }
+        if options.isolateNetwork {
+            spec.userNetworkOptions.append("restrict=on")
+        }
         return spec
     }
 
@@ -406,7 +413,7 @@ public final class BuildMachine: @unchecked Sendable {
         let clock = ContinuousClock()
         let start = clock.now
         let events = self.events
-        return try await WinRMSession.waitUntilReady(options, timeout: timeout, hostAddressForGuest: "10.0.2.2", progress: { events($0) },
+        let session = try await WinRMSession.waitUntilReady(options, timeout: timeout, hostAddressForGuest: "10.0.2.2", progress: { events($0) },
                                                      abort: { [weak self] in
             guard let self else { return KilnError(.cancelled, "machine gone") }
             guard await self.isRunning() else {
@@ -414,7 +421,13 @@ public final class BuildMachine: @unchecked Sendable {
             }
             return nil
         })
+        winRMCertificateSHA256 = session.client.options.pinnedCertificateSHA256
+        return session
     }
+
+    /// The SHA-256 of the certificate the guest's WinRM listener presented when it first answered (pinned for the
+    /// rest of the build, and in a kept VM's command line).
+    public private(set) var winRMCertificateSHA256: [UInt8]?
 
     /// The last lines of the serial console, without terminal escapes.
     public func consoleTail(lines: Int) -> String {

@@ -109,6 +109,32 @@ import FoundationXML
         #expect(!script.contains("/mode:vm"))
     }
 
+    @Test("the power-off is scheduled first, then Kiln's WinRM setup script, firewall rule, listener and certificate leave the image")
+    func powerOffRemovesWhatKilnAdded() throws {
+        let script = try #require(PowerShell.decode(commandLine: WindowsScripts.powerOffCommand))
+        let shutdown = try #require(script.range(of: "shutdown.exe /s /f /t 5"))
+        for added in [WindowsScripts.winRMSetupScriptPath, "firewall delete rule name='Kiln WinRM HTTPS'", "Cert:\\LocalMachine\\My",
+                      "$listeners | Remove-Item -Recurse -Force"] {
+            let removal = try #require(script.range(of: added), "\(added)")
+            #expect(shutdown.upperBound < removal.lowerBound, "\(added) is removed after the power-off is scheduled")
+        }
+        // The listener this command runs over goes last.
+        #expect(script.hasSuffix("$listeners | Remove-Item -Recurse -Force"))
+        // What the first-logon script adds is what this removes.
+        #expect(WindowsScripts.enableWinRMHTTPS.contains("firewall add rule name='Kiln WinRM HTTPS'"))
+    }
+
+    @Test("a kept Windows VM's command line pins the certificate the build saw, instead of --insecure")
+    func keptWindowsVMPinsItsCertificate() {
+        var vm = KeptVM(runID: "r", templateName: "t", templatePath: "/t.json", domainName: "d", sshPort: 5986, username: "kiln",
+                        privateKeyPath: "", knownHostsPath: "", hostKey: "", owner: "", keptAt: Date(), failure: "",
+                        winrmURL: "https://127.0.0.1:5986/wsman", winrmPasswordPath: "/r/winrm-password", winrmCertificateSHA256: "ab12")
+        #expect(vm.reachCommand.contains("--pin-sha256 ab12"))
+        #expect(!vm.reachCommand.contains("--insecure"))
+        vm.winrmCertificateSHA256 = nil
+        #expect(vm.reachCommand.contains("--insecure"))
+    }
+
     @Test func unattendIsWellFormedAndHidesThePassword() throws {
         let password = "Ab3$<&>'\"ü"
         let xml = WindowsScripts.unattend(administratorPassword: password, computerName: "kiln-<1>")

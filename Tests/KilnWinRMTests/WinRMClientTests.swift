@@ -227,6 +227,18 @@ import Testing
             #expect(error.message.contains("certificate"), "\(error)")
             #expect(error.message.contains("--insecure"), "\(error)")
         }
+
+        // kiln winrm exec --pin-sha256 (what a kept Windows VM's command line prints): the pinned certificate is
+        // accepted, any other refused.
+        let seen = try #require(client.peerCertificateSHA256).map { String(format: "%02x", $0) }.joined()
+        let base = ["winrm", "exec", "--url", url, "--username", server.username]
+        let environment = ["KILN_WINRM_PASSWORD": server.password]
+        let pinned = try KilnExecutable.run(base + ["--pin-sha256", seen, "--", "echo pinned by the CLI"], environment: environment)
+        #expect(pinned.status == 0 && pinned.stdout == "pinned by the CLI\n", "\(pinned.stderr)")
+        let other = try KilnExecutable.run(base + ["--pin-sha256", String(repeating: "ab", count: 32), "--", "echo never"], environment: environment)
+        #expect(other.status == 1 && other.stderr.contains("other than the one pinned"), "\(other.stderr)")
+        let malformed = try KilnExecutable.run(base + ["--pin-sha256", "xyz", "--", "echo never"], environment: environment)
+        #expect(malformed.status == 64 && malformed.stderr.contains("--pin-sha256 expects 64 hex digits"), "\(malformed.stderr)")
     }
 
     @Test func endpointParsing() throws {

@@ -40,6 +40,9 @@ struct WinRMExecCommand: AsyncParsableCommand {
     @Flag(help: "Accept any HTTPS certificate (a self-signed one, as a fresh build VM has).")
     var insecure = false
 
+    @Option(name: .customLong("pin-sha256"), help: "Accept only the HTTPS certificate with this SHA-256 (64 hex digits; a kept build VM's command line names it).")
+    var pinSHA256: String?
+
     @Option(help: "Keep trying to reach the endpoint for this long before giving up, e.g. 5m (default: one attempt).")
     var wait: String?
 
@@ -49,6 +52,20 @@ struct WinRMExecCommand: AsyncParsableCommand {
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("give the command line after --, e.g. kiln winrm exec --url … --username … -- ipconfig /all") }
         if let wait, DurationText.parse(wait) == nil { throw ValidationError("--wait expects a duration such as 5m or 90s, found \"\(wait)\"") }
+        if let pinSHA256, Self.digest(pinSHA256) == nil {
+            throw ValidationError("--pin-sha256 expects 64 hex digits (colons allowed), found \"\(pinSHA256)\"")
+        }
+    }
+
+    static func digest(_ text: String) -> [UInt8]? {
+        let hex = Array(text.replacingOccurrences(of: ":", with: "").lowercased())
+        guard hex.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        for index in stride(from: 0, to: 64, by: 2) {
+            guard let byte = UInt8(String(hex[index...index + 1]), radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        return bytes
     }
 
     func run() async throws {
@@ -61,7 +78,10 @@ struct WinRMExecCommand: AsyncParsableCommand {
         } catch {
             throw ValidationError(error.message)
         }
-        let options = WinRMOptions(endpoint: endpoint, username: username, password: password, auth: auth, insecure: insecure)
+        var pinned = WinRMOptions(endpoint: endpoint, username: username, password: password, auth: auth, insecure: insecure || pinSHA256 != nil)
+        // A pinned certificate replaces the CA check: a build VM's certificate is self-signed.
+        pinned.pinnedCertificateSHA256 = pinSHA256.flatMap(Self.digest)
+        let options = pinned
         let commandLine = command.count == 1 ? command[0] : command.map(WindowsQuote.argument).joined(separator: " ")
         let waitFor = wait.flatMap(DurationText.parse)
         let status: Int32
