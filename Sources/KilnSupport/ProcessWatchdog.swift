@@ -60,40 +60,24 @@ public final class ProcessWatchdog: @unchecked Sendable {
         guard pipe(&fds) == 0 else { throw KilnError(.io, "cannot make the watchdog's pipe: \(String(cString: strerror(errno)))") }
         _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // POSIX_SPAWN_SETSID (glibc 2.26+): its own session, so a closed terminal's SIGHUP or Ctrl-C's SIGINT to
-        // Kiln's process group does not reach it.
-        posix_spawnattr_setflags(&attributes, Int16(0x80))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Its own session: a closed terminal's SIGHUP or Ctrl-C's SIGINT to Kiln's process group does not reach it.
         // Nothing else of Kiln's: a pipe's write end held by the watchdog would keep that pipe's reader waiting.
-        // (glibc ignores a close action whose descriptor was closed meanwhile.)
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
-            if let fd = Int32(entry), fd > 2 { posix_spawn_file_actions_addclose(&actions, fd) }
-        }
-        let words: [String] = ["/bin/sh", "-c", Self.script, "kiln-watchdog"]
-        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var child: pid_t = 0
-        let status = posix_spawn(&child, "/bin/sh", &actions, &attributes, argv, environ)
-        close(fds[0])
-        guard status == 0 else {
+        let child: pid_t
+        do {
+            child = try DetachedProcess.spawn("/bin/sh", ["-c", Self.script, "kiln-watchdog"], standardInput: fds[0], logPath: nil,
+                                              closingOtherDescriptors: true)
+        } catch {
+            close(fds[0])
             close(fds[1])
-            throw KilnError(.external, "cannot start the watchdog: \(String(cString: strerror(status)))")
+            throw error
         }
+        close(fds[0])
         writeEnd = fds[1]
         pid = child
-        let spawned = child
         // A write after the watchdog died must be an error, not a fatal signal.
         signal(SIGPIPE, SIG_IGN)
         // Reap it when it ends (it is this process's child), so it is never left a zombie.
-        Thread.detachNewThread { var status: Int32 = 0; _ = waitpid(spawned, &status, 0) }
+        Thread.detachNewThread { var status: Int32 = 0; _ = waitpid(child, &status, 0) }
     }
 
     /// Kill every process whose command line names something inside the directory `path` when this process dies.
