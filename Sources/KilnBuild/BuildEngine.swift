@@ -664,9 +664,7 @@ public final class BuildEngine: @unchecked Sendable {
     /// on the way or a place inside Kiln's state costs no build.
     func checkOutputDestinations(_ template: ImageTemplate) throws(KilnError) {
         for (index, target) in template.properties.distribute.enumerated() {
-            guard case .vhd(let vhd) = target.target else { continue }
-            let destination = Distribution.vhdDestination(vhd.uri, runOutputName: target.runOutputName, runDirectory: runDirectory)
-            guard destination != Distribution.vhdDestination(nil, runOutputName: target.runOutputName, runDirectory: runDirectory) else { continue }
+            guard case .vhd(let vhd) = target.target, let destination = Distribution.localPath(vhd.uri) else { continue }
             try OutputDestination.check(destination, field: "\(request.templatePath): properties.distribute[\(index)].uri",
                                         force: request.force, protected: OutputDestination.protectedDirectories(state: request.state))
         }

@@ -64,8 +64,8 @@ struct Distribution {
         case .vhd(let vhd):
             let destination = Self.vhdDestination(vhd.uri, runOutputName: target.runOutputName, runDirectory: runDirectory)
             // Checked before the boot too; again here, because the file may have appeared during the build.
-            if destination != Self.vhdDestination(nil, runOutputName: target.runOutputName, runDirectory: runDirectory) {
-                try OutputDestination.check(destination, field: "the VHD target \(target.runOutputName)", force: force, protected: protected)
+            if let local = Self.localPath(vhd.uri) {
+                try OutputDestination.check(local, field: "the VHD target \(target.runOutputName)", force: force, protected: protected)
             }
             try Self.place(artifact.path, at: destination, replacing: force)
             output.path = destination
@@ -125,11 +125,15 @@ struct Distribution {
 
     /// A VHD target's file: its `uri` when that names a local path, else `<runOutputName>.vhd` in the run directory.
     static func vhdDestination(_ uri: String?, runOutputName: String, runDirectory: String) -> String {
-        if let uri {
-            if uri.hasPrefix("/") { return uri }
-            if uri.lowercased().hasPrefix("file://"), let url = URL(string: uri) { return url.path }
-        }
-        return runDirectory + "/" + runOutputName + ".vhd"
+        localPath(uri) ?? runDirectory + "/" + runOutputName + ".vhd"
+    }
+
+    /// The local file a VHD target's `uri` names (an absolute path or a file:// URI); nil for none or a blob URL.
+    static func localPath(_ uri: String?) -> String? {
+        guard let uri else { return nil }
+        if uri.hasPrefix("/") { return uri }
+        if uri.lowercased().hasPrefix("file://"), let url = URL(string: uri) { return url.path }
+        return nil
     }
 
     /// Gives `artifact` a second name: a hard link, or a sparse copy when `destination` is on another file system.
