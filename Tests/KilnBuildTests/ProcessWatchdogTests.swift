@@ -1,5 +1,6 @@
 import Foundation
 import KilnSupport
+import KilnTestSupport
 import Testing
 
 @Suite("The watchdog that outlives a killed Kiln")
@@ -17,25 +18,8 @@ struct ProcessWatchdogTests {
 
         // Stand-ins for QEMU (names a file in the run directory) and for another run's process (a name that
         // starts like the watched one: run-2).
-        func start(_ argument: String) throws -> Process {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            // `read` is a builtin: no child that would outlive the shell and hold the test's output open.
-            process.arguments = ["-c", "read line", argument]
-            process.standardInput = Pipe()
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            return process
-        }
-        let guest = try start(directory + "/run/disk.qcow2")
-        let other = try start(directory + "/run-2/disk.qcow2")
-        defer { kill(other.processIdentifier, SIGKILL); kill(guest.processIdentifier, SIGKILL) }
-        // Alive: not gone and not a zombie (whoever reaps it).
-        func alive(_ process: Process) -> Bool {
-            guard let stat = FileManager.default.contents(atPath: "/proc/\(process.processIdentifier)/stat") else { return false }
-            return !String(decoding: stat, as: UTF8.self).contains(") Z ")
-        }
+        let guest = try StandInProcess(naming: directory + "/run/disk.qcow2")
+        let other = try StandInProcess(naming: directory + "/run-2/disk.qcow2")
 
         let watchdog = try ProcessWatchdog()
         watchdog.killProcesses(naming: directory + "/run")
@@ -43,19 +27,19 @@ struct ProcessWatchdogTests {
         watchdog.removeOnDeath(directory + "/checkpoint-open", unlessItHolds: "meta.json")
         watchdog.removeOnDeath(directory + "/checkpoint-done", unlessItHolds: "meta.json")
         try await Task.sleep(for: .milliseconds(300))
-        #expect(alive(guest), "nothing happens while the pipe is open")
+        #expect(guest.isAlive, "nothing happens while the pipe is open")
 
         watchdog.trigger()
         let start = ContinuousClock.now
-        while alive(guest) && ContinuousClock.now - start < .seconds(10) {
+        while guest.isAlive && ContinuousClock.now - start < .seconds(10) {
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(!alive(guest), "the process naming the run directory is killed")
+        #expect(!guest.isAlive, "the process naming the run directory is killed")
         // The files go after the kills.
         while FileManager.default.fileExists(atPath: directory + "/checkpoint-open") && ContinuousClock.now - start < .seconds(10) {
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(alive(other), "another run's process is left alone")
+        #expect(other.isAlive, "another run's process is left alone")
         #expect(!FileManager.default.fileExists(atPath: directory + "/out.vhd.partial"))
         #expect(!FileManager.default.fileExists(atPath: directory + "/checkpoint-open"))
         #expect(FileManager.default.fileExists(atPath: directory + "/checkpoint-done/meta.json"), "a completed checkpoint stays")

@@ -131,26 +131,14 @@ struct CacheCLITests {
             try record.write(toFile: directory + "/kept.json", atomically: true, encoding: .utf8)
         }
         // Stand-ins for the VMs' QEMU: their command lines name the run directories' disks.
-        func guest(_ run: String) throws -> Process {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "read line", work.path + "/state/runs/\(run)/disk.qcow2"]
-            process.standardInput = Pipe()
-            try process.run()
-            return process
-        }
-        let first = try guest("deadbee1"), second = try guest("deadbee2")
-        defer { kill(first.processIdentifier, SIGKILL); kill(second.processIdentifier, SIGKILL) }
-        func alive(_ process: Process) -> Bool {
-            guard let stat = FileManager.default.contents(atPath: "/proc/\(process.processIdentifier)/stat") else { return false }
-            return !String(decoding: stat, as: UTF8.self).contains(") Z ")
-        }
+        let first = try StandInProcess(naming: work.path + "/state/runs/deadbee1/disk.qcow2")
+        let second = try StandInProcess(naming: work.path + "/state/runs/deadbee2/disk.qcow2")
 
         let stop = try work.kiln(["vm", "stop", "deadbee1"])
         #expect(stop.status == 0 && stop.stdout.contains("stopped the build VM of run deadbee1 (the process keeping it had died)"), "\(stop.stdout)\(stop.stderr)")
         // vm stop surveys every kept VM: the other dead keeper's VM goes too.
         try await Task.sleep(for: .milliseconds(200))
-        #expect(!alive(first) && !alive(second))
+        #expect(!first.isAlive && !second.isAlive)
         #expect(!FileManager.default.fileExists(atPath: work.path + "/state/runs/deadbee1/kept.json"))
         let list = try work.kiln(["vm", "list"])
         #expect(list.status == 0 && list.stdout.contains("no kept build VMs"), "\(list.stdout)")
