@@ -22,6 +22,8 @@ final class ARMEvaluator {
     let variableNodes: [String: JSONNode]       // lower-cased name → raw value
     let context: DeploymentContext
     let deploymentName: String
+    /// The template's user-defined functions by lower-cased `namespace.member` (ARMUserFunctions.swift).
+    let userFunctions: [String: UserFunction]
 
     private var variableCache: [String: JSONValue] = [:]
     private var parameterCache: [String: JSONValue] = [:]
@@ -31,15 +33,19 @@ final class ARMEvaluator {
     private var inParameterDefault = false
     /// The resource copy loop being expanded: its name and this copy's index, for copyIndex().
     var copyLoop: (name: String, index: Int)?
+    /// The user-defined function being evaluated and its arguments by lower-cased parameter name.
+    private var functionFrame: (function: UserFunction, arguments: [String: JSONValue])?
 
     init(parameterValues: [String: JSONNode], defaultParameters: Set<String> = [], parameterProblems: [String: String],
-         variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template") {
+         variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template",
+         userFunctions: [String: UserFunction] = [:]) {
         self.parameterValues = parameterValues
         self.defaultParameters = defaultParameters
         self.parameterProblems = parameterProblems
         self.variableNodes = variableNodes
         self.context = context
         self.deploymentName = deploymentName
+        self.userFunctions = userFunctions
     }
 
     /// Replaces every expression inside `node`, in values and in property names. Problems go to `sink` at the
@@ -141,6 +147,8 @@ final class ARMEvaluator {
             return try access(container, selector, original: original)
         case .property(let base, let name):
             return try access(try evaluate(base, original: original), .string(name), original: original)
+        case .call(let name, let arguments) where name.contains("."):
+            return try callUserFunction(name, arguments, original: original)
         case .call(let name, let arguments):
             let folded = name.lowercased()
             switch folded {
@@ -171,6 +179,43 @@ final class ARMEvaluator {
                 return result
             }
         }
+    }
+
+    /// `namespace.member(arguments)`: the arguments are evaluated here, the output value in the function's own scope
+    /// (its parameters only; the declaration was checked against ARM's limitations when it was read).
+    private func callUserFunction(_ name: String, _ arguments: [Expression], original: String) throws(Failure) -> JSONValue {
+        if let frame = functionFrame {
+            throw Failure(message: "expected only built-in functions in the user-defined function \(frame.function.name): it can't call other user-defined functions (ARM's rule), found \(name)() in \"\(original)\"")
+        }
+        guard let function = userFunctions[name.lowercased()] else {
+            let known = userFunctions.values.map(\.name).sorted().joined(separator: ", ")
+            throw Failure(message: "expected a function declared in the template's functions section (\(known.isEmpty ? "none declared" : known)), found \(name)() in \"\(original)\"")
+        }
+        // An empty message: the declaration's error was reported where it is.
+        guard function.isValid else { throw Failure(message: "") }
+        guard arguments.count == function.parameters.count else {
+            throw Failure(message: "expected \(function.parameters.count) argument(s) for \(function.name)(\(function.parameters.map(\.name).joined(separator: ", "))) declared at \(function.path), found \(arguments.count) in \"\(original)\"")
+        }
+        var values: [String: JSONValue] = [:]
+        for (parameter, argument) in zip(function.parameters, arguments) {
+            let value = try evaluate(argument, original: original)
+            guard ParameterTypes.matches(value, parameter.type) else {
+                throw Failure(message: "expected a \(parameter.type) for the parameter '\(parameter.name)' of \(function.name) (declared at \(function.path)), found \(JSONNode(value).summary) in \"\(original)\"")
+            }
+            values[parameter.name.lowercased()] = value
+        }
+        functionFrame = (function, values)
+        defer { functionFrame = nil }
+        let result: JSONValue
+        do {
+            result = try evaluateValue(function.output.value)
+        } catch {
+            throw Failure(message: "\(function.name)() (declared at \(function.path)): \(error.message); called in \"\(original)\"")
+        }
+        guard ParameterTypes.matches(result, function.outputType) else {
+            throw Failure(message: "expected \(function.name)() to give its declared output type \(function.outputType) (\(function.path).output.type), found \(JSONNode(result).summary) in \"\(original)\"")
+        }
+        return result
     }
 
     /// copyIndex(), copyIndex(offset), copyIndex('loopName'[, offset]): the zero-based iteration plus the offset
@@ -221,6 +266,13 @@ final class ARMEvaluator {
 
     private func lookup(function: String, key: String, original: String) throws(Failure) -> JSONValue {
         let folded = key.lowercased()
+        if let frame = functionFrame {
+            // ARM's rules for user-defined functions; the declaration check reports them first.
+            guard function == "parameters", let value = frame.arguments[folded] else {
+                throw Failure(message: "expected only the parameters of the user-defined function \(frame.function.name), found \(function)('\(key)') in \"\(original)\"")
+            }
+            return value
+        }
         if function == "parameters" {
             if let problem = parameterProblems[folded] { throw Failure(message: problem) }
             guard let value = parameterValues[folded] else {
@@ -393,7 +445,14 @@ struct ExpressionParser {
             return .integer(text)
         }
         guard character.isLetter else { throw fail("unexpected \"\(character)\"") }
-        let name = identifier()
+        var name = identifier()
+        // A user-defined function is called as namespace.member(...); a built-in name is never followed by ".".
+        if index < characters.count, characters[index] == "." {
+            index += 1
+            let member = identifier()
+            guard !member.isEmpty else { throw fail("expected a function name after \"\(name).\"") }
+            name += "." + member
+        }
         skipSpaces()
         // true, false and null also stand alone, as the functions true(), false() and null().
         if ["true", "false", "null"].contains(name.lowercased()), index >= characters.count || characters[index] != "(" {
@@ -418,6 +477,8 @@ struct ExpressionParser {
     }
 
     private func checkedCall(_ name: String, _ arguments: [Expression]) throws(ARMEvaluator.Failure) -> Expression {
+        // namespace.member: a user-defined function, looked up when it is called.
+        if name.contains(".") { return .call(name, arguments) }
         guard ARMFunctions.isKnown(name.lowercased()) else {
             throw ARMEvaluator.Failure(message: ARMFunctions.unsupported(name, original))
         }

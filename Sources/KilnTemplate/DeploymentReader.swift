@@ -39,23 +39,69 @@ final class DeploymentReader {
 
     private func readTemplate(_ document: JSONNode, at base: TemplatePath, supplied: Supplied, deploymentName: String) {
         guard let root = ObjectReader(document, at: base, sink: sink, expected: "an ARM deployment template object") else { return }
-        let (values, defaults, problems) = resolveParameters(root, supplied: supplied)
+        let symbolic = readLanguageVersion(document, at: base)
+        let definitions = TypeDefinitions(definitions: root.object("definitions")?.node.members ?? [], path: root.path("definitions"))
+        let (values, defaults, problems) = resolveParameters(root, supplied: supplied, definitions: definitions)
         var variables: [String: JSONNode] = [:]
         if let object = root.object("variables") {
             for member in object.node.members ?? [] { variables[member.key.lowercased()] = member.value }
         }
+        let functions = UserFunctions.read(root.value("functions"), at: root.path("functions"), sink: sink)
         let evaluator = ARMEvaluator(parameterValues: values, defaultParameters: defaults, parameterProblems: problems,
-                                     variableNodes: variables, context: context, deploymentName: deploymentName)
-        guard let resources = root.array("resources", required: true, expected: "an array of resources") else { return }
-        readResources(resources, at: root.path("resources"), evaluator: evaluator)
+                                     variableNodes: variables, context: context, deploymentName: deploymentName,
+                                     userFunctions: functions)
+        guard let resources = root.value("resources") else {
+            root.missing("resources", symbolic ? "an object of resources by symbolic name" : "an array of resources")
+            return
+        }
+        readResources(resources, at: root.path("resources"), symbolic: symbolic, evaluator: evaluator)
     }
 
-    private func readResources(_ resources: [JSONNode], at path: TemplatePath, evaluator: ARMEvaluator) {
-        for (index, resource) in resources.enumerated() {
-            let base = path.appending(index: index)
+    /// `languageVersion` (https://learn.microsoft.com/azure/azure-resource-manager/templates/syntax#template-format):
+    /// "2.0" (and the experimental versions before it) allows resources as an object keyed by symbolic name. True then.
+    private func readLanguageVersion(_ template: JSONNode, at base: TemplatePath) -> Bool {
+        guard let node = template.member("languageVersion")?.value else { return false }
+        let path = base.appending("languageVersion")
+        guard let version = node.stringValue else {
+            sink.error(path, "expected \"1.0\" or \"2.0\", found \(node.summary)", at: node)
+            return false
+        }
+        switch version {
+        case "1.0": return false
+        case "2.0": return true
+        case _ where version.hasSuffix("-experimental"):
+            sink.warning(path, "an experimental language version; read as \"2.0\"", at: node)
+            return true
+        default:
+            sink.error(path, "expected \"1.0\" or \"2.0\", found \"\(version)\"", at: node)
+            return false
+        }
+    }
+
+    /// A resources array, or with languageVersion 2.0 an object keyed by symbolic name
+    /// (https://learn.microsoft.com/azure/azure-resource-manager/templates/resource-declaration). A symbolic resource
+    /// with `"existing": true` refers to a resource deployed elsewhere: it is not deployed, so it is not read.
+    private func readResources(_ resources: JSONNode, at path: TemplatePath, symbolic: Bool, evaluator: ARMEvaluator) {
+        var entries: [(path: TemplatePath, node: JSONNode)] = []
+        switch resources.value {
+        case .array(let items):
+            entries = items.enumerated().map { (path.appending(index: $0.offset), $0.element) }
+        case .object(let members) where symbolic:
+            for member in members {
+                if case .bool(true)? = member.value.member("existing")?.value.value { continue }
+                entries.append((path.appending(member.key), member.value))
+            }
+        case .object:
+            sink.error(path, "expected an array of resources (resources keyed by symbolic name need \"languageVersion\": \"2.0\"), found an object", at: resources)
+            return
+        default:
+            sink.error(path, "expected \(symbolic ? "an object of resources by symbolic name" : "an array of resources"), found \(resources.summary)", at: resources)
+            return
+        }
+        for (base, resource) in entries {
             guard let members = resource.members else { continue }
             guard let copy = members.first(where: { $0.key.caseInsensitiveEquals("copy") }) else {
-                readResource(resource, at: base, evaluator: evaluator)
+                readResource(resource, at: base, symbolic: symbolic, evaluator: evaluator)
                 continue
             }
             // A resource copy loop (https://learn.microsoft.com/azure/azure-resource-manager/templates/copy-resources):
@@ -64,7 +110,7 @@ final class DeploymentReader {
             let body = JSONNode(.object(members.filter { !$0.key.caseInsensitiveEquals("copy") }), at: resource.position)
             for copyIndex in 0..<count {
                 evaluator.copyLoop = (name, copyIndex)
-                readResource(body, at: base, evaluator: evaluator)
+                readResource(body, at: base, symbolic: symbolic, evaluator: evaluator)
             }
             evaluator.copyLoop = nil
         }
@@ -87,15 +133,19 @@ final class DeploymentReader {
         return (name, count)
     }
 
-    private func readResource(_ resource: JSONNode, at base: TemplatePath, evaluator: ARMEvaluator) {
+    private func readResource(_ resource: JSONNode, at base: TemplatePath, symbolic: Bool, evaluator: ARMEvaluator) {
         if let condition = resource.member("condition")?.value {
             let value = evaluator.evaluateTree(condition, at: base.appending("condition"), sink: sink)
             if case .bool(false) = value.value { return }
         }
+        // What ARM itself reads (the deployment's condition, a symbolic resource's existing: false) is not a
+        // property of the image template.
+        let armKeys: Set<String> = symbolic ? ["condition", "existing"] : ["condition"]
+        let body = JSONNode(.object((resource.members ?? []).filter { !armKeys.contains($0.key.lowercased()) }), at: resource.position)
         let typeNode = resource.member("type")?.value
         let type = typeNode.map { evaluator.evaluateTree($0, at: base.appending("type"), sink: sink) }?.stringValue ?? ""
         if type.caseInsensitiveEquals(ImageTemplate.resourceType) {
-            let evaluated = evaluator.evaluateTree(resource, at: base, sink: sink)
+            let evaluated = evaluator.evaluateTree(body, at: base, sink: sink)
             let reader = TemplateReader(sink: sink, fallbackName: name)
             if let template = reader.read(evaluated, at: base) {
                 loaded.append(LoadedTemplate(template: template, basePath: base, stepPaths: reader.stepPaths))
@@ -129,17 +179,14 @@ final class DeploymentReader {
         }
         if scope == "outer" {
             // The parent's parameters and variables apply; the nested template's own are not used (ARM's rule).
-            for key in ["parameters", "variables"] {
+            for key in ["parameters", "variables", "functions"] {
                 if let declared = template.member(key)?.value, let members = declared.members, !members.isEmpty {
                     sink.warning(templatePath.appending(key), "ignored: with expressionEvaluationOptions.scope \"outer\" (the default) expressions use the parent template's \(key); set scope \"inner\" to use these")
                 }
             }
             guard let resources = template.member("resources")?.value else { return }
-            guard case .array(let items) = resources.value else {
-                sink.error(templatePath.appending("resources"), "expected an array of resources, found \(resources.summary)", at: resources)
-                return
-            }
-            readResources(items, at: templatePath.appending("resources"), evaluator: outer)
+            let symbolic = readLanguageVersion(template, at: templatePath)
+            readResources(resources, at: templatePath.appending("resources"), symbolic: symbolic, evaluator: outer)
             return
         }
         // Inner scope: the values passed in properties.parameters are evaluated in the parent's scope.
@@ -157,7 +204,7 @@ final class DeploymentReader {
 
     /// Parameter values: supplied values (a `--parameter` converted to the declared type, else a JSON value checked
     /// against it, else for secure types the environment), else defaultValue.
-    private func resolveParameters(_ root: ObjectReader, supplied: Supplied) -> ([String: JSONNode], Set<String>, [String: String]) {
+    private func resolveParameters(_ root: ObjectReader, supplied: Supplied, definitions: TypeDefinitions) -> ([String: JSONNode], Set<String>, [String: String]) {
         var values: [String: JSONNode] = [:]
         var defaults: Set<String> = []
         var problems: [String: String] = [:]
@@ -166,7 +213,12 @@ final class DeploymentReader {
             let key = member.key.lowercased()
             declared[key] = member.key
             let path = root.path("parameters").appending(member.key)
-            guard let definition = ObjectReader(member.value, at: path, sink: sink, expected: "a parameter definition object") else { continue }
+            guard member.value.members != nil, let declaration = definitions.resolve(member.value, at: path, sink: sink),
+                  let definition = ObjectReader(declaration, at: path, sink: sink, expected: "a parameter definition object") else {
+                if member.value.members == nil { sink.error(path, "expected a parameter definition object, found \(member.value.summary)", at: member.value) }
+                problems[key] = ""
+                continue
+            }
             let type = (definition.string("type") ?? "string").lowercased()
             let secure = type == "securestring" || type == "secureobject"
             if let override = supplied.text.first(where: { $0.key.lowercased() == key })?.value {
@@ -212,6 +264,10 @@ final class DeploymentReader {
                !options.contains(where: { ARMFunctions.equal($0.value, chosen.value) }) {
                 sink.error(path, "expected one of the allowedValues \(options.map(\.summary).joined(separator: ", ")), found \(secure ? "***" : chosen.summary)")
             }
+            if let chosen = values[key], !(defaults.contains(key) && isExpression(chosen)),
+               let problem = ParameterConstraints.problem(chosen.value, declaration: declaration, secure: secure) {
+                sink.error(path, problem)
+            }
         }
         for given in supplied.text.keys where declared[given.lowercased()] == nil {
             let known = declared.values.sorted().joined(separator: ", ")
@@ -227,46 +283,5 @@ final class DeploymentReader {
     private func isExpression(_ node: JSONNode) -> Bool {
         guard let text = node.stringValue else { return false }
         return text.hasPrefix("[") && !text.hasPrefix("[[") && text.hasSuffix("]")
-    }
-}
-
-/// ARM parameter types (https://learn.microsoft.com/azure/azure-resource-manager/templates/data-types).
-enum ParameterTypes {
-    static func convert(_ text: String, to type: String) -> JSONNode? {
-        switch type {
-        case "int":
-            return Int(text).map { JSONNode(.number(String($0))) }
-        case "bool":
-            switch text.lowercased() {
-            case "true": return JSONNode(.bool(true))
-            case "false": return JSONNode(.bool(false))
-            default: return nil
-            }
-        case "array", "object", "secureobject":
-            guard let node = try? JSONParser.parse(text), matches(node.value, type) else { return nil }
-            return node
-        default:
-            return JSONNode(.string(text))
-        }
-    }
-
-    static func matches(_ value: JSONValue, _ type: String) -> Bool {
-        switch (type, value) {
-        case ("string", .string), ("securestring", .string), ("bool", .bool), ("array", .array),
-             ("object", .object), ("secureobject", .object): return true
-        case ("int", .number(let text)): return Int(text) != nil
-        case ("string", _), ("securestring", _), ("int", _), ("bool", _), ("array", _), ("object", _), ("secureobject", _): return false
-        default: return true
-        }
-    }
-
-    /// The strings a secure value holds, to mask in output.
-    static func strings(in value: JSONValue) -> [String] {
-        switch value {
-        case .string(let text): return [text]
-        case .array(let items): return items.flatMap { strings(in: $0.value) }
-        case .object(let members): return members.flatMap { strings(in: $0.value.value) }
-        default: return []
-        }
     }
 }
