@@ -130,6 +130,11 @@ public final class BuildEngine: @unchecked Sendable {
         } catch {
             return finishEarly(.failed(error.message))
         }
+        // The build VM is sized from vmSize: an unknown size fails here, before a run directory or a VM exists.
+        if AzureVMSize.named(template.properties.vmProfile.vmSize) == nil {
+            let path = chosen.basePath.appending("properties").appending("vmProfile").appending("vmSize")
+            return finishEarly(.failed("\(request.templatePath): \(path): expected an Azure VM size Kiln knows (it sizes the build VM from it), found \(AzureVMSize.unknownSizeDescription(template.properties.vmProfile.vmSize))"))
+        }
         do {
             store = try StateStore.open(request.state)
         } catch {

@@ -20,6 +20,6 @@ public struct VMSize: Sendable, Equatable {
     /// Looks a size up without regard to case, as Azure does.
     public static func named(_ name: String) throws(KilnError) -> VMSize {
         if let size = table.first(where: { $0.name.lowercased() == name.lowercased() }) { return size }
-        throw KilnError(.invalidArgument, "expected a VM size Kiln knows (\(table.map(\.name).joined(separator: ", "))), found \"\(name)\"")
+        throw KilnError(.invalidArgument, "expected an Azure VM size Kiln knows, found \(AzureVMSize.unknownSizeDescription(name))")
     }
 }

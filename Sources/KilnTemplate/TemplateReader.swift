@@ -201,7 +201,7 @@ final class TemplateReader {
         if let size = vm.string("vmSize", allowEmpty: true), !size.isEmpty {
             profile.vmSize = size
             if AzureVMSize.named(size) == nil {
-                sink.warning(vm.path("vmSize"), "\"\(size)\" is not among the \(AzureVMSize.table.count) Azure sizes Kiln knows (AzureVMSizes.swift names their sources); Azure may accept it, but `kiln build` cannot size a VM for it", at: vm.value("vmSize"))
+                sink.warning(vm.path("vmSize"), "expected an Azure VM size Kiln knows, found \(AzureVMSize.unknownSizeDescription(size)); Azure may accept it, but `kiln build` cannot size a VM for it and refuses it", at: vm.value("vmSize"))
             }
         }
         if let disk = vm.int("osDiskSizeGB") {
