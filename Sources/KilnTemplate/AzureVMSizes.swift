@@ -1,6 +1,6 @@
 /// Azure VM sizes with their vCPUs and memory: what `vmProfile.vmSize` may name and what a local build VM gets.
 ///
-/// This file is longer than Kiln's usual 400 lines because it is a data table: one line per size, 842 sizes.
+/// This file is longer than Kiln's usual 400 lines because it is a data table: one line per size, 842 + 203 sizes.
 ///
 /// Source: Azure's complete published size list as SkyPilot's catalog records it: skypilot-org/skypilot-catalog,
 /// catalogs/v6/azure/vms.csv at commit 098741e70562f65d7af1cceb81e33b284f742604
@@ -10,9 +10,41 @@
 /// Azure's MemoryGB is in GiB, so memoryMiB = MemoryGB * 1024, the unit of `az vm list-sizes` memoryInMB. One row per
 /// distinct size name (5 Basic_*, 837 Standard_*), sorted by name. Spot-checked against `az vm list-sizes` outputs,
 /// Azure's size pages and Vantage's data (Standard_D2s_v3, D4d_v4, NC6s_v3, L8s_v3, D1_v2).
-/// The snapshot has no v6 generation sizes (Dv6, Ddsv6, Ev6, Lsv4, ...): validate warns about a size it does not know,
-/// and `kiln build` refuses one, since it cannot size the VM. Every size in Kiln's earlier hand-picked list (Azure's size
-/// pages and Microsoft's Aspire AKS node-size reference) is in this table with the same figures, so none is kept apart.
+/// Every size in Kiln's earlier hand-picked list (Azure's size pages and Microsoft's Aspire AKS node-size reference) is
+/// in this table with the same figures, so none is kept apart.
+///
+/// That snapshot has no v6 generation and no Lsv4/Lasv4/Laosv4: those 203 sizes (`sizePages`, sorted by name) come from
+/// the "Basics" table (Size Name, vCPUs, Memory) of Microsoft's published size pages,
+/// https://learn.microsoft.com/azure/virtual-machines/sizes/<category>/<series>-series, read from their source
+/// repository MicrosoftDocs/azure-compute-docs (path and commit per family below). Their memory figures are
+/// GiB (some column headers say GB; the same sizes' memory is GiB wherever Azure gives a unit, as MemoryGB above), so
+/// memoryMiB = figure * 1024.
+/// - dasv6: articles/virtual-machines/sizes/general-purpose/dasv6-series.md at 0105af06d58a
+/// - dsv6: articles/virtual-machines/sizes/general-purpose/dsv6-series.md at 05e75b148472
+/// - ddsv6: articles/virtual-machines/sizes/general-purpose/ddsv6-series.md at 0e232f5f28de
+/// - dlsv6: articles/virtual-machines/sizes/general-purpose/dlsv6-series.md at 1827cf353b07
+/// - dldsv6: articles/virtual-machines/sizes/general-purpose/dldsv6-series.md at 02773904e1bc
+/// - dadsv6: articles/virtual-machines/sizes/general-purpose/dadsv6-series.md at 1827cf353b07
+/// - dalsv6: articles/virtual-machines/sizes/general-purpose/dalsv6-series.md at 05e75b148472
+/// - daldsv6: articles/virtual-machines/sizes/general-purpose/daldsv6-series.md at 1dc6d3b8a934
+/// - esv6: articles/virtual-machines/sizes/memory-optimized/esv6-series.md at 8f7fc3d676bf
+/// - edsv6: articles/virtual-machines/sizes/memory-optimized/edsv6-series.md at 03650cfed498
+/// - easv6: articles/virtual-machines/sizes/memory-optimized/easv6-series.md at 2e4af98705e2
+/// - eadsv6: articles/virtual-machines/sizes/memory-optimized/eadsv6-series.md at 05e75b148472
+/// - fasv6: articles/virtual-machines/sizes/compute-optimized/fasv6-series.md at 0b0136e2c8b1
+/// - falsv6: articles/virtual-machines/sizes/compute-optimized/falsv6-series.md at 0b0136e2c8b1
+/// - famsv6: articles/virtual-machines/sizes/compute-optimized/famsv6-series.md at 05e75b148472
+/// - lsv4: articles/virtual-machines/sizes/storage-optimized/lsv4-series.md at 05e75b148472
+/// - lasv4: articles/virtual-machines/sizes/storage-optimized/lasv4-series.md at 0eeb1929a473
+/// - dpsv6: articles/virtual-machines/sizes/general-purpose/dpsv6-series.md at 2072bfd70093
+/// - dpdsv6: articles/virtual-machines/sizes/general-purpose/dpdsv6-series.md at 011022eab627
+/// - dplsv6: articles/virtual-machines/sizes/general-purpose/dplsv6-series.md at 02cc6b3c04e8
+/// - dpldsv6: articles/virtual-machines/sizes/general-purpose/dpldsv6-series.md at 28da8f72862f
+/// - epsv6: articles/virtual-machines/sizes/memory-optimized/epsv6-series.md at 05e75b148472
+/// - epdsv6: articles/virtual-machines/sizes/memory-optimized/epdsv6-series.md at 02773904e1bc
+/// - laosv4: articles/virtual-machines/sizes/storage-optimized/laosv4-series.md at 444e2b3caff3
+/// Not added (no figures taken from elsewhere): the v7 generation and the confidential (DC*/EC*) v6 families; a size
+/// Kiln does not know is a warning in `kiln validate` and an error naming the closest known sizes in `kiln build`.
 public struct AzureVMSize: Sendable, Equatable {
     public var name: String
     public var vCPUs: Int
@@ -24,7 +56,7 @@ public struct AzureVMSize: Sendable, Equatable {
         self.memoryMiB = memoryMiB
     }
 
-    public static let table: [AzureVMSize] = published
+    public static let table: [AzureVMSize] = published + sizePages
 
     /// Looks a size up without regard to case, as Azure does.
     public static func named(_ name: String) -> AzureVMSize? {
@@ -874,5 +906,212 @@ public struct AzureVMSize: Sendable, Equatable {
         .init(name: "Standard_NV72ads_A10_v5", vCPUs: 72, memoryMiB: 901120),
         .init(name: "Standard_NV8as_v4", vCPUs: 8, memoryMiB: 28672),
         .init(name: "Standard_PB6s", vCPUs: 6, memoryMiB: 114688),
+    ]
+
+    /// From Microsoft's size pages (see the header for each family's page and commit).
+    private static let sizePages: [AzureVMSize] = [
+        .init(name: "Standard_D128ds_v6", vCPUs: 128, memoryMiB: 524288),
+        .init(name: "Standard_D128lds_v6", vCPUs: 128, memoryMiB: 262144),
+        .init(name: "Standard_D128ls_v6", vCPUs: 128, memoryMiB: 262144),
+        .init(name: "Standard_D128s_v6", vCPUs: 128, memoryMiB: 524288),
+        .init(name: "Standard_D16ads_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_D16alds_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_D16als_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_D16as_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_D16ds_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_D16lds_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_D16ls_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_D16pds_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_D16plds_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_D16pls_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_D16ps_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_D16s_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_D192s_v6", vCPUs: 192, memoryMiB: 786432),
+        .init(name: "Standard_D2ads_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_D2alds_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_D2als_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_D2as_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_D2ds_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_D2lds_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_D2ls_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_D2pds_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_D2plds_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_D2pls_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_D2ps_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_D2s_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_D32ads_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_D32alds_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_D32als_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_D32as_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_D32ds_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_D32lds_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_D32ls_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_D32pds_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_D32plds_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_D32pls_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_D32ps_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_D32s_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_D48ads_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_D48alds_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_D48als_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_D48as_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_D48ds_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_D48lds_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_D48ls_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_D48pds_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_D48plds_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_D48pls_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_D48ps_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_D48s_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_D4ads_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_D4alds_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_D4als_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_D4as_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_D4ds_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_D4lds_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_D4ls_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_D4pds_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_D4plds_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_D4pls_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_D4ps_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_D4s_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_D64ads_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_D64alds_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_D64als_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_D64as_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_D64ds_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_D64lds_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_D64ls_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_D64pds_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_D64plds_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_D64pls_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_D64ps_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_D64s_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_D8ads_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_D8alds_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_D8als_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_D8as_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_D8ds_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_D8lds_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_D8ls_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_D8pds_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_D8plds_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_D8pls_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_D8ps_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_D8s_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_D96ads_v6", vCPUs: 96, memoryMiB: 393216),
+        .init(name: "Standard_D96alds_v6", vCPUs: 96, memoryMiB: 196608),
+        .init(name: "Standard_D96als_v6", vCPUs: 96, memoryMiB: 196608),
+        .init(name: "Standard_D96as_v6", vCPUs: 96, memoryMiB: 393216),
+        .init(name: "Standard_D96ds_v6", vCPUs: 96, memoryMiB: 393216),
+        .init(name: "Standard_D96lds_v6", vCPUs: 96, memoryMiB: 196608),
+        .init(name: "Standard_D96ls_v6", vCPUs: 96, memoryMiB: 196608),
+        .init(name: "Standard_D96pds_v6", vCPUs: 96, memoryMiB: 393216),
+        .init(name: "Standard_D96plds_v6", vCPUs: 96, memoryMiB: 196608),
+        .init(name: "Standard_D96pls_v6", vCPUs: 96, memoryMiB: 196608),
+        .init(name: "Standard_D96ps_v6", vCPUs: 96, memoryMiB: 393216),
+        .init(name: "Standard_D96s_v6", vCPUs: 96, memoryMiB: 393216),
+        .init(name: "Standard_E128ds_v6", vCPUs: 128, memoryMiB: 1048576),
+        .init(name: "Standard_E128s_v6", vCPUs: 128, memoryMiB: 1048576),
+        .init(name: "Standard_E16ads_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_E16as_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_E16ds_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_E16pds_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_E16ps_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_E16s_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_E192ids_v6", vCPUs: 192, memoryMiB: 1875968),
+        .init(name: "Standard_E192is_v6", vCPUs: 192, memoryMiB: 1875968),
+        .init(name: "Standard_E20ads_v6", vCPUs: 20, memoryMiB: 163840),
+        .init(name: "Standard_E20as_v6", vCPUs: 20, memoryMiB: 163840),
+        .init(name: "Standard_E20ds_v6", vCPUs: 20, memoryMiB: 163840),
+        .init(name: "Standard_E20s_v6", vCPUs: 20, memoryMiB: 163840),
+        .init(name: "Standard_E2ads_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_E2as_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_E2ds_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_E2pds_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_E2ps_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_E2s_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_E32ads_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_E32as_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_E32ds_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_E32pds_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_E32ps_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_E32s_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_E48ads_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_E48as_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_E48ds_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_E48pds_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_E48ps_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_E48s_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_E4ads_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_E4as_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_E4ds_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_E4pds_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_E4ps_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_E4s_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_E64ads_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_E64as_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_E64ds_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_E64pds_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_E64ps_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_E64s_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_E8ads_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_E8as_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_E8ds_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_E8pds_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_E8ps_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_E8s_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_E96ads_v6", vCPUs: 96, memoryMiB: 688128),
+        .init(name: "Standard_E96as_v6", vCPUs: 96, memoryMiB: 688128),
+        .init(name: "Standard_E96ds_v6", vCPUs: 96, memoryMiB: 786432),
+        .init(name: "Standard_E96pds_v6", vCPUs: 96, memoryMiB: 688128),
+        .init(name: "Standard_E96ps_v6", vCPUs: 96, memoryMiB: 688128),
+        .init(name: "Standard_E96s_v6", vCPUs: 96, memoryMiB: 786432),
+        .init(name: "Standard_F16als_v6", vCPUs: 16, memoryMiB: 32768),
+        .init(name: "Standard_F16ams_v6", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_F16as_v6", vCPUs: 16, memoryMiB: 65536),
+        .init(name: "Standard_F2als_v6", vCPUs: 2, memoryMiB: 4096),
+        .init(name: "Standard_F2ams_v6", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_F2as_v6", vCPUs: 2, memoryMiB: 8192),
+        .init(name: "Standard_F32als_v6", vCPUs: 32, memoryMiB: 65536),
+        .init(name: "Standard_F32ams_v6", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_F32as_v6", vCPUs: 32, memoryMiB: 131072),
+        .init(name: "Standard_F48als_v6", vCPUs: 48, memoryMiB: 98304),
+        .init(name: "Standard_F48ams_v6", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_F48as_v6", vCPUs: 48, memoryMiB: 196608),
+        .init(name: "Standard_F4als_v6", vCPUs: 4, memoryMiB: 8192),
+        .init(name: "Standard_F4ams_v6", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_F4as_v6", vCPUs: 4, memoryMiB: 16384),
+        .init(name: "Standard_F64als_v6", vCPUs: 64, memoryMiB: 131072),
+        .init(name: "Standard_F64ams_v6", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_F64as_v6", vCPUs: 64, memoryMiB: 262144),
+        .init(name: "Standard_F8als_v6", vCPUs: 8, memoryMiB: 16384),
+        .init(name: "Standard_F8ams_v6", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_F8as_v6", vCPUs: 8, memoryMiB: 32768),
+        .init(name: "Standard_L12aos_v4", vCPUs: 12, memoryMiB: 98304),
+        .init(name: "Standard_L16aos_v4", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_L16as_v4", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_L16s_v4", vCPUs: 16, memoryMiB: 131072),
+        .init(name: "Standard_L24aos_v4", vCPUs: 24, memoryMiB: 196608),
+        .init(name: "Standard_L2aos_v4", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_L2as_v4", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_L2s_v4", vCPUs: 2, memoryMiB: 16384),
+        .init(name: "Standard_L32aos_v4", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_L32as_v4", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_L32s_v4", vCPUs: 32, memoryMiB: 262144),
+        .init(name: "Standard_L48as_v4", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_L48s_v4", vCPUs: 48, memoryMiB: 393216),
+        .init(name: "Standard_L4aos_v4", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_L4as_v4", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_L4s_v4", vCPUs: 4, memoryMiB: 32768),
+        .init(name: "Standard_L64as_v4", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_L64s_v4", vCPUs: 64, memoryMiB: 524288),
+        .init(name: "Standard_L80as_v4", vCPUs: 80, memoryMiB: 655360),
+        .init(name: "Standard_L80s_v4", vCPUs: 80, memoryMiB: 655360),
+        .init(name: "Standard_L8aos_v4", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_L8as_v4", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_L8s_v4", vCPUs: 8, memoryMiB: 65536),
+        .init(name: "Standard_L96as_v4", vCPUs: 96, memoryMiB: 786432),
+        .init(name: "Standard_L96s_v4", vCPUs: 96, memoryMiB: 786432),
     ]
 }

@@ -98,10 +98,10 @@ struct VMSizeTableTests {
         #expect(AzureVMSize.named("Standard_D96ls_v5") == AzureVMSize(name: "Standard_D96ls_v5", vCPUs: 96, memoryMiB: 196_608))
         #expect(AzureVMSize.named("Standard_D1_v2")?.memoryMiB == 3584)
         #expect(Set(AzureVMSize.table.map { $0.name.lowercased() }).count == AzureVMSize.table.count)
-        #expect(AzureVMSize.table.count == 842)
+        #expect(AzureVMSize.table.count == 842 + 203)
         let known = TemplateLoader.load(text: linuxTemplate(properties: #""vmProfile": {"vmSize": "Standard_D4ds_v5"},"#))
         #expect(known.isValid && known.warnings.isEmpty, "\(known.diagnostics)")
-        let unknown = TemplateLoader.load(text: linuxTemplate(properties: #""vmProfile": {"vmSize": "Standard_D4ds_v6"},"#))
+        let unknown = TemplateLoader.load(text: linuxTemplate(properties: #""vmProfile": {"vmSize": "Standard_D4ds_v9"},"#))
         #expect(unknown.isValid)
         #expect(unknown.warnings.map(\.path.description) == ["properties.vmProfile.vmSize"])
     }
@@ -115,5 +115,18 @@ struct VMSizeTableTests {
             let known = TemplateLoader.load(text: linuxTemplate(properties: "\"vmProfile\": {\"vmSize\": \"\(size)\"},"))
             #expect(known.isValid && known.warnings.isEmpty, "\(size): \(known.diagnostics)")
         }
+    }
+
+    @Test("v6 generation and Lsv4 sizes from Microsoft's size pages")
+    func sizePages() {
+        #expect(AzureVMSize.named("Standard_D4ds_v6") == AzureVMSize(name: "Standard_D4ds_v6", vCPUs: 4, memoryMiB: 16384))
+        #expect(AzureVMSize.named("standard_d2as_v6") == AzureVMSize(name: "Standard_D2as_v6", vCPUs: 2, memoryMiB: 8192))
+        #expect(AzureVMSize.named("Standard_E96as_v6")?.memoryMiB == 672 * 1024)
+        #expect(AzureVMSize.named("Standard_E192is_v6") == AzureVMSize(name: "Standard_E192is_v6", vCPUs: 192, memoryMiB: 1832 * 1024))
+        #expect(AzureVMSize.named("Standard_F8als_v6") == AzureVMSize(name: "Standard_F8als_v6", vCPUs: 8, memoryMiB: 16384))
+        #expect(AzureVMSize.named("Standard_L80s_v4") == AzureVMSize(name: "Standard_L80s_v4", vCPUs: 80, memoryMiB: 640 * 1024))
+        #expect(AzureVMSize.named("Standard_L12aos_v4")?.vCPUs == 12)
+        let known = TemplateLoader.load(text: linuxTemplate(properties: #""vmProfile": {"vmSize": "Standard_D2ps_v6"},"#))
+        #expect(known.isValid && known.warnings.isEmpty, "\(known.diagnostics)")
     }
 }
