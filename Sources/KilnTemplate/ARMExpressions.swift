@@ -34,7 +34,11 @@ final class ARMEvaluator {
     /// The resource copy loop being expanded: its name and this copy's index, for copyIndex().
     var copyLoop: (name: String, index: Int)?
     /// The user-defined function being evaluated and its arguments by lower-cased parameter name.
-    private var functionFrame: (function: UserFunction, arguments: [String: JSONValue])?
+    var functionFrame: (function: UserFunction, arguments: [String: JSONValue])?
+    /// The parameters of the lambdas being applied, innermost last (ARMLambdas.swift).
+    var lambdaScopes: [[String: JSONValue]] = []
+    /// The property copy loops being expanded, innermost last: their names and this element's index.
+    var propertyLoops: [(name: String, index: Int)] = []
 
     init(parameterValues: [String: JSONNode], defaultParameters: Set<String> = [], parameterProblems: [String: String],
          variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template",
@@ -56,6 +60,11 @@ final class ARMEvaluator {
             var evaluated: [JSONMember] = []
             evaluated.reserveCapacity(members.count)
             for member in members {
+                // A "copy" array is a property loop (ARMPropertyCopy.swift); a resource's own copy object never gets here.
+                if member.key.caseInsensitiveEquals("copy"), case .array(let loops) = member.value.value {
+                    evaluated += propertyCopies(loops, at: path.appending(member.key), parent: path, sink: sink)
+                    continue
+                }
                 var key = member.key
                 do throws(Failure) {
                     if let value = try evaluateString(member.key) {
@@ -169,6 +178,9 @@ final class ARMEvaluator {
                 return try evaluate(arguments[condition ? 1 : 2], original: original)
             case "copyindex":
                 return try copyIndex(arguments, original: original)
+            case _ where ARMEvaluator.lambdaFunctionNames.contains(folded):
+                // The lambda's body is evaluated per element, so the arguments are not evaluated here.
+                return try lambdaFunction(folded, name: name, arguments, original: original)
             case "utcnow" where !inParameterDefault:
                 throw Failure(message: "expected utcNow() only in a parameter's defaultValue (ARM's rule), found it in \"\(original)\"")
             default:
@@ -181,50 +193,17 @@ final class ARMEvaluator {
         }
     }
 
-    /// `namespace.member(arguments)`: the arguments are evaluated here, the output value in the function's own scope
-    /// (its parameters only; the declaration was checked against ARM's limitations when it was read).
-    private func callUserFunction(_ name: String, _ arguments: [Expression], original: String) throws(Failure) -> JSONValue {
-        if let frame = functionFrame {
-            throw Failure(message: "expected only built-in functions in the user-defined function \(frame.function.name): it can't call other user-defined functions (ARM's rule), found \(name)() in \"\(original)\"")
-        }
-        guard let function = userFunctions[name.lowercased()] else {
-            let known = userFunctions.values.map(\.name).sorted().joined(separator: ", ")
-            throw Failure(message: "expected a function declared in the template's functions section (\(known.isEmpty ? "none declared" : known)), found \(name)() in \"\(original)\"")
-        }
-        // An empty message: the declaration's error was reported where it is.
-        guard function.isValid else { throw Failure(message: "") }
-        guard arguments.count == function.parameters.count else {
-            throw Failure(message: "expected \(function.parameters.count) argument(s) for \(function.name)(\(function.parameters.map(\.name).joined(separator: ", "))) declared at \(function.path), found \(arguments.count) in \"\(original)\"")
-        }
-        var values: [String: JSONValue] = [:]
-        for (parameter, argument) in zip(function.parameters, arguments) {
-            let value = try evaluate(argument, original: original)
-            guard ParameterTypes.matches(value, parameter.type) else {
-                throw Failure(message: "expected a \(parameter.type) for the parameter '\(parameter.name)' of \(function.name) (declared at \(function.path)), found \(JSONNode(value).summary) in \"\(original)\"")
-            }
-            values[parameter.name.lowercased()] = value
-        }
-        functionFrame = (function, values)
-        defer { functionFrame = nil }
-        let result: JSONValue
-        do {
-            result = try evaluateValue(function.output.value)
-        } catch {
-            throw Failure(message: "\(function.name)() (declared at \(function.path)): \(error.message); called in \"\(original)\"")
-        }
-        guard ParameterTypes.matches(result, function.outputType) else {
-            throw Failure(message: "expected \(function.name)() to give its declared output type \(function.outputType) (\(function.path).output.type), found \(JSONNode(result).summary) in \"\(original)\"")
-        }
-        return result
-    }
-
     /// copyIndex(), copyIndex(offset), copyIndex('loopName'[, offset]): the zero-based iteration plus the offset
     /// (https://learn.microsoft.com/azure/azure-resource-manager/templates/template-functions-numeric#copyindex).
     private func copyIndex(_ arguments: [Expression], original: String) throws(Failure) -> JSONValue {
         var values: [JSONValue] = []
         for argument in arguments { values.append(try evaluate(argument, original: original)) }
-        guard let loop = copyLoop else {
-            throw Failure(message: "expected copyIndex() inside a resource with a copy loop, found it outside one in \"\(original)\"")
+        // With a loop name: the property loop of that name (innermost first), else the resource's; without one: the
+        // resource's loop, else the innermost property loop.
+        let named: String? = if values.count >= 1, case .string(let text) = values[0] { text } else { nil }
+        let propertyLoop = named.flatMap { name in propertyLoops.last { $0.name.caseInsensitiveEquals(name) } }
+        guard let loop = propertyLoop ?? copyLoop ?? propertyLoops.last else {
+            throw Failure(message: "expected copyIndex() inside a resource or property with a copy loop, found it outside one in \"\(original)\"")
         }
         var offset = 0
         switch values.count {
@@ -313,7 +292,7 @@ final class ARMEvaluator {
         return try body()
     }
 
-    private func checkSize(_ value: JSONValue, original: String) throws(Failure) {
+    func checkSize(_ value: JSONValue, original: String) throws(Failure) {
         var budget = ARMEvaluator.maximumResultSize
         guard ARMEvaluator.fits(value, budget: &budget) else {
             throw Failure(message: "expected an expression result of at most \(ARMEvaluator.maximumResultSize / 1024 / 1024) MiB, found a larger one in \"\(original)\"")
@@ -339,149 +318,5 @@ final class ARMEvaluator {
             }
         }
         return budget >= 0
-    }
-}
-
-indirect enum Expression {
-    case string(String)
-    case integer(String)
-    case call(String, [Expression])
-    case property(Expression, String)
-    case index(Expression, Expression)
-}
-
-/// Parses one ARM expression body (the text between the outer brackets).
-struct ExpressionParser {
-    private let characters: [Character]
-    private let original: String
-    private var index = 0
-    private var depth = 0
-
-    init(text: String, original: String) {
-        characters = Array(text)
-        self.original = original
-    }
-
-    mutating func parseAll() throws(ARMEvaluator.Failure) -> Expression {
-        let expression = try parseExpression()
-        skipSpaces()
-        if index < characters.count { throw fail("unexpected \"\(String(characters[index...]))\"") }
-        return expression
-    }
-
-    private func fail(_ message: String) -> ARMEvaluator.Failure {
-        ARMEvaluator.Failure(message: "expected an ARM expression, found \"\(original)\": \(message)")
-    }
-
-    private mutating func skipSpaces() {
-        while index < characters.count, characters[index].isWhitespace { index += 1 }
-    }
-
-    private mutating func parseExpression() throws(ARMEvaluator.Failure) -> Expression {
-        guard depth < ARMEvaluator.maximumDepth else {
-            throw fail("expected calls nested at most \(ARMEvaluator.maximumDepth) deep, found deeper nesting")
-        }
-        depth += 1
-        defer { depth -= 1 }
-        var expression = try parsePrimary()
-        while true {
-            skipSpaces()
-            guard index < characters.count else { return expression }
-            if characters[index] == "." {
-                index += 1
-                skipSpaces()
-                let name = identifier()
-                guard !name.isEmpty else { throw fail("expected a property name after \".\"") }
-                expression = .property(expression, name)
-            } else if characters[index] == "[" {
-                index += 1
-                let selector = try parseExpression()
-                skipSpaces()
-                guard index < characters.count, characters[index] == "]" else { throw fail("expected \"]\"") }
-                index += 1
-                expression = .index(expression, selector)
-            } else {
-                return expression
-            }
-        }
-    }
-
-    private mutating func identifier() -> String {
-        var name = ""
-        while index < characters.count, characters[index].isLetter || characters[index].isNumber || characters[index] == "_" || characters[index] == "$" {
-            name.append(characters[index])
-            index += 1
-        }
-        return name
-    }
-
-    private mutating func parsePrimary() throws(ARMEvaluator.Failure) -> Expression {
-        skipSpaces()
-        guard index < characters.count else { throw fail("expected a value") }
-        let character = characters[index]
-        if character == "'" {
-            index += 1
-            var text = ""
-            while true {
-                guard index < characters.count else { throw fail("unterminated string literal") }
-                if characters[index] == "'" {
-                    if index + 1 < characters.count, characters[index + 1] == "'" {
-                        text.append("'")
-                        index += 2
-                        continue
-                    }
-                    index += 1
-                    return .string(text)
-                }
-                text.append(characters[index])
-                index += 1
-            }
-        }
-        if character.isNumber || character == "-" {
-            var text = String(character)
-            index += 1
-            while index < characters.count, characters[index].isNumber { text.append(characters[index]); index += 1 }
-            guard Int(text) != nil else { throw fail("expected an integer, found \"\(text)\"") }
-            return .integer(text)
-        }
-        guard character.isLetter else { throw fail("unexpected \"\(character)\"") }
-        var name = identifier()
-        // A user-defined function is called as namespace.member(...); a built-in name is never followed by ".".
-        if index < characters.count, characters[index] == "." {
-            index += 1
-            let member = identifier()
-            guard !member.isEmpty else { throw fail("expected a function name after \"\(name).\"") }
-            name += "." + member
-        }
-        skipSpaces()
-        // true, false and null also stand alone, as the functions true(), false() and null().
-        if ["true", "false", "null"].contains(name.lowercased()), index >= characters.count || characters[index] != "(" {
-            return .call(name, [])
-        }
-        guard index < characters.count, characters[index] == "(" else { throw fail("expected \"(\" after \(name)") }
-        index += 1
-        var arguments: [Expression] = []
-        skipSpaces()
-        if index < characters.count, characters[index] == ")" {
-            index += 1
-            return try checkedCall(name, arguments)
-        }
-        while true {
-            arguments.append(try parseExpression())
-            skipSpaces()
-            guard index < characters.count else { throw fail("expected \")\"") }
-            if characters[index] == "," { index += 1; continue }
-            if characters[index] == ")" { index += 1; return try checkedCall(name, arguments) }
-            throw fail("unexpected \"\(characters[index])\"")
-        }
-    }
-
-    private func checkedCall(_ name: String, _ arguments: [Expression]) throws(ARMEvaluator.Failure) -> Expression {
-        // namespace.member: a user-defined function, looked up when it is called.
-        if name.contains(".") { return .call(name, arguments) }
-        guard ARMFunctions.isKnown(name.lowercased()) else {
-            throw ARMEvaluator.Failure(message: ARMFunctions.unsupported(name, original))
-        }
-        return .call(name, arguments)
     }
 }

@@ -1,13 +1,16 @@
 import Foundation
 
-/// More ARM functions: array(), base64(), base64ToString() and extensionResourceId() with their documented
+/// More ARM functions: array(), base64(), base64ToString(), extensionResourceId() and the comparisons less(),
+/// lessOrEquals(), greater() and greaterOrEquals() (integers by value, strings ordinally, as
+/// https://learn.microsoft.com/azure/azure-resource-manager/templates/template-functions-comparison says) with their documented
 /// semantics (https://learn.microsoft.com/azure/azure-resource-manager/templates/template-functions-array#array,
 /// template-functions-string#base64, #base64tostring, template-functions-resource#extensionresourceid), and
 /// reference() and list*() (listKeys, listSecrets, …), whose value is a live resource's state: offline it is a
 /// deterministic placeholder, reported with a warning where it is used (ARMEvaluator.evaluateTree), never a guess
 /// that passes silently.
 extension ARMFunctions {
-    static let moreNames: Set<String> = ["array", "base64", "base64tostring", "extensionresourceid", "reference", "copyindex"]
+    static let moreNames: Set<String> = ["array", "base64", "base64tostring", "extensionresourceid", "reference", "copyindex",
+                                         "less", "lessorequals", "greater", "greaterorequals"]
 
     /// What every placeholder starts with; property and index access on one extends it (`<…>.primaryEndpoints.blob`).
     static let placeholderPrefix = "<live value unknown offline: "
@@ -18,7 +21,7 @@ extension ARMFunctions {
     }
 
     static func isKnown(_ folded: String) -> Bool {
-        names.contains(folded) || moreNames.contains(folded) || isLiveLookup(folded)
+        names.contains(folded) || moreNames.contains(folded) || isLiveLookup(folded) || ARMEvaluator.lambdaFunctionNames.contains(folded)
     }
 
     static func more(_ folded: String, name: String, _ args: [JSONValue], original: String) throws(Failure) -> JSONValue? {
@@ -37,6 +40,23 @@ extension ARMFunctions {
                 throw fail("a base64 string of UTF-8 text")
             }
             return .string(decoded)
+        case "less", "lessorequals", "greater", "greaterorequals":
+            let order: ComparisonResult
+            switch (args.first, args.last) {
+            case (.number(let a)?, .number(let b)?) where args.count == 2 && Int(a) != nil && Int(b) != nil:
+                let (x, y) = (Int(a) ?? 0, Int(b) ?? 0)
+                order = x < y ? .orderedAscending : x > y ? .orderedDescending : .orderedSame
+            case (.string(let a)?, .string(let b)?) where args.count == 2:
+                order = a.compare(b, options: .literal)
+            default:
+                throw fail("two integers or two strings")
+            }
+            switch folded {
+            case "less": return .bool(order == .orderedAscending)
+            case "lessorequals": return .bool(order != .orderedDescending)
+            case "greater": return .bool(order == .orderedDescending)
+            default: return .bool(order != .orderedAscending)
+            }
         case "extensionresourceid":
             // extensionResourceId(resourceId, resourceType, resourceName1, …): resourceId/providers/namespace/type/name…
             var texts: [String] = []

@@ -16,7 +16,7 @@ enum ARMFunctions {
     ]
 
     static func unsupported(_ function: String, _ original: String) -> String {
-        "expected an ARM function Kiln evaluates (\(names.union(moreNames).sorted().joined(separator: ", ")), list*), found \(function)() in \"\(original)\"; replace it with a literal value or a parameter"
+        "expected an ARM function Kiln evaluates (\(names.union(moreNames).union(ARMEvaluator.lambdaFunctionNames).sorted().joined(separator: ", ")), list*), found \(function)() in \"\(original)\"; replace it with a literal value or a parameter"
     }
 
     // swiftlint:disable:next cyclomatic_complexity function_body_length

@@ -162,3 +162,42 @@ enum UserFunctions {
         }
     }
 }
+
+extension ARMEvaluator {
+    /// `namespace.member(arguments)`: the arguments are evaluated here, the output value in the function's own scope
+    /// (its parameters only; the declaration was checked against ARM's limitations when it was read).
+    func callUserFunction(_ name: String, _ arguments: [Expression], original: String) throws(Failure) -> JSONValue {
+        if let frame = functionFrame {
+            throw Failure(message: "expected only built-in functions in the user-defined function \(frame.function.name): it can't call other user-defined functions (ARM's rule), found \(name)() in \"\(original)\"")
+        }
+        guard let function = userFunctions[name.lowercased()] else {
+            let known = userFunctions.values.map(\.name).sorted().joined(separator: ", ")
+            throw Failure(message: "expected a function declared in the template's functions section (\(known.isEmpty ? "none declared" : known)), found \(name)() in \"\(original)\"")
+        }
+        // An empty message: the declaration's error was reported where it is.
+        guard function.isValid else { throw Failure(message: "") }
+        guard arguments.count == function.parameters.count else {
+            throw Failure(message: "expected \(function.parameters.count) argument(s) for \(function.name)(\(function.parameters.map(\.name).joined(separator: ", "))) declared at \(function.path), found \(arguments.count) in \"\(original)\"")
+        }
+        var values: [String: JSONValue] = [:]
+        for (parameter, argument) in zip(function.parameters, arguments) {
+            let value = try evaluate(argument, original: original)
+            guard ParameterTypes.matches(value, parameter.type) else {
+                throw Failure(message: "expected a \(parameter.type) for the parameter '\(parameter.name)' of \(function.name) (declared at \(function.path)), found \(JSONNode(value).summary) in \"\(original)\"")
+            }
+            values[parameter.name.lowercased()] = value
+        }
+        functionFrame = (function, values)
+        defer { functionFrame = nil }
+        let result: JSONValue
+        do {
+            result = try evaluateValue(function.output.value)
+        } catch {
+            throw Failure(message: "\(function.name)() (declared at \(function.path)): \(error.message); called in \"\(original)\"")
+        }
+        guard ParameterTypes.matches(result, function.outputType) else {
+            throw Failure(message: "expected \(function.name)() to give its declared output type \(function.outputType) (\(function.path).output.type), found \(JSONNode(result).summary) in \"\(original)\"")
+        }
+        return result
+    }
+}

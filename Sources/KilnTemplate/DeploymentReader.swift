@@ -221,6 +221,8 @@ final class DeploymentReader {
             }
             let type = (definition.string("type") ?? "string").lowercased()
             let secure = type == "securestring" || type == "secureobject"
+            // languageVersion 2.0's "nullable": true (on the parameter or its definition): null when nothing is given.
+            let nullable = definition.value("nullable")?.value == .bool(true)
             if let override = supplied.text.first(where: { $0.key.lowercased() == key })?.value {
                 guard !secure else {
                     // A command line is readable by every user of the host (ps, /proc) and lands in shell history.
@@ -235,7 +237,7 @@ final class DeploymentReader {
                 }
                 values[key] = node
             } else if let given = supplied.json.first(where: { $0.key.lowercased() == key })?.value {
-                guard ParameterTypes.matches(given.value, type) else {
+                guard ParameterTypes.matches(given.value, type) || (nullable && given.value == .null) else {
                     sink.error(path, "expected a value of type \(type) from \(supplied.jsonSource), found \(secure ? "another type" : given.summary)")
                     problems[key] = ""
                     continue
@@ -252,6 +254,8 @@ final class DeploymentReader {
             } else if let defaultValue = definition.value("defaultValue") {
                 values[key] = defaultValue
                 defaults.insert(key)
+            } else if nullable {
+                values[key] = JSONNode(.null)
             } else {
                 // Reported where the parameter is used, so the message names the template path that needs it.
                 let hint = secure ? ", a parameter file or the environment variable \(DeploymentInputs.secureEnvironmentPrefix)\(member.key)" : " or a parameter file"
@@ -260,7 +264,7 @@ final class DeploymentReader {
             if secure { secureParameterNames.append(member.key) }
             if secure, let value = values[key] { secrets += ParameterTypes.strings(in: value.value) }
             if let allowed = definition.value("allowedValues")?.value, case .array(let options) = allowed,
-               let chosen = values[key], !(defaults.contains(key) && isExpression(chosen)),
+               let chosen = values[key], !(defaults.contains(key) && isExpression(chosen)), !(nullable && chosen.value == .null),
                !options.contains(where: { ARMFunctions.equal($0.value, chosen.value) }) {
                 sink.error(path, "expected one of the allowedValues \(options.map(\.summary).joined(separator: ", ")), found \(secure ? "***" : chosen.summary)")
             }

@@ -1,0 +1,34 @@
+/// Property iteration (https://learn.microsoft.com/azure/azure-resource-manager/templates/copy-properties): inside a
+/// resource, `"copy": [{"name": "distribute", "count": 2, "input": {…}}]` creates the property `distribute` as an
+/// array of `count` (0 to 800, ARM's limit) evaluations of `input`, `copyIndex('distribute')` giving each index.
+/// Each element's messages carry its path (`properties.distribute[1]`).
+extension ARMEvaluator {
+    func propertyCopies(_ loops: [JSONNode], at path: TemplatePath, parent: TemplatePath, sink: DiagnosticSink) -> [JSONMember] {
+        var members: [JSONMember] = []
+        for (position, loop) in loops.enumerated() {
+            let loopPath = path.appending(index: position)
+            guard let reader = ObjectReader(loop, at: loopPath, sink: sink, expected: "a property loop {name, count, input}") else { continue }
+            let name = reader.string("name", required: true, expected: "the name of the property the loop creates")
+            let countNode = reader.value("count")
+            let input = reader.value("input")
+            reader.reportUnknown()
+            if countNode == nil { reader.missing("count", "a count from 0 to 800") }
+            if input == nil { reader.missing("input", "the value of each element") }
+            guard let name, let countNode, let input else { continue }
+            let count = evaluateTree(countNode, at: loopPath.appending("count"), sink: sink)
+            guard let number = count.value.intValue, (0...800).contains(number) else {
+                // A count that failed to evaluate was reported (and its path poisoned) already.
+                sink.error(loopPath.appending("count"), "expected a count from 0 to 800 (ARM's limit), found \(count.summary)", at: countNode)
+                continue
+            }
+            var items: [JSONNode] = []
+            for index in 0..<number {
+                propertyLoops.append((name, index))
+                items.append(evaluateTree(input, at: parent.appending(name).appending(index: index), sink: sink))
+                propertyLoops.removeLast()
+            }
+            members.append(JSONMember(key: name, value: JSONNode(.array(items), at: loop.position)))
+        }
+        return members
+    }
+}
