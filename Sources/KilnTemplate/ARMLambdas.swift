@@ -78,22 +78,40 @@ extension ARMEvaluator {
             return accumulated
         case "sort":
             guard arguments.count == 2 else { throw fail("inputArray, lambda") }
-            var items = try array(arguments[0])
+            let items = try array(arguments[0])
             let lambda = try readLambda(arguments[1], arity: 2...2, function: name, original: original)
-            // Insertion sort: stable, and the comparison may throw.
-            for i in items.indices.dropFirst() {
-                var j = i
-                while j > 0 {
-                    let less = try apply(lambda, [items[j].value, items[j - 1].value], original: original)
-                    guard case .bool(let isLess) = less else {
-                        throw Failure(message: "expected the lambda of sort() to give a bool, found \(JSONNode(less).summary) in \"\(original)\"")
-                    }
-                    guard isLess else { break }
-                    items.swapAt(j, j - 1)
-                    j -= 1
+            func isLess(_ lhs: JSONNode, _ rhs: JSONNode) throws(Failure) -> Bool {
+                let less = try apply(lambda, [lhs.value, rhs.value], original: original)
+                guard case .bool(let flag) = less else {
+                    throw Failure(message: "expected the lambda of sort() to give a bool, found \(JSONNode(less).summary) in \"\(original)\"")
                 }
+                return flag
             }
-            return .array(items)
+            // A stable bottom-up merge sort: O(n log n) calls of the lambda, which may throw.
+            var sorted = items
+            var width = 1
+            while width < sorted.count {
+                var merged: [JSONNode] = []
+                merged.reserveCapacity(sorted.count)
+                var start = 0
+                while start < sorted.count {
+                    let middle = min(start + width, sorted.count), end = min(start + 2 * width, sorted.count)
+                    var (left, right) = (start, middle)
+                    while left < middle && right < end {
+                        if try isLess(sorted[right], sorted[left]) {
+                            merged.append(sorted[right]); right += 1
+                        } else {
+                            merged.append(sorted[left]); left += 1
+                        }
+                    }
+                    merged += sorted[left..<middle]
+                    merged += sorted[right..<end]
+                    start = end
+                }
+                sorted = merged
+                width *= 2
+            }
+            return .array(sorted)
         case "toobject":
             guard arguments.count == 2 || arguments.count == 3 else { throw fail("inputArray, keyLambda[, valueLambda]") }
             let items = try array(arguments[0])

@@ -19,6 +19,10 @@ struct ARMLambdaTests {
         #expect(try evaluate("[sort(createArray(3, 1, 2), lambda('x', 'y', greater(lambdaVariables('x'), lambdaVariables('y'))))]")
                 == .array([3, 2, 1].map { JSONNode(.number(String($0))) }))
         #expect(try evaluate("[lessOrEquals(2, 2)]") == .bool(true))
+        // Stable: equal keys keep their order.
+        let pairs = "createArray(createArray(2, 'a'), createArray(1, 'b'), createArray(2, 'c'), createArray(1, 'd'), createArray(0, 'e'))"
+        #expect(try evaluate("[map(sort(\(pairs), lambda('x', 'y', less(lambdaVariables('x')[0], lambdaVariables('y')[0]))), lambda('p', lambdaVariables('p')[1]))]")
+                == strings(["e", "b", "d", "a", "c"]))
         #expect(try evaluate("[toObject(createArray('a', 'b'), lambda('x', lambdaVariables('x')), lambda('x', toUpper(lambdaVariables('x'))))]")
                 == .object([JSONMember(key: "a", value: JSONNode(.string("A"))), JSONMember(key: "b", value: JSONNode(.string("B")))]))
         // The pattern Bicep writes for user-assigned identities: an array of IDs folded into an object of empty objects.
