@@ -20,6 +20,9 @@ final class ARMEvaluator {
     let defaultParameters: Set<String>          // lower-cased names whose value is a defaultValue (may hold expressions)
     let parameterProblems: [String: String]     // lower-cased name → why it has no value
     let variableNodes: [String: JSONNode]       // lower-cased name → raw value
+    /// Lower-cased names of variables defined by a loop at the top of `variables`: their node is `{"copy": [loop]}`,
+    /// and their value the array that gives.
+    let loopVariableNames: Set<String>
     let context: DeploymentContext
     let deploymentName: String
     /// The template's user-defined functions by lower-cased `namespace.member` (ARMUserFunctions.swift).
@@ -42,7 +45,7 @@ final class ARMEvaluator {
 
     init(parameterValues: [String: JSONNode], defaultParameters: Set<String> = [], parameterProblems: [String: String],
          variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template",
-         userFunctions: [String: UserFunction] = [:]) {
+         userFunctions: [String: UserFunction] = [:], loopVariableNames: Set<String> = []) {
         self.parameterValues = parameterValues
         self.defaultParameters = defaultParameters
         self.parameterProblems = parameterProblems
@@ -50,6 +53,7 @@ final class ARMEvaluator {
         self.context = context
         self.deploymentName = deploymentName
         self.userFunctions = userFunctions
+        self.loopVariableNames = loopVariableNames
     }
 
     /// Replaces every expression inside `node`, in values and in property names. Problems go to `sink` at the
@@ -123,6 +127,10 @@ final class ARMEvaluator {
         case .object(let members):
             var evaluated: [JSONMember] = []
             for member in members {
+                if member.key.caseInsensitiveEquals("copy"), case .array(let loops) = member.value.value {
+                    evaluated += try variableCopies(loops)
+                    continue
+                }
                 var key = member.key
                 if let name = try evaluateString(member.key) {
                     guard case .string(let text) = name else {
@@ -279,6 +287,10 @@ final class ARMEvaluator {
             return try evaluateValue(node.value)
         }
         try checkSize(result, original: original)
+        if loopVariableNames.contains(folded), case .object(let members) = result, let loop = members.first {
+            variableCache[folded] = loop.value.value
+            return loop.value.value
+        }
         variableCache[folded] = result
         return result
     }

@@ -32,3 +32,31 @@ extension ARMEvaluator {
         return members
     }
 }
+
+/// Variable iteration (https://learn.microsoft.com/azure/azure-resource-manager/templates/copy-variables): a
+/// `"copy": [{"name", "count", "input"}]` array inside a variable's object value creates that property as an array,
+/// and one at the top of `variables` defines the variable `name` itself (DeploymentReader registers it; ARMEvaluator
+/// unwraps it). `copyIndex('name')` gives the index, as in property loops.
+extension ARMEvaluator {
+    func variableCopies(_ loops: [JSONNode]) throws(Failure) -> [JSONMember] {
+        var members: [JSONMember] = []
+        for loop in loops {
+            guard let name = loop.member("name")?.value.stringValue, let countNode = loop.member("count")?.value,
+                  let input = loop.member("input")?.value else {
+                throw Failure(message: "expected a variable loop {name, count, input}, found \(loop.summary)")
+            }
+            let count = try evaluateValue(countNode.value)
+            guard let number = count.intValue, (0...800).contains(number) else {
+                throw Failure(message: "expected the count of the variable loop '\(name)' from 0 to 800 (ARM's limit), found \(JSONNode(count).summary)")
+            }
+            var items: [JSONNode] = []
+            for index in 0..<number {
+                propertyLoops.append((name, index))
+                defer { propertyLoops.removeLast() }
+                items.append(JSONNode(try evaluateValue(input.value), at: input.position))
+            }
+            members.append(JSONMember(key: name, value: JSONNode(.array(items), at: loop.position)))
+        }
+        return members
+    }
+}

@@ -43,13 +43,28 @@ final class DeploymentReader {
         let definitions = TypeDefinitions(definitions: root.object("definitions")?.node.members ?? [], path: root.path("definitions"))
         let (values, defaults, problems) = resolveParameters(root, supplied: supplied, definitions: definitions)
         var variables: [String: JSONNode] = [:]
+        var loopVariables: Set<String> = []
         if let object = root.object("variables") {
-            for member in object.node.members ?? [] { variables[member.key.lowercased()] = member.value }
+            for member in object.node.members ?? [] {
+                // A "copy" array here defines one variable per loop (ARMPropertyCopy.swift).
+                guard member.key.caseInsensitiveEquals("copy"), case .array(let loops) = member.value.value else {
+                    variables[member.key.lowercased()] = member.value
+                    continue
+                }
+                for (index, loop) in loops.enumerated() {
+                    guard let name = loop.member("name")?.value.stringValue else {
+                        sink.error(object.path(member.key).appending(index: index), "expected a variable loop {name, count, input} with a name, found \(loop.summary)", at: loop)
+                        continue
+                    }
+                    variables[name.lowercased()] = JSONNode(.object([JSONMember(key: member.key, value: JSONNode(.array([loop])))]), at: loop.position)
+                    loopVariables.insert(name.lowercased())
+                }
+            }
         }
         let functions = UserFunctions.read(root.value("functions"), at: root.path("functions"), sink: sink)
         let evaluator = ARMEvaluator(parameterValues: values, defaultParameters: defaults, parameterProblems: problems,
                                      variableNodes: variables, context: context, deploymentName: deploymentName,
-                                     userFunctions: functions)
+                                     userFunctions: functions, loopVariableNames: loopVariables)
         guard let resources = root.value("resources") else {
             root.missing("resources", symbolic ? "an object of resources by symbolic name" : "an array of resources")
             return

@@ -7,7 +7,12 @@ private func evaluate(_ text: String, parameters: [String: JSONNode] = [:]) thro
 
 private func strings(_ values: [String]) -> JSONValue { .array(values.map { JSONNode(.string($0)) }) }
 
-@Suite("Lambda functions, tryGet, property loops and nullable parameters")
+private func firstCommand(_ result: TemplateLoadResult) -> String? {
+    guard case .shell(let step)? = result.templates.first?.template.properties.customize.first, case .inline(let lines) = step.script else { return nil }
+    return lines.first
+}
+
+@Suite("Lambda functions, tryGet, property and variable loops, nullable parameters")
 struct ARMLambdaTests {
     @Test("map, filter, reduce, sort and toObject with their documented results")
     func lambdas() throws {
@@ -73,5 +78,16 @@ struct ARMLambdaTests {
         #expect(result.templates.first?.template.tags.isEmpty == true)
         let notNullable = TemplateLoader.load(text: text.replacingOccurrences(of: #""tags": {"type": "object", "nullable": true}"#, with: #""tags": {"type": "object"}"#))
         #expect(notNullable.errors.map(\.path.description) == ["resources[0].tags"], "\(notNullable.errors)")
+    }
+
+    @Test("variable loops: a copy at the top of variables defines a variable; one inside a variable's object creates a property")
+    func variableLoops() {
+        let text = armTemplate(variables: #"{"copy": [{"name": "steps", "count": 2, "input": "[concat('echo ', string(copyIndex('steps')))]"}], "settings": {"copy": [{"name": "disks", "count": 3, "input": {"lun": "[copyIndex('disks')]"}}]}}"#,
+                               command: "[concat(variables('steps')[1], ' ', string(length(variables('settings').disks)), ' ', string(variables('settings').disks[2].lun))]")
+        let result = TemplateLoader.load(text: text)
+        #expect(result.isValid, "\(result.errors)")
+        #expect(firstCommand(result) == "echo 1 3 2")
+        let unnamed = TemplateLoader.load(text: armTemplate(variables: #"{"copy": [{"count": 1, "input": 1}]}"#))
+        #expect(unnamed.errors.map(\.path.description) == ["variables.copy[0]"], "\(unnamed.errors)")
     }
 }
