@@ -27,6 +27,8 @@ final class ARMEvaluator {
     let deploymentName: String
     /// The template's user-defined functions by lower-cased `namespace.member` (ARMUserFunctions.swift).
     let userFunctions: [String: UserFunction]
+    /// languageVersion 2.0: user-defined functions may call each other (ARMUserFunctions.swift).
+    let userFunctionsMayCallEachOther: Bool
 
     private var variableCache: [String: JSONValue] = [:]
     private var parameterCache: [String: JSONValue] = [:]
@@ -45,7 +47,7 @@ final class ARMEvaluator {
 
     init(parameterValues: [String: JSONNode], defaultParameters: Set<String> = [], parameterProblems: [String: String],
          variableNodes: [String: JSONNode], context: DeploymentContext = DeploymentContext(), deploymentName: String = "template",
-         userFunctions: [String: UserFunction] = [:], loopVariableNames: Set<String> = []) {
+         userFunctions: [String: UserFunction] = [:], userFunctionsMayCallEachOther: Bool = false, loopVariableNames: Set<String> = []) {
         self.parameterValues = parameterValues
         self.defaultParameters = defaultParameters
         self.parameterProblems = parameterProblems
@@ -53,6 +55,7 @@ final class ARMEvaluator {
         self.context = context
         self.deploymentName = deploymentName
         self.userFunctions = userFunctions
+        self.userFunctionsMayCallEachOther = userFunctionsMayCallEachOther
         self.loopVariableNames = loopVariableNames
     }
 

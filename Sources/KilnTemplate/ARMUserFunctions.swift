@@ -4,7 +4,9 @@
 /// (so an unused function that breaks them is still reported, as the deployment engine does):
 /// - a function can't access variables;
 /// - it can only use its own parameters (`parameters('x')` names one of them, never a template parameter);
-/// - it can't call other user-defined functions;
+/// - it can't call other user-defined functions (the ARM page's rule for languageVersion 1.0; Bicep's user-defined
+///   functions, which generate languageVersion 2.0 templates, may call each other, and the engine evaluates those, so
+///   in a 2.0 template calls between functions are evaluated, nested at most ARMEvaluator.maximumDepth deep);
 /// - it can't use `reference()` or any `list*()` function;
 /// - its parameters can't have default values.
 /// Names of namespaces, functions and parameters match without regard to case, as everywhere in ARM.
@@ -27,7 +29,7 @@ struct UserFunction {
 
 enum UserFunctions {
     /// Reads the `functions` array; the result is keyed by the lower-cased `namespace.member`.
-    static func read(_ node: JSONNode?, at path: TemplatePath, sink: DiagnosticSink) -> [String: UserFunction] {
+    static func read(_ node: JSONNode?, at path: TemplatePath, sink: DiagnosticSink, mayCallEachOther: Bool = false) -> [String: UserFunction] {
         guard let node else { return [:] }
         guard case .array(let namespaces) = node.value else {
             sink.error(path, "expected an array of {namespace, members} objects, found \(node.summary)", at: node)
@@ -43,7 +45,7 @@ enum UserFunctions {
             guard let namespace, let members else { continue }
             for member in members.node.members ?? [] {
                 let memberPath = members.path(member.key)
-                guard let function = readFunction(member.value, name: "\(namespace).\(member.key)", at: memberPath, sink: sink) else { continue }
+                guard let function = readFunction(member.value, name: "\(namespace).\(member.key)", at: memberPath, sink: sink, nested: mayCallEachOther) else { continue }
                 let key = function.name.lowercased()
                 if let earlier = functions[key] {
                     sink.error(memberPath, "expected each user-defined function once, found \(function.name) again (first at \(earlier.path))", at: member.value)
@@ -55,7 +57,7 @@ enum UserFunctions {
         return functions
     }
 
-    private static func readFunction(_ node: JSONNode, name: String, at path: TemplatePath, sink: DiagnosticSink) -> UserFunction? {
+    private static func readFunction(_ node: JSONNode, name: String, at path: TemplatePath, sink: DiagnosticSink, nested: Bool) -> UserFunction? {
         guard let reader = ObjectReader(node, at: path, sink: sink, expected: "a function object with parameters and output") else { return nil }
         var parameters: [UserFunction.Parameter] = []
         var valid = true
@@ -86,41 +88,41 @@ enum UserFunctions {
         if value == nil { output.missing("value", "the function's result (usually an expression)") }
         output.reportUnknown()
         guard let outputType, let value else { return nil }
-        valid = checkBody(value, at: output.path("value"), function: name, parameters: parameters, sink: sink) && valid
+        valid = checkBody(value, at: output.path("value"), function: name, parameters: parameters, nested: nested, sink: sink) && valid
         return UserFunction(name: name, parameters: parameters, outputType: outputType.lowercased(), output: value, path: path, isValid: valid)
     }
 
     /// The limitations, checked on every expression in the output value.
     private static func checkBody(_ node: JSONNode, at path: TemplatePath, function: String, parameters: [UserFunction.Parameter],
-                                  sink: DiagnosticSink) -> Bool {
+                                  nested: Bool, sink: DiagnosticSink) -> Bool {
         switch node.value {
         case .array(let items):
             var valid = true
             for (index, item) in items.enumerated() {
-                valid = checkBody(item, at: path.appending(index: index), function: function, parameters: parameters, sink: sink) && valid
+                valid = checkBody(item, at: path.appending(index: index), function: function, parameters: parameters, nested: nested, sink: sink) && valid
             }
             return valid
         case .object(let members):
             var valid = true
             for member in members {
-                valid = checkText(member.key, node: member.value, at: path.appending(member.key), function: function, parameters: parameters, sink: sink) && valid
-                valid = checkBody(member.value, at: path.appending(member.key), function: function, parameters: parameters, sink: sink) && valid
+                valid = checkText(member.key, node: member.value, at: path.appending(member.key), function: function, parameters: parameters, nested: nested, sink: sink) && valid
+                valid = checkBody(member.value, at: path.appending(member.key), function: function, parameters: parameters, nested: nested, sink: sink) && valid
             }
             return valid
         case .string(let text):
-            return checkText(text, node: node, at: path, function: function, parameters: parameters, sink: sink)
+            return checkText(text, node: node, at: path, function: function, parameters: parameters, nested: nested, sink: sink)
         default:
             return true
         }
     }
 
     private static func checkText(_ text: String, node: JSONNode, at path: TemplatePath, function: String,
-                                  parameters: [UserFunction.Parameter], sink: DiagnosticSink) -> Bool {
+                                  parameters: [UserFunction.Parameter], nested: Bool, sink: DiagnosticSink) -> Bool {
         guard text.hasPrefix("["), text.hasSuffix("]"), text.count >= 2, !text.hasPrefix("[[") else { return true }
         var parser = ExpressionParser(text: String(text.dropFirst().dropLast()), original: text)
         do {
             let expression = try parser.parseAll()
-            if let problem = problem(in: expression, function: function, parameters: parameters) {
+            if let problem = problem(in: expression, function: function, parameters: parameters, nested: nested) {
                 sink.error(path, "\(problem) in \"\(text)\"", at: node)
                 return false
             }
@@ -131,18 +133,18 @@ enum UserFunctions {
         }
     }
 
-    private static func problem(in expression: Expression, function: String, parameters: [UserFunction.Parameter]) -> String? {
+    private static func problem(in expression: Expression, function: String, parameters: [UserFunction.Parameter], nested: Bool) -> String? {
         switch expression {
         case .string, .integer:
             return nil
         case .property(let base, _):
-            return problem(in: base, function: function, parameters: parameters)
+            return problem(in: base, function: function, parameters: parameters, nested: nested)
         case .index(let base, let key):
-            return problem(in: base, function: function, parameters: parameters) ?? problem(in: key, function: function, parameters: parameters)
+            return problem(in: base, function: function, parameters: parameters, nested: nested) ?? problem(in: key, function: function, parameters: parameters, nested: nested)
         case .call(let name, let arguments):
             let folded = name.lowercased()
-            if name.contains(".") {
-                return "expected only built-in functions in the user-defined function \(function): it can't call other user-defined functions (ARM's rule), found \(name)()"
+            if name.contains("."), !nested {
+                return "expected only built-in functions in the user-defined function \(function): it can't call other user-defined functions (ARM's rule for languageVersion 1.0; a languageVersion 2.0 template may), found \(name)()"
             }
             if folded == "variables" {
                 return "expected no variables() in the user-defined function \(function): it can't access the template's variables (ARM's rule)"
@@ -156,7 +158,7 @@ enum UserFunctions {
                 return "expected parameters() to name one of the function's own parameters (\(own.isEmpty ? "none declared" : own)): a user-defined function can't use the template's parameters (ARM's rule), found '\(key)'"
             }
             for argument in arguments {
-                if let found = problem(in: argument, function: function, parameters: parameters) { return found }
+                if let found = problem(in: argument, function: function, parameters: parameters, nested: nested) { return found }
             }
             return nil
         }
@@ -167,8 +169,8 @@ extension ARMEvaluator {
     /// `namespace.member(arguments)`: the arguments are evaluated here, the output value in the function's own scope
     /// (its parameters only; the declaration was checked against ARM's limitations when it was read).
     func callUserFunction(_ name: String, _ arguments: [Expression], original: String) throws(Failure) -> JSONValue {
-        if let frame = functionFrame {
-            throw Failure(message: "expected only built-in functions in the user-defined function \(frame.function.name): it can't call other user-defined functions (ARM's rule), found \(name)() in \"\(original)\"")
+        if let frame = functionFrame, !userFunctionsMayCallEachOther {
+            throw Failure(message: "expected only built-in functions in the user-defined function \(frame.function.name): it can't call other user-defined functions (ARM's rule for languageVersion 1.0), found \(name)() in \"\(original)\"")
         }
         guard let function = userFunctions[name.lowercased()] else {
             let known = userFunctions.values.map(\.name).sorted().joined(separator: ", ")
@@ -187,8 +189,9 @@ extension ARMEvaluator {
             }
             values[parameter.name.lowercased()] = value
         }
+        let callerFrame = functionFrame
         functionFrame = (function, values)
-        defer { functionFrame = nil }
+        defer { functionFrame = callerFrame }
         let result: JSONValue
         do {
             result = try evaluateValue(function.output.value)

@@ -61,10 +61,10 @@ final class DeploymentReader {
                 }
             }
         }
-        let functions = UserFunctions.read(root.value("functions"), at: root.path("functions"), sink: sink)
+        let functions = UserFunctions.read(root.value("functions"), at: root.path("functions"), sink: sink, mayCallEachOther: symbolic)
         let evaluator = ARMEvaluator(parameterValues: values, defaultParameters: defaults, parameterProblems: problems,
                                      variableNodes: variables, context: context, deploymentName: deploymentName,
-                                     userFunctions: functions, loopVariableNames: loopVariables)
+                                     userFunctions: functions, userFunctionsMayCallEachOther: symbolic, loopVariableNames: loopVariables)
         guard let resources = root.value("resources") else {
             root.missing("resources", symbolic ? "an object of resources by symbolic name" : "an array of resources")
             return

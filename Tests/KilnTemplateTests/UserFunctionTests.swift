@@ -75,4 +75,19 @@ struct UserFunctionTests {
         #expect(result.isValid, "\(result.errors)")
         #expect(firstCommand(result) == "echo nested")
     }
+
+    @Test("languageVersion 2.0 (what Bicep generates): functions may call each other; endless recursion is a clear error")
+    func callsBetweenFunctionsIn2_0() {
+        let functions = #"[{"namespace": "lib", "members": {"greet": {"parameters": [{"name": "who", "type": "string"}], "output": {"type": "string", "value": "[concat('echo hello ', lib.upper(parameters('who')))]"}}, "upper": {"parameters": [{"name": "text", "type": "string"}], "output": {"type": "string", "value": "[toUpper(parameters('text'))]"}}, "loop": {"parameters": [{"name": "n", "type": "int"}], "output": {"type": "int", "value": "[lib.loop(parameters('n'))]"}}}}]"#
+        let version2 = withFunctions(functions, command: "[lib.greet('kiln')]")
+            .replacingOccurrences(of: #""contentVersion": "1.0.0.0","#, with: #""contentVersion": "1.0.0.0", "languageVersion": "2.0","#)
+        let result = TemplateLoader.load(text: version2)
+        #expect(result.isValid, "\(result.errors)")
+        #expect(firstCommand(result) == "echo hello KILN")
+        let endless = TemplateLoader.load(text: version2.replacingOccurrences(of: "[lib.greet('kiln')]", with: "[string(lib.loop(1))]"))
+        #expect(endless.errors.first?.message.contains("nested at most") == true, "\(endless.errors)")
+        // The same functions in a languageVersion 1.0 template: ARM's rule, at the calling function's path.
+        let version1 = TemplateLoader.load(text: withFunctions(functions, command: "[lib.upper('x')]"))
+        #expect(Set(version1.errors.map(\.path.description)) == ["functions[0].members.greet.output.value", "functions[0].members.loop.output.value"], "\(version1.errors)")
+    }
 }
