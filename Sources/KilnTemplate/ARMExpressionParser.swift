@@ -103,7 +103,8 @@ struct ExpressionParser {
             guard Int(text) != nil else { throw fail("expected an integer, found \"\(text)\"") }
             return .integer(text)
         }
-        guard character.isLetter else { throw fail("unexpected \"\(character)\"") }
+        // Bicep names its user-defined functions' namespace "__bicep".
+        guard character.isLetter || character == "_" else { throw fail("unexpected \"\(character)\"") }
         var name = identifier()
         // A user-defined function is called as namespace.member(...); a built-in name is never followed by ".".
         if index < characters.count, characters[index] == "." {

@@ -84,6 +84,9 @@ struct UserFunctionTests {
         let result = TemplateLoader.load(text: version2)
         #expect(result.isValid, "\(result.errors)")
         #expect(firstCommand(result) == "echo hello KILN")
+        // Bicep's namespace for its functions.
+        let bicep = TemplateLoader.load(text: version2.replacingOccurrences(of: "lib.", with: "__bicep.").replacingOccurrences(of: #""namespace": "lib""#, with: #""namespace": "__bicep""#))
+        #expect(firstCommand(bicep) == "echo hello KILN", "\(bicep.errors)")
         let endless = TemplateLoader.load(text: version2.replacingOccurrences(of: "[lib.greet('kiln')]", with: "[string(lib.loop(1))]"))
         #expect(endless.errors.first?.message.contains("nested at most") == true, "\(endless.errors)")
         // The same functions in a languageVersion 1.0 template: ARM's rule, at the calling function's path.
