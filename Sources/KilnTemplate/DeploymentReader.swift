@@ -14,6 +14,8 @@ final class DeploymentReader {
     private(set) var secrets: [String] = []
     /// The names of the `securestring`/`secureObject` parameters, as declared.
     private(set) var secureParameterNames: [String] = []
+    /// Image templates declared `"existing": true` (references, not deployments), for the message when nothing else is found.
+    private(set) var existingImageTemplates: [TemplatePath] = []
 
     init(sink: DiagnosticSink, name: String, context: DeploymentContext) {
         self.sink = sink
@@ -103,7 +105,12 @@ final class DeploymentReader {
             entries = items.enumerated().map { (path.appending(index: $0.offset), $0.element) }
         case .object(let members) where symbolic:
             for member in members {
-                if case .bool(true)? = member.value.member("existing")?.value.value { continue }
+                if case .bool(true)? = member.value.member("existing")?.value.value {
+                    if member.value.member("type")?.value.stringValue?.caseInsensitiveEquals(ImageTemplate.resourceType) == true {
+                        existingImageTemplates.append(path.appending(member.key))
+                    }
+                    continue
+                }
                 entries.append((path.appending(member.key), member.value))
             }
         case .object:

@@ -82,7 +82,9 @@ public enum TemplateLoader {
             secrets = reader.secrets
             secureNames = reader.secureParameterNames
             if loaded.isEmpty && !sink.hasErrors {
-                sink.error(TemplatePath.root.appending("resources"), "expected at least one resource of type \(ImageTemplate.resourceType) (directly or in a nested deployment's inline template), found none")
+                let existing = reader.existingImageTemplates.map(\.description).joined(separator: ", ")
+                let found = existing.isEmpty ? "none" : "only \"existing\": true references (\(existing)), which deploy nothing"
+                sink.error(TemplatePath.root.appending("resources"), "expected at least one resource of type \(ImageTemplate.resourceType) (directly or in a nested deployment's inline template), found \(found)")
             }
         } else {
             let given = Set(inputs.parameters.keys).union(inputs.fileParameters.keys)

@@ -64,6 +64,7 @@ struct SymbolicTemplateTests {
         let text = symbolic(#""old": {"existing": true, "type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-07-01", "name": "old"}"#)
         let result = TemplateLoader.load(text: text)
         #expect(result.errors.map(\.path.description) == ["resources"])
+        #expect(result.errors.first?.message.contains("only \"existing\": true references (resources.old)") == true, "\(result.errors)")
     }
 
     @Test("messages inside a symbolic resource name its path")
