@@ -1,3 +1,4 @@
+import KilnMachine
 import KilnSSH
 import KilnSupport
 
@@ -6,8 +7,9 @@ import KilnSupport
 /// replace it), and at the end prints it and runs it with `sh` (customization.log excerpts in
 /// docs/aib-customizers.md). Kiln does the same: the script is written right after boot, written again at the end
 /// if a restart emptied /tmp since, then run as root, followed by the final cleanup.
-/// Whatever ran, the build user, its key and home and the SSH host keys are removed, the scripts Kiln put in the
-/// guest too, free space is trimmed so exported disks stay small, and the guest powers off.
+/// Whatever ran, the build user, its key and home and the SSH host keys are removed, the copy of the provisioning
+/// media's `ovf-env.xml` that cloud-init's Azure datasource keeps for the agent (it holds the build user and key;
+/// the agent's deprovisioning deletes it, a template's own script may not), the scripts Kiln put in the guest too, free space is trimmed so exported disks stay small, and the guest powers off.
 enum LinuxDeprovisioner {
     static let scriptPath = "/tmp/DeprovisioningScript.sh"
 
@@ -44,6 +46,7 @@ enum LinuxDeprovisioner {
         userdel -f -r \(user) >/dev/null 2>&1 || userdel -f \(user) >/dev/null 2>&1 || true
         rm -rf /home/\(username)
         rm -f /etc/sudoers.d/90-cloud-init-users /etc/sudoers.d/90-kiln-build-user
+        rm -f \(DHCPLease.allPaths.joined(separator: " ")) /var/lib/waagent/ovf-env.xml
         rm -f /etc/ssh/ssh_host_*
         sync
         systemctl poweroff || poweroff

@@ -105,6 +105,13 @@ extension GuestfsHandle {
         return status == 1
     }
 
+    /// Whether `path` is a symbolic link (not followed; a mask's link to /dev/null dangles in the appliance).
+    public func isSymlink(_ path: String) throws(KilnError) -> Bool {
+        let status = guestfs_is_symlink(try open(), path)
+        guard status >= 0 else { throw error("is-symlink \(path)") }
+        return status == 1
+    }
+
     /// The names in a directory (without `.` and `..`).
     public func ls(_ directory: String) throws(KilnError) -> [String] {
         guard let names = guestfs_ls(try open(), directory) else { throw error("ls \(directory)") }

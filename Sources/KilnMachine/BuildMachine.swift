@@ -225,6 +225,11 @@ public final class BuildMachine: @unchecked Sendable {
             if let known = options.source.provisioning ?? (options.source.hasCloudInit == true ? .noCloud : nil) {
                 chosen = known
                 if known == .offline { try await provisionOffline(credentials, force: true) }
+                if known == .waagent {
+                    // The agent's lease is written in the overlay: one libguestfs launch, which also checks again.
+                    try await provisionOffline(credentials, force: false)
+                    chosen = credentialsInjectedOffline ? .offline : (inspection?.provisioning ?? .offline)
+                }
             } else {
                 // Unknown: one libguestfs launch inspects and, if the image needs it, writes the user offline.
                 try await provisionOffline(credentials, force: false)
@@ -237,14 +242,19 @@ public final class BuildMachine: @unchecked Sendable {
             try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
             events("build user \(credentials.username): cloud-init NoCloud seed")
             return true
-        case .azure:
+        case .azure, .waagent:
+            let agent = chosen == .azure ? "cloud-init reads only the Azure datasource" : "Azure Linux agent provisions it"
             guard fabric != nil else {
-                throw KilnError(.unsupported, "the image's cloud-init reads only the Azure datasource (\(provisioningFindings ?? "datasource_list [ Azure ]")); Kiln presents the build VM as Azure does only on its embedded libvirt driver, not on \(options.libvirtURI ?? "?")")
+                throw KilnError(.unsupported, "the image's \(agent) (\(provisioningFindings ?? chosen.summary)); Kiln presents the build VM as Azure does only on its embedded libvirt driver, not on \(options.libvirtURI ?? "?")")
             }
             try await ISOImage.write(to: seedPath, volumeID: "OVF_ENV",
                                      files: ["ovf-env.xml": OVFEnvironment.xml(username: credentials.username, hostname: domainName,
                                                                                publicKey: credentials.authorizedKey)])
-            events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's cloud-init Azure datasource")
+            if chosen == .azure {
+                events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's cloud-init Azure datasource")
+            } else {
+                events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's Azure Linux agent; the wireserver's address, which QEMU's DHCP server cannot send, written as a cached DHCP lease (\((inspection?.writtenLeases ?? []).joined(separator: ", ")))")
+            }
             return true
         case .offline:
             return false
@@ -387,10 +397,12 @@ public final class BuildMachine: @unchecked Sendable {
         switch provisioning {
         case .noCloud?:
             parts.append("Kiln attached a cloud-init NoCloud seed for user \(username); if the image's cloud-init does not read NoCloud, import it with `kiln image import` (which inspects its datasource list) or pass --inject offline.")
-        case .azure?:
+        case .azure?, .waagent?:
             let reports = fabric?.healthReports ?? []
             let said = reports.last.map { "the guest last reported \($0.state)" + ($0.description.map { " (\($0))" } ?? "") } ?? "the guest never reported to the wireserver"
-            parts.append("Kiln presented the VM as Azure (asset tag, ovf-env.xml for user \(username), wireserver, instance metadata; \(fabric?.requests ?? 0) requests answered); \(said). The console log (\(consolePath)) shows cloud-init's Azure datasource at work.")
+            let agent = provisioning == .azure ? "The console log (\(consolePath)) shows cloud-init's Azure datasource at work."
+                : "Kiln wrote the wireserver's address as a DHCP lease (\((inspection?.writtenLeases ?? []).joined(separator: ", "))); the agent writes its log to /var/log/waagent.log in the guest, and the console log (\(consolePath)) shows the boot."
+            parts.append("Kiln presented the VM as Azure (asset tag, ovf-env.xml for user \(username), wireserver, instance metadata; \(fabric?.requests ?? 0) requests answered); \(said). \(agent)")
         case .offline?:
             parts.append("Kiln wrote user \(username) and its key into the image offline; check that the image's sshd allows public-key logins.")
         case nil:

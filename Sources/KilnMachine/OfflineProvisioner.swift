@@ -10,6 +10,8 @@ public struct OfflineInspection: Sendable {
     public var productName: String
     public var hasCloudInit: Bool
     public var injectedCredentials: Bool
+    /// The DHCP leases written for the Azure Linux agent (`DHCPLease`), removed again by the final cleanup.
+    public var writtenLeases: [String] = []
     /// Linux: what the image's cloud-init and Azure Linux agent configuration say.
     public var configuration: ProvisioningConfiguration?
 
@@ -18,7 +20,8 @@ public struct OfflineInspection: Sendable {
 }
 
 /// Inspects a disk with libguestfs and, when the guest has no cloud-init, writes the build user, its key and
-/// passwordless sudo straight into the file system. One appliance launch (~25 s under TCG) does both.
+/// passwordless sudo straight into the file system, or, for the Azure Linux agent, the DHCP lease that tells it
+/// where the wireserver is. One appliance launch (~25 s under TCG) does both.
 public enum OfflineProvisioner {
     public static func inspectAndProvision(disk: String, format: String, accelerator: Accelerator,
                                            credentials: BuildCredentials?, forceOffline: Bool) async throws(KilnError) -> OfflineInspection {
@@ -49,14 +52,24 @@ public enum OfflineProvisioner {
             hasCloudInit = try handle.exists("/Program Files/Cloudbase Solutions/Cloudbase-Init")
         }
         var injected = false
-        if let credentials, inspection.type == "linux", forceOffline || configuration?.provisioning == .offline {
-            try addLinuxUser(handle, credentials)
-            injected = true
+        var leases: [String] = []
+        if let credentials, inspection.type == "linux" {
+            if forceOffline || configuration?.provisioning == .offline {
+                try addLinuxUser(handle, credentials)
+                injected = true
+            } else if let configuration, configuration.provisioning == .waagent {
+                for directory in configuration.dhcpLeaseDirectories {
+                    let path = DHCPLease.path(in: directory)
+                    try handle.writeFile(path, Array(DHCPLease.contents.utf8))
+                    try handle.chmod(0o644, path)
+                    leases.append(path)
+                }
+            }
         }
         try handle.finish()
         return OfflineInspection(osType: inspection.type == "windows" ? "Windows" : "Linux", distro: inspection.distro,
                                  productName: inspection.productName, hasCloudInit: hasCloudInit, injectedCredentials: injected,
-                                 configuration: configuration)
+                                 writtenLeases: leases, configuration: configuration)
     }
 
     /// cloud-init (installed, switched off, its datasource list) and the Azure Linux agent, from the image's files.
@@ -65,7 +78,14 @@ public enum OfflineProvisioner {
         let inUsrLocalBin = try handle.exists("/usr/local/bin/cloud-init")
         var configuration = ProvisioningConfiguration(hasCloudInit: inUsrBin || inUsrLocalBin)
         if configuration.hasCloudInit {
-            configuration.cloudInitDisabled = try handle.exists("/etc/cloud/cloud-init.disabled")
+            // Switched off by cloud-init's own file, or by masking its first unit (a link to /dev/null).
+            let unit = "/etc/systemd/system/cloud-init-local.service"
+            let linked = try handle.isSymlink(unit)
+            let masked = try linked ? true : handle.exists(unit)
+            let disabledFile = try handle.exists("/etc/cloud/cloud-init.disabled")
+            let wanted = try handle.isSymlink("/etc/systemd/system/cloud-init.target.wants/cloud-init-local.service")
+            configuration.cloudInitDisabled = masked || disabledFile
+            configuration.cloudInitUnitEnabled = !masked && wanted
             let dropIns = try handle.exists("/etc/cloud/cloud.cfg.d") ? try handle.ls("/etc/cloud/cloud.cfg.d") : []
             var texts: [String] = []
             for file in ProvisioningConfiguration.configurationFiles(inDropInDirectory: dropIns) where try handle.exists(file) {
@@ -79,6 +99,11 @@ public enum OfflineProvisioner {
         if configuration.hasWaagent, try handle.exists("/etc/waagent.conf") {
             configuration.waagentProvisioningAgent = ProvisioningConfiguration.waagentProvisioningAgent(
                 fromConfiguration: String(decoding: try handle.readFile("/etc/waagent.conf"), as: UTF8.self))
+        }
+        if configuration.hasWaagent {
+            for directory in DHCPLease.directories where try handle.exists(directory) {
+                configuration.dhcpLeaseDirectories.append(directory)
+            }
         }
         return configuration
     }

@@ -76,7 +76,18 @@ public final class HostKeyPin: @unchecked Sendable {
 
     public var pinnedKey: String? { state.current.map { String(openSSHPublicKey: $0) } }
 
-    /// nil if accepted; otherwise why not.
+    /// Whether a handshake may go on with `key`: a pinned key must match; before the first login any key may, and
+    /// nothing is pinned yet. An image's agent may regenerate the host keys while it provisions the build user
+    /// (waagent's `Provisioning.RegenerateSshHostKeyPair`), so the key seen by attempts that are refused is not the
+    /// key the provisioned guest keeps.
+    func admits(_ key: NIOSSHPublicKey) -> String? {
+        state.withLock { pinned in
+            guard let existing = pinned, existing != key else { return nil }
+            return "the guest presented host key \(String(openSSHPublicKey: key)), not the key \(String(openSSHPublicKey: existing)) pinned when the build first connected"
+        }
+    }
+
+    /// Pins `key` if nothing is pinned (called once a login succeeded); nil if accepted, otherwise why not.
     func check(_ key: NIOSSHPublicKey) -> String? {
         state.withLock { pinned in
             guard let existing = pinned else {
@@ -179,6 +190,10 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
             if let kiln = error as? KilnError { throw kiln }
             throw KilnError(.io, "SSH handshake with \(endpoint.host):\(endpoint.port) failed: \(error)")
         }
+        if let key = serverAuth.presented.current, let problem = endpoint.hostKeyPin.check(key) {
+            try? await channel.close()
+            throw KilnError(.external, "SSH host key mismatch: \(problem)")
+        }
         let session = SSHSession(endpoint: endpoint, channel: channel)
         session.startKeepalive()
         return session
@@ -194,9 +209,11 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
     /// dropped, so the wait after sshd starts is about one poll interval. While an attempt that reached sshd is
     /// logging in, no new one starts: every connection costs the guest an sshd process (a re-exec, slow under
     /// TCG), and a burst of them, as queued SYNs reach a freshly started sshd together, was seen to delay the
-    /// first login by 10–20 s.
+    /// first login by 10–20 s. For the same reason an attempt that reached sshd is given `attemptTimeout` (60 s) to
+    /// log in: on a loaded host a TCG guest's handshake was seen to take over 15 s, and abandoning it for a new one
+    /// only spent the guest's CPU on another sshd (one guest's sshd used 3.5 CPU-minutes that way before a login).
     public static func waitForConnection(_ endpoint: SSHEndpoint, timeout: Duration, pollInterval: Duration = .milliseconds(500),
-                                         bannerTimeout: Duration = .seconds(5), attemptTimeout: Duration = .seconds(15),
+                                         bannerTimeout: Duration = .seconds(5), attemptTimeout: Duration = .seconds(60),
                                          progress: @escaping @Sendable (Int, Duration, KilnError) -> Void = { _, _, _ in },
                                          abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> SSHSession {
         enum Attempt: Sendable {
@@ -442,8 +459,12 @@ private final class PinningHostKeyDelegate: NIOSSHClientServerAuthenticationDele
     private let pin: HostKeyPin
     init(pin: HostKeyPin) { self.pin = pin }
 
+    /// The key this connection's server presented, pinned by `connect` once the login succeeds.
+    let presented = Locked<NIOSSHPublicKey?>(nil)
+
     func validateHostKey(hostKey: NIOSSHPublicKey, validationCompletePromise: EventLoopPromise<Void>) {
-        if let problem = pin.check(hostKey) {
+        presented.withLock { $0 = hostKey }
+        if let problem = pin.admits(hostKey) {
             validationCompletePromise.fail(KilnError(.external, "SSH host key mismatch: \(problem)"))
         } else {
             validationCompletePromise.succeed(())

@@ -85,8 +85,8 @@ struct BootBenchmark {
 }
 
 /// Start to first exec for each way a Linux image gets its build user, in one run: the reference image (NoCloud
-/// seed) and the same image with cloud-init reading only the Azure datasource (presented as Azure), alternated so
-/// that both see the same machine load. The guest's own boot and its agent's work are in the columns.
+/// seed), the same image with cloud-init reading only the Azure datasource, and with the Azure Linux agent alone
+/// (both presented as Azure), alternated so that all see the same machine load. The guest's own boot and its agent's work are in the columns.
 struct ProvisioningBootBenchmark {
     var runs: Int
     var size: String
@@ -100,14 +100,19 @@ struct ProvisioningBootBenchmark {
         guard let buildScript = catalog.buildScript else {
             throw KilnError(.notFound, "expected scripts/build-image beside the image catalog \(catalog.catalogPath ?? "(none found above the executable; set KILN_CATALOG)"), found none")
         }
-        let built = try await Subprocess.run(buildScript, ["debian-12-azure"], timeout: .seconds(3600))
-        guard built.succeeded, let path = built.stdoutText.split(separator: "\n").last.map(String.init) else {
-            throw KilnError(.external, "\(buildScript) debian-12-azure failed: \(built.stderrText.suffix(1000))")
+        func recipe(_ name: String, _ provisioning: LinuxProvisioning) async throws(KilnError) -> SourceImage {
+            let built = try await Subprocess.run(buildScript, [name], timeout: .seconds(3600))
+            guard built.succeeded, let path = built.stdoutText.split(separator: "\n").last.map(String.init) else {
+                throw KilnError(.external, "\(buildScript) \(name) failed: \(built.stderrText.suffix(1000))")
+            }
+            var image = try await catalog.resolve(reference: path)
+            image.provisioning = provisioning
+            image.hasCloudInit = true
+            return image
         }
-        var azure = try await catalog.resolve(reference: path)
-        azure.provisioning = .azure
-        azure.hasCloudInit = true
-        let variants: [(String, SourceImage)] = [("cloud-init-nocloud", reference), ("cloud-init-azure", azure)]
+        let variants: [(String, SourceImage)] = [("cloud-init-nocloud", reference),
+                                                 ("cloud-init-azure", try await recipe("debian-12-azure", .azure)),
+                                                 ("waagent-azure", try await recipe("debian-12-waagent", .waagent))]
         let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
         print("provisioning boot benchmark: \(size), \(decision.accelerator.rawValue), \(runs) runs each, alternated")
         print("variant             " + BootBenchmark.header)

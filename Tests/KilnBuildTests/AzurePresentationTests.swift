@@ -27,9 +27,43 @@ struct AzurePresentationTests {
         #expect(agentOnly.provisioning == .offline)
         #expect(agentOnly.notice?.contains("DHCP option 245") == true, "why the agent's own way is not taken")
         #expect(ProvisioningConfiguration(hasCloudInit: true, datasourceList: ["Azure"], hasWaagent: true).notice == nil)
+        // With a lease directory the agent reads, the agent provisions the build user itself.
+        let agentWithLeases = ProvisioningConfiguration(hasCloudInit: false, hasWaagent: true, waagentProvisioningAgent: "waagent",
+                                                        dhcpLeaseDirectories: ["/var/lib/dhcp"])
+        #expect(agentWithLeases.provisioning == .waagent)
+        #expect(agentWithLeases.notice == nil)
+        #expect(ProvisioningConfiguration(hasCloudInit: true, cloudInitDisabled: true, hasWaagent: true, dhcpLeaseDirectories: ["/var/lib/dhclient"]).provisioning == .waagent,
+                "cloud-init switched off, Provisioning.Agent unset (auto): the agent provisions")
+        let refusing = ProvisioningConfiguration(hasCloudInit: true, cloudInitDisabled: true, cloudInitUnitEnabled: true, hasWaagent: true,
+                                                 dhcpLeaseDirectories: ["/var/lib/dhcp"])
+        #expect(refusing.provisioning == .offline, "cloud-init.disabled but its unit enabled: the agent refuses, as on Azure")
+        #expect(refusing.notice?.contains("systemctl mask") == true, "\(refusing.notice ?? "")")
+        #expect(ProvisioningConfiguration(hasCloudInit: false, hasWaagent: true, waagentProvisioningAgent: "cloud-init", dhcpLeaseDirectories: ["/var/lib/dhcp"]).provisioning == .offline,
+                "an agent told to leave provisioning to cloud-init, and no cloud-init")
+        #expect(ProvisioningConfiguration(hasCloudInit: true, datasourceList: ["Azure"], hasWaagent: true, waagentProvisioningAgent: "waagent",
+                                          dhcpLeaseDirectories: ["/var/lib/dhcp"]).provisioning == .azure, "cloud-init at work provisions")
+        #expect(DHCPLease.path(in: "/var/lib/dhcp") == "/var/lib/dhcp/dhclient.azure-wireserver.leases", "matches Debian's and Ubuntu's dhclient.*.leases")
+        #expect(DHCPLease.path(in: "/var/lib/NetworkManager") == "/var/lib/NetworkManager/dhclient-azure-wireserver.lease", "matches RHEL's dhclient-*.lease")
         #expect(ProvisioningConfiguration.waagentProvisioningAgent(fromConfiguration: "# Provisioning.Agent=auto\nProvisioning.Agent=cloud-init\n") == "cloud-init")
         let described = ProvisioningConfiguration(hasCloudInit: true, datasourceList: ["Azure"], hasWaagent: true, waagentProvisioningAgent: "auto").description
         #expect(described == "cloud-init, datasource_list [ Azure ]; waagent (Provisioning.Agent=auto)")
+    }
+
+    /// The lease is parsed here as the agent's `get_endpoint_from_leases_path` parses it: per `lease` block, the
+    /// last `option unknown-245` line's four hex bytes, valid when `expire` says never (or a later date).
+    @Test func dhcpLeaseCarriesTheWireserverAsTheAgentParsesIt() {
+        var endpoint: String?
+        var candidate: String?
+        var expired = true
+        for line in DHCPLease.contents.split(separator: "\n").map(String.init) {
+            if line.hasPrefix("lease") { candidate = nil; expired = true }
+            else if line.contains("expire") { expired = !line.contains("never") }
+            else if line.contains("}") { if !expired, let candidate { endpoint = candidate } }
+            else if let range = line.range(of: #"^\s*option\s+unknown-245\s+([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+);"#, options: .regularExpression) {
+                candidate = line[range].split(separator: " ").last.map { $0.dropLast().split(separator: ":").map { String(Int($0, radix: 16) ?? -1) }.joined(separator: ".") }
+            }
+        }
+        #expect(endpoint == "168.63.129.16")
     }
 
     static func fabric() -> AzureFabric {

@@ -11,9 +11,13 @@ extension BuildTests {
     struct BroughtImage {
         var recipe: String
         var urn: String
-        /// qemu-img's vpc subformat: `fixed` (as Azure exports) or `dynamic`.
+        /// The file handed to `kiln image import`: qemu-img's vpc subformat `fixed` (as Azure exports) or
+        /// `dynamic`, or `raw`.
         var subformat: String
         var provisioning: String
+        /// A deprovisioning script the template writes to /tmp/DeprovisioningScript.sh in place of AIB's default
+        /// (`waagent -deprovision+user`), for an image without the Azure Linux agent.
+        var deprovisioningScript: [String]? = nil
     }
 
     /// Imports `image`, builds the shared template on it and returns the build's events and the output VHD, opened.
@@ -28,17 +32,25 @@ extension BuildTests {
         let built = try await Subprocess.run(VMTestEnvironment.repositoryRoot.path + "/scripts/build-image", ["--print-path", image.recipe])
         let qcow2 = try #require(built.succeeded ? built.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) : nil,
                                  "scripts/build-image \(image.recipe) first (scripts/test does)")
-        let vhd = work.files + "/\(image.recipe).vhd"
-        let converted = try await Subprocess.run("qemu-img", ["convert", "-f", "qcow2", "-O", "vpc", "-o", "subformat=\(image.subformat)\(image.subformat == "fixed" ? ",force_size" : "")", qcow2, vhd])
+        let raw = image.subformat == "raw"
+        let vhd = work.files + "/\(image.recipe)" + (raw ? ".raw" : ".vhd")
+        let converted = try await Subprocess.run("qemu-img", ["convert", "-f", "qcow2"] + (raw ? ["-O", "raw"]
+            : ["-O", "vpc", "-o", "subformat=\(image.subformat)\(image.subformat == "fixed" ? ",force_size" : "")"]) + [qcow2, vhd])
         #expect(converted.succeeded, "\(converted.stderrText)")
         let sourceBefore = try FileManager.default.attributesOfItem(atPath: vhd)
 
         let imported = try work.kiln(["image", "import", vhd, "--urn", image.urn])
         #expect(imported.status == 0, "\(imported.stderr)")
-        #expect(imported.stdout.contains("vpc (VHD)"), "the format is decided at import and shown: \(imported.stdout)")
+        #expect(imported.stdout.contains(raw ? ": raw, " : ": vpc (VHD), "), "the format is decided at import and shown: \(imported.stdout)")
         #expect(imported.stdout.contains("provisioning \(image.provisioning)"), "\(imported.stdout)")
 
         let parts = image.urn.split(separator: ":")
+        var deprovisioning = ""
+        if let script = image.deprovisioningScript {
+            let commands = script.enumerated().map { "echo '\($0.element)' | sudo tee \($0.offset == 0 ? "" : "-a ")/tmp/DeprovisioningScript.sh" }
+            let lines = try String(decoding: JSONSerialization.data(withJSONObject: commands), as: UTF8.self)
+            deprovisioning = #"\#n{"type": "Shell", "name": "deprovisioning-script", "inline": \#(lines)},"#
+        }
         let payload = try work.write("payload.txt", "payload for \(image.recipe)\n")
         let template = try work.write("\(image.recipe).json", """
         {
@@ -57,11 +69,12 @@ extension BuildTests {
                 "curl -sf -H Metadata:true 'http://169.254.169.254/metadata/instance/compute/location?api-version=2021-02-01&format=text' | sudo tee /opt/kiln/location",
                 "curl -sf -H Metadata:true 'http://169.254.169.254/metadata/instance?api-version=2021-02-01' | sudo tee /opt/kiln/instance.json",
                 "cat /proc/sys/kernel/random/boot_id | sudo tee /opt/kiln/boot-before",
+                "(sudo ls /var/lib/waagent/provisioned 2>/dev/null || true) | sudo tee /opt/kiln/waagent-provisioned",
                 "if curl -sf --max-time 10 -o /dev/null http://168.0.0.2:\(hostService.port)/loopback.txt; then echo 'host loopback: reached'; else echo 'host loopback: unreachable'; fi"
               ]},
               {"type": "File", "name": "payload", "sourceUri": "file://\(payload)", "destination": "/tmp/payload.txt"},
               {"type": "Shell", "name": "keep-payload", "inline": ["sudo mv /tmp/payload.txt /opt/kiln/payload.txt"]},
-              {"type": "Shell", "name": "reboot", "inline": ["sudo reboot"]},
+              {"type": "Shell", "name": "reboot", "inline": ["sudo reboot"]},\(deprovisioning)
               {"type": "Shell", "name": "after-reboot", "inline": ["cat /proc/sys/kernel/random/boot_id | sudo tee /opt/kiln/boot-after"]}
             ],
             "distribute": [{"type": "VHD", "runOutputName": "broughtVhd"}]
@@ -102,9 +115,15 @@ extension BuildTests {
         #expect(try !handle.exists("/etc/sudoers.d/90-kiln-build-user"))
         #expect(try !handle.exists("/var/lib/waagent/ovf-env.xml"))
         #expect(try !handle.exists("/var/lib/cloud/seed/nocloud"))
+        for lease in ["/var/lib/dhcp/dhclient.azure-wireserver.leases", "/var/lib/dhclient/dhclient-azure-wireserver.lease",
+                      "/var/lib/NetworkManager/dhclient-azure-wireserver.lease"] {
+            #expect(try !handle.exists(lease), "\(lease)")
+        }
         let leftovers = try handle.ls("/tmp").filter { $0.hasPrefix("script_") || $0 == "DeprovisioningScript.sh" }
         #expect(leftovers.isEmpty, "\(leftovers)")
-        #expect(try read("/etc/hostname").hasPrefix("localhost"), "waagent -deprovision+user ran (it resets the host name), although the reboot emptied /tmp")
+        if image.deprovisioningScript == nil {
+            #expect(try read("/etc/hostname").hasPrefix("localhost"), "waagent -deprovision+user ran (it resets the host name), although the reboot emptied /tmp")
+        }
         return (events, handle, output)
     }
 
@@ -135,18 +154,47 @@ extension BuildTests {
     }
 
     @Test("""
-    an image provisioned by the Azure Linux agent alone (cloud-init off), imported as a dynamic VHD, gets its build \
-    user offline and builds end to end with the metadata service, a File and a reboot, keeping nothing of Kiln's
+    an image provisioned by the Azure Linux agent alone (cloud-init off), imported as a dynamic VHD, is provisioned \
+    by the agent itself from ovf-env.xml (the wireserver's address given as a cached DHCP lease; the agent \
+    regenerates the SSH host keys meanwhile), reports Ready, and builds end to end with the metadata service, a \
+    File and a reboot, keeping nothing of Kiln's
     """)
     func waagentOnlyImage() async throws {
         let work = try Workspace()
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
         let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-waagent", urn: "Contoso:waagent-debian:12:1.0.0",
-                                                                           subformat: "dynamic", provisioning: "offline"), work: work)
+                                                                           subformat: "dynamic", provisioning: "waagent-azure"), work: work)
         defer { handle.close() }
         let messages = events.compactMap { $0["message"] as? String }
-        #expect(messages.contains { $0.contains("written offline") }, "\(messages)")
+        #expect(messages.contains { $0.contains("for the image's Azure Linux agent") && $0.contains("/var/lib/dhcp/dhclient.azure-wireserver.leases") }, "\(messages)")
+        #expect(messages.contains { $0.contains("the guest reported Ready to the wireserver") }, "the agent reported ready: \(messages)")
+        #expect(!messages.contains { $0.contains("written offline") }, "\(messages)")
+        #expect(String(decoding: try handle.readFile("/opt/kiln/waagent-provisioned"), as: UTF8.self) == "/var/lib/waagent/provisioned\n",
+                "the agent itself provisioned the build VM")
         #expect(try handle.exists("/etc/cloud/cloud-init.disabled"), "the image's own configuration is untouched")
         #expect(String(decoding: try handle.readFile("/etc/waagent.conf"), as: UTF8.self).contains("Provisioning.Agent=waagent"))
+    }
+
+    @Test("""
+    an image networked and provisioned as RHEL's Azure images are (NetworkManager, cloud-init with the Azure \
+    datasource only and RHEL's settings, no Azure Linux agent), imported as a raw file, builds end to end with the \
+    metadata service, a File, a reboot and the template's own deprovisioning script, keeping nothing of Kiln's
+    """)
+    func networkManagerImage() async throws {
+        let work = try Workspace()
+        defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+        let deprovisioning = ["set -e", "cloud-init clean --logs --seed", "rm -f /etc/NetworkManager/system-connections/cloud-init-*",
+                              "truncate -s 0 /etc/machine-id", "echo template-deprovisioned > /var/lib/deprovisioned-by", "sync"]
+        let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-nm", urn: "Contoso:nm-debian:12:1.0.0",
+                                                                           subformat: "raw", provisioning: "cloud-init-azure",
+                                                                           deprovisioningScript: deprovisioning), work: work)
+        defer { handle.close() }
+        let messages = events.compactMap { $0["message"] as? String }
+        #expect(messages.contains { $0.contains("the guest reported Ready to the wireserver") }, "cloud-init's Azure datasource reported ready: \(messages)")
+        #expect(String(decoding: try handle.readFile("/var/lib/deprovisioned-by"), as: UTF8.self) == "template-deprovisioned\n",
+                "the template's /tmp/DeprovisioningScript.sh ran instead of waagent")
+        #expect(try !handle.exists("/usr/sbin/waagent"))
+        #expect(try handle.exists("/etc/systemd/system/multi-user.target.wants/NetworkManager.service"), "the image's own network stack is untouched")
+        #expect(try handle.ls("/etc/NetworkManager/system-connections").isEmpty, "the template's script removed cloud-init's connection")
     }
 }

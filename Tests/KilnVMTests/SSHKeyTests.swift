@@ -30,6 +30,20 @@ struct SSHKeyTests {
         #expect(pin.pinnedKey == String(openSSHPublicKey: first))
     }
 
+    @Test("before the first login any host key is admitted and none pinned (an agent may regenerate them while provisioning); after it, only the pinned one")
+    func hostKeyAdmittedBeforeLogin() {
+        let pin = HostKeyPin()
+        let beforeProvisioning = NIOSSHPrivateKey(ed25519Key: .init()).publicKey
+        let provisioned = NIOSSHPrivateKey(ed25519Key: .init()).publicKey
+        #expect(pin.admits(beforeProvisioning) == nil)
+        #expect(pin.pinnedKey == nil)
+        #expect(pin.admits(provisioned) == nil)
+        #expect(pin.check(provisioned) == nil)
+        #expect(pin.pinnedKey == String(openSSHPublicKey: provisioned))
+        #expect(pin.admits(beforeProvisioning)?.contains("pinned") == true)
+        #expect(pin.admits(provisioned) == nil)
+    }
+
     @Test("shell quoting survives quotes, dollars and spaces")
     func quoting() async throws {
         let tricky = "it's a $HOME `x` \"y\" path"

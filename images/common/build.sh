@@ -36,6 +36,9 @@ security_mirror=${KILN_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-secu
 
 packages=$(sed -e 's/#.*//' "$common/packages" | xargs)
 packages="$packages ${RECIPE_PACKAGES:-}"
+for excluded in ${RECIPE_EXCLUDE_PACKAGES:-}; do
+  packages=$(echo " $packages " | sed "s/ $excluded / /g")
+done
 include=$(echo $packages | tr ' ' ',')
 
 root_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -48,7 +51,7 @@ mkdir -p "$work"
 # Hook commands are run by mmdebstrap with "$1" = the image root. The --aptopt
 # and --dpkgopt settings only apply to the build: the last hook removes the
 # files mmdebstrap stores them in, so the image has stock apt/dpkg behaviour.
-export KILN_COMMON=$common KILN_WORK=$work
+export KILN_COMMON=$common KILN_WORK=$work KILN_RECIPE=$recipe_dir
 {
   echo "# <file system> <mount point> <type> <options> <dump> <pass>"
   echo "UUID=$root_uuid / ext4 rw,discard,errors=remount-ro 0 1"
@@ -61,6 +64,7 @@ FIRMWARE=$FIRMWARE
 PARTITION_TABLE=$PARTITION_TABLE
 ROOT_UUID=$root_uuid
 ESP_UUID=$esp_uuid
+NETWORK=${RECIPE_NETWORK:-systemd-networkd}
 EOF
 
 log "mmdebstrap $SUITE ($FIRMWARE): $packages"
@@ -75,6 +79,7 @@ mmdebstrap \
   --essential-hook='cp -rT --no-preserve=ownership "$KILN_COMMON/overlay-early" "$1"' \
   --essential-hook='cp "$KILN_WORK/fstab" "$1/etc/fstab"' \
   --customize-hook='cp -rT --no-preserve=ownership "$KILN_COMMON/overlay" "$1"' \
+  --customize-hook='[ ! -d "$KILN_RECIPE/overlay" ] || cp -rT --no-preserve=ownership "$KILN_RECIPE/overlay" "$1"' \
   --customize-hook='cp "$KILN_WORK/kiln-build.env" "$1/tmp/kiln-build.env"' \
   --customize-hook='cp "$KILN_COMMON/setup-chroot.sh" "$1/tmp/kiln-setup-chroot.sh"' \
   --customize-hook='chroot "$1" /bin/bash /tmp/kiln-setup-chroot.sh' \

@@ -2,7 +2,7 @@
 # Runs INSIDE the image root (chroot), as the last mmdebstrap customize hook of
 # images/common/build.sh, after all packages are installed and the overlay is
 # copied in. Configures services, waagent, SSH host keys and the GRUB boot files.
-# Input: /tmp/kiln-build.env (FIRMWARE, PARTITION_TABLE, ROOT_UUID, ESP_UUID).
+# Input: /tmp/kiln-build.env (FIRMWARE, PARTITION_TABLE, ROOT_UUID, ESP_UUID, NETWORK).
 set -euo pipefail
 . /tmp/kiln-build.env
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
@@ -33,14 +33,26 @@ set_waagent() { # key value
     echo "$1=$2" >> /etc/waagent.conf
   fi
 }
-set_waagent Provisioning.Agent cloud-init
-set_waagent ResourceDisk.Format n
-set_waagent ResourceDisk.EnableSwap n
-set_waagent AutoUpdate.Enabled n
-test -x /usr/sbin/waagent
+if [ -e /etc/waagent.conf ]; then   # a recipe may leave the agent out (RECIPE_EXCLUDE_PACKAGES)
+  set_waagent Provisioning.Agent cloud-init
+  set_waagent ResourceDisk.Format n
+  set_waagent ResourceDisk.EnableSwap n
+  set_waagent AutoUpdate.Enabled n
+  test -x /usr/sbin/waagent
+fi
 
 # ---------------------------------------------------------------- services
-systemctl enable systemd-networkd.service systemd-resolved.service ssh.service ssh-host-keygen.service
+systemctl enable systemd-resolved.service ssh.service ssh-host-keygen.service
+# The network: systemd-networkd (Debian's cloud images), or NetworkManager as RHEL's images have it.
+case "$NETWORK" in
+  systemd-networkd) systemctl enable systemd-networkd.service ;;
+  NetworkManager)
+    systemctl disable systemd-networkd.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
+    rm -f /etc/systemd/network/99-default-dhcp.network
+    rm -rf /etc/systemd/system/systemd-networkd-wait-online.service.d
+    systemctl enable NetworkManager.service NetworkManager-wait-online.service ;;
+  *) log "unknown NETWORK $NETWORK"; exit 1 ;;
+esac
 # Nothing should compete with customization scripts for the dpkg lock, or
 # scrub/index at boot under emulation.
 for unit in walinuxagent.service apt-daily.timer apt-daily-upgrade.timer \
