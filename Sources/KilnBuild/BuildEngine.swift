@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuest
 import KilnMachine
 import KilnSSH
 import KilnStore

@@ -1,4 +1,4 @@
-import KilnSSH
+import KilnGuest
 import KilnSupport
 
 /// The last step of a Linux build, as AIB's hidden last customizer: AIB writes its default deprovisioning

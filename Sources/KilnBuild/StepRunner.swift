@@ -1,6 +1,6 @@
 import Foundation
 import KilnDigest
-import KilnSSH
+import KilnGuest
 import KilnSupport
 import KilnTemplate
 

@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuest
 import KilnLibvirt
 import KilnSSH
 import KilnSupport

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import KilnSSH
+import KilnGuest
 import KilnSupport
 import KilnWinRM
 
