@@ -51,11 +51,7 @@ extension BuildEngine {
         }
 
         enterPhase(.customizing, "deprovision")
-        log.write("deprovision", "running C:\\DeprovisioningScript.ps1 if the template wrote one, else AIB's default Sysprep")
-        let (result, tail) = try await runner.stream(WindowsScripts.deprovision, label: "deprovision")
-        guard result.succeeded else {
-            throw Outcome.failed("deprovisioning failed with \(result). Last output:\n\(tail.text)")
-        }
+        try await asBuildFailure { try await WindowsDeprovisioner(runner: runner).run() }
 
         enterPhase(.customizing, "shutdown")
         log.write("kiln", "powering off (shutdown /s /f /t 5), then removing Kiln's WinRM setup script, firewall rule, HTTPS listener and certificate")

@@ -384,7 +384,7 @@ public final class BuildEngine: @unchecked Sendable {
         runner.keepFailedScripts = (request.onError ?? errorHandling.onCustomizerError) == .abort
             || (request.onError ?? errorHandling.onValidationError) == .abort
         if resumed == nil {
-            try await writeDefaultDeprovisioningScript(connection.session)
+            try await asBuildFailure { try await LinuxDeprovisioner.writeDefaultScript(connection.session) }
             log.write("kiln", "wrote AIB's default \(LinuxDeprovisioner.scriptPath) (a customizer may replace it)")
             parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
                                               label: "boot", machine: machine, connection: connection, templateName: template.name)
@@ -409,26 +409,7 @@ public final class BuildEngine: @unchecked Sendable {
         }
 
         enterPhase(.customizing, "deprovision")
-        log.packerDebug("deprovision", "[INFO] (telemetry) Starting provisioner shell")
-        let current = OutputCollector()
-        if try await !connection.session.exec("cat \(LinuxDeprovisioner.scriptPath)", output: { current.append($0) }).succeeded {
-            // Most distributions empty /tmp at boot (systemd-tmpfiles), so a step that rebooted the guest took the
-            // script written after the first boot with it; no customizer wrote its own since.
-            log.write("deprovision", "\(LinuxDeprovisioner.scriptPath) is gone (a restart empties /tmp); writing AIB's default again")
-            try await writeDefaultDeprovisioningScript(connection.session)
-        }
-        log.write("deprovision", current.stdoutText.isEmpty || current.stdoutText == LinuxDeprovisioner.defaultScript
-                  ? "running AIB's default deprovisioning (\(LinuxDeprovisioner.scriptPath))"
-                  : "running the template's \(LinuxDeprovisioner.scriptPath)")
-        let command = LinuxDeprovisioner.command(username: machine.username, placedFiles: connection.placedFiles)
-        log.write("deprovision", "command: cat \(LinuxDeprovisioner.scriptPath); sudo -E sh \(LinuxDeprovisioner.scriptPath), then Kiln's final cleanup")
-        log.packerDebug("deprovision", "[DEBUG] starting remote command: \(command)")
-        let (result, tail) = try await StepOutput.exec(command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
-        log.write("deprovision", "\(result)")
-        guard result.succeeded else {
-            throw Outcome.failed("deprovisioning (\(LinuxDeprovisioner.scriptPath)) failed with \(result). Last output:\n\(tail.text)")
-        }
-        log.packerDebug("deprovision", "[INFO] (telemetry) ending shell")
+        try await asBuildFailure { try await LinuxDeprovisioner(connection: connection, username: machine.username, log: log, events: events).run() }
 
         enterPhase(.customizing, "shutdown")
         log.write("kiln", "removing the build user \(machine.username), its key and home, and the SSH host keys; powering off")
@@ -444,10 +425,12 @@ public final class BuildEngine: @unchecked Sendable {
         try await distribute(template, machine: machine, source: source, guestOS: guestOS, log: log)
     }
 
-    private func writeDefaultDeprovisioningScript(_ session: any GuestSession) async throws {
-        let written = try await session.exec("cat > \(LinuxDeprovisioner.scriptPath)", stdin: Array(LinuxDeprovisioner.defaultScript.utf8)) { _ in }
-        guard written.succeeded else {
-            throw Outcome.failed("could not write AIB's default \(LinuxDeprovisioner.scriptPath) in the guest: \(written)")
+    /// A deprovisioner's StepFailure ends the build as a failure (not a cancel, should one arrive at the same moment).
+    func asBuildFailure(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let failure as StepFailure {
+            throw Outcome.failed(failure.message)
         }
     }
 
