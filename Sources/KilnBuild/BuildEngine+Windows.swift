@@ -8,8 +8,10 @@ extension BuildEngine {
     /// A Windows build: the image prepared offline (answer file with a per-build Administrator password, WinRM
     /// over HTTPS), boot, WinRM, customizers, validation, Sysprep (or the template's script), power-off,
     /// distribution. Windows guests take no checkpoints: the build cache is Linux-only for now.
-    func buildWindows(_ template: ImageTemplate, source: SourceImage, steps: [(path: String, step: Customizer)], validations: [(path: String, step: Customizer)],
-                      size: VMSize, accelerator: Accelerator, downloads: String, prefetcher: StepRunner, log: CustomizationLog) async throws {
+    func buildWindows(_ template: ImageTemplate, plan: BuildPlan, downloads: String, prefetcher: StepRunner, log: CustomizationLog) async throws {
+        guard let accelerator = plan.accelerator?.accelerator else {
+            throw KilnError(.internalError, "the plan of a Windows build has no accelerator")
+        }
         if let run = request.resumeRun {
             throw Outcome.failed("--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")
         }
@@ -24,7 +26,7 @@ extension BuildEngine {
         if request.writeCheckpoints || request.useCache {
             log.write("kiln", "the build cache does not cover Windows guests: no checkpoints are read or written")
         }
-        let options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
+        let options = MachineOptions(runID: record.runID, source: plan.source, size: plan.size, osDiskSizeGB: plan.osDiskSizeGB,
                                      accelerator: accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
                                      stateDirectory: request.state, windows: access)
         enterPhase(.building, "boot")
@@ -39,13 +41,14 @@ extension BuildEngine {
         let runner = WindowsStepRunner(session: session, log: log, events: events, downloads: downloads, fetcher: prefetcher,
                                        administrator: (username, password))
 
-        if !steps.isEmpty {
+        if !plan.customize.isEmpty {
             enterPhase(.customizing, "customize")
-            for (index, (path, step)) in steps.enumerated() {
-                try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
+            for step in plan.customize {
+                try await runStep(runner.run, step.customizer, index: step.index, path: step.path,
+                                  onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
             }
         }
-        if try await runValidations(validations, firstIndex: steps.count, template: template, run: runner.run) {
+        if try await runValidations(plan.validations, template: template, run: runner.run) {
             await session.close()
             return
         }
@@ -63,6 +66,6 @@ extension BuildEngine {
         }
 
         enterPhase(.distributing, "distribute")
-        try await distribute(template, machine: machine, source: source, guestOS: .windows, log: log)
+        try await distribute(template, machine: machine, source: plan.source, guestOS: .windows, log: log)
     }
 }

@@ -114,20 +114,16 @@ public final class BuildEngine: @unchecked Sendable {
         let loaded = TemplateLoader.load(file: request.templatePath, inputs: request.inputs)
         secrets.set(loaded.secrets)
         for warning in loaded.warnings { events(.warning("\(request.templatePath): \(warning)")) }
-        guard loaded.isValid else {
-            let lines = loaded.errors.map { "\(request.templatePath): \($0)" }
-            return finishEarly(.failed("the template is not valid:\n" + lines.joined(separator: "\n")))
-        }
-        let candidates = loaded.templates.filter { request.name == nil || $0.template.name == request.name }
-        guard candidates.count == 1, let chosen = candidates.first else {
-            let names = loaded.templates.map(\.template.name).joined(separator: ", ")
-            return finishEarly(.failed(request.name == nil ? "\(request.templatePath) holds \(loaded.templates.count) image templates (\(names)); choose one with --name"
-                                                        : "expected an image template named \(request.name ?? "") in \(request.templatePath), found \(names)"))
+        let chosen: LoadedTemplate
+        do {
+            chosen = try BuildPlanner.choose(loaded, request: request)
+        } catch {
+            return finishEarly(.failed(error.message))
         }
         let template = chosen.template
         record.templateName = request.createdTemplateName ?? template.name
         do {
-            try checkOutputDestinations(template)
+            try BuildPlanner.checkOutputDestinations(template, request: request)
         } catch {
             return finishEarly(.failed(error.message))
         }
@@ -249,47 +245,17 @@ public final class BuildEngine: @unchecked Sendable {
             log.write("kiln", "offline: downloads come from \(offlineCache.directory)")
         }
         enterPhase(.building, "resolve source")
-        let catalog = try ImageCatalog.locate(state: request.state)
-        let source: SourceImage
-        switch template.properties.source {
-        case .platformImage(let image):
-            source = try await catalog.resolve(publisher: image.publisher, offer: image.offer, sku: image.sku, version: image.version,
-                                               allowBuild: !request.offline) { [events] in
-                events(.message($0))
-            }
-        case .managedImage(let id):
-            guard let image = try storeOrFail().managedImage(id: id) else {
-                throw Outcome.failed("properties.source.imageId: expected a managed image \(id) in the local store, found none (kiln image list shows the store)")
-            }
-            source = try SourceImage(stored: image.disk, reference: image.id, version: nil, path: "properties.source.imageId")
-        case .sharedImageVersion(let id):
-            let version: GalleryVersionRecord
-            do {
-                version = try storeOrFail().resolveGalleryVersion(id)
-            } catch {
-                throw Outcome.failed("properties.source.imageVersionId: \(error.message)")
-            }
-            if version.id.lowercased() != id.lowercased() {
-                log.write("kiln", "\(id) resolved to \(version.id)")
-                events(.message("source \(id) is \(version.id)"))
-            }
-            source = try SourceImage(stored: version.disk, reference: version.id, version: version.version.description,
-                                     path: "properties.source.imageVersionId")
-        }
+        let source = try await BuildPlanner.resolveSource(template, request: request, store: try storeOrFail(), allowBuild: !request.offline,
+                                                          progress: { [events] in events(.message($0)) },
+                                                          resolved: { [events] reference, version in
+                                                              log.write("kiln", "\(reference) resolved to \(version)")
+                                                              events(.message("source \(reference) is \(version)"))
+                                                          })
         record.source = source.displayName
         log.write("kiln", "source: \(source.displayName) (\(source.path), \(source.format), \(source.firmware.rawValue))")
-        let guestOS: OSType = source.osType.flatMap { OSType(rawValue: $0) } ?? template.declaredOSType ?? .linux
-        let rules = GuestRules.check(loaded, osType: guestOS)
-        if let problem = rules.first(where: { $0.severity == .error }) {
-            throw Outcome.failed("\(request.templatePath): \(problem)")
-        }
+        var plan = try BuildPlanner.plan(loaded, request: request, source: source)
+        let guestOS = plan.guestOS
 
-        let validate = template.properties.validate
-        let sourceOnly = validate?.sourceValidationOnly == true
-        let steps = sourceOnly ? [] : zip(loaded.stepPaths.customize, template.properties.customize).map { (path: $0.description, step: $1) }
-        let validations = zip(loaded.stepPaths.inVMValidations, validate?.inVMValidations ?? []).map { (path: $0.description, step: $1) }
-
-        let size = try VMSize.named(template.properties.vmProfile.vmSize)
         let decision = await AcceleratorProbe.decide(request.accelerator, cacheDirectory: request.state.path)
         log.write("kiln", "accelerator \(decision.accelerator.rawValue): \(decision.evidence)")
         events(.message("accelerator \(decision.accelerator.rawValue): \(decision.evidence)"))
@@ -299,40 +265,29 @@ public final class BuildEngine: @unchecked Sendable {
         let downloads = runDirectory + "/downloads"
         let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
         var downloaded: [String?] = []
-        for (index, (path, step)) in (steps + validations).enumerated() {
-            downloaded.append(try await prefetcher.prefetch(step, index: index, path: path))
+        for step in plan.customize + plan.validations {
+            downloaded.append(try await prefetcher.prefetch(step.customizer, index: step.index, path: step.path))
         }
+        plan = try BuildPlanner.withCheckpointKeys(plan, accelerator: decision, downloadedSHA256: downloaded)
         if guestOS == .windows {
             if request.isolateNetwork {
                 // A Windows guest fetches File uploads from Kiln's server on the host address.
                 throw Outcome.failed("--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
             }
-            try await buildWindows(template, source: source, steps: steps, validations: validations, size: size, accelerator: decision.accelerator,
-                                   downloads: downloads, prefetcher: prefetcher, log: log)
+            try await buildWindows(template, plan: plan, downloads: downloads, prefetcher: prefetcher, log: log)
             return
         }
 
-        // Checkpoint keys: the booted source, then each customizer on top of the one before.
-        var options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
+        var options = MachineOptions(runID: record.runID, source: source, size: plan.size, osDiskSizeGB: plan.osDiskSizeGB,
                                      accelerator: decision.accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
-                                     stateDirectory: request.state)
+                                     stateDirectory: request.state, username: plan.username)
         options.isolateNetwork = request.isolateNetwork
-        if guestOS == .linux {
-            // What the instance metadata service tells the guest: AIB's build VM in the template's location.
-            var metadata = InstanceMetadata(location: template.location, vmSize: size.name,
-                                            tags: Dictionary(template.tags.map { ($0.key, $0.value) }, uniquingKeysWith: { $1 }))
-            if case .platformImage(let image) = template.properties.source {
-                (metadata.publisher, metadata.offer, metadata.sku) = (image.publisher, image.offer, image.sku)
-                metadata.version = source.version ?? image.version
-            }
-            options.instanceMetadata = metadata
+        options.instanceMetadata = plan.instanceMetadata
+        // Checkpoint keys: the booted source, then each customizer on top of the one before.
+        guard let keys = plan.checkpointKeys else {
+            throw KilnError(.internalError, "the plan of a Linux build holds no checkpoint keys after its downloads were fetched")
         }
-        var keys = [try CheckpointKeys.boot(source: source, size: size, osDiskSizeGB: options.osDiskSizeGB,
-                                            accelerator: decision.accelerator, username: options.username,
-                                            instanceMetadata: options.instanceMetadata)]
-        for (index, (_, step)) in steps.enumerated() {
-            keys.append(try CheckpointKeys.step(parent: keys[index], index: index, step: step, downloadedSHA256: downloaded[index]))
-        }
+        let steps = plan.customize
         let cache = CheckpointCache(state: request.state)
         checkpointsEnabled = request.writeCheckpoints
 
@@ -392,18 +347,19 @@ public final class BuildEngine: @unchecked Sendable {
 
         if firstStep < steps.count {
             enterPhase(.customizing, "customize")
-            for (index, (path, step)) in steps.enumerated() where index >= firstStep {
-                try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
+            for step in steps where step.index >= firstStep {
+                let index = step.index
+                try await runStep(runner.run, step.customizer, index: index, path: step.path,
+                                  onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
                 if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
-                                                             parent: parent, step: index,
-                                                             label: StepRunner.label(step, index: index, path: path, labels: stepLabels), machine: machine,
+                                                             parent: parent, step: index, label: step.label, machine: machine,
                                                              connection: connection, templateName: template.name) {
                     parent = checkpoint
                 }
             }
         }
 
-        if try await runValidations(validations, firstIndex: steps.count, template: template, run: runner.run) {
+        if try await runValidations(plan.validations, template: template, run: runner.run) {
             await connection.close()
             return
         }
@@ -442,7 +398,7 @@ public final class BuildEngine: @unchecked Sendable {
 
     /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
     /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
-    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [(path: String, step: Customizer)],
+    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [BuildPlan.PlannedStep],
                                  log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
         var position = keys.count - 1
         while position >= 0 {
@@ -475,7 +431,7 @@ public final class BuildEngine: @unchecked Sendable {
                 }
                 holds += chainHolds
                 for member in chain { cache.touch(member) }
-                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element.step, index: $0.offset, path: $0.element.path, labels: stepLabels) }
+                let reused = steps.prefix(position).map(\.label)
                 record.resumedFrom = "\(entry.shortKey) \(entry.stepDescription) (run \(entry.runID))"
                 record.checkpoints = chain.reversed().map(\.folder)
                 record.reusedSteps = reused
@@ -591,16 +547,16 @@ public final class BuildEngine: @unchecked Sendable {
     /// Runs `validate.inVMValidations` (numbered after the customizers). A failure ends the build unless
     /// continueDistributeOnFailure is set (and sourceValidationOnly is not). True when the build ends here:
     /// sourceValidationOnly distributes nothing.
-    func runValidations(_ validations: [(path: String, step: Customizer)], firstIndex: Int, template: ImageTemplate,
+    func runValidations(_ validations: [BuildPlan.PlannedStep], template: ImageTemplate,
                         run: (Customizer, Int, String) async throws -> Void) async throws -> Bool {
         let validate = template.properties.validate
         let sourceOnly = validate?.sourceValidationOnly == true
         if !validations.isEmpty {
             enterPhase(.validating, "validate")
             var failure: String?
-            for (offset, (path, step)) in validations.enumerated() {
+            for step in validations {
                 do {
-                    try await runStep(run, step, index: firstIndex + offset, path: path,
+                    try await runStep(run, step.customizer, index: step.index, path: step.path,
                                       onError: request.onError ?? template.properties.errorHandling.onValidationError)
                 } catch let stepFailure as StepFailure {
                     failure = stepFailure.message
@@ -641,16 +597,6 @@ public final class BuildEngine: @unchecked Sendable {
             if onError == .abort { keepVMOnError = true }
             if error is CancellationError || (error as? KilnError)?.code == .cancelled { throw error }
             throw StepFailure(message: message)
-        }
-    }
-
-    /// Every VHD target's local path is checked before the boot: an existing file (without --force), a symbolic link
-    /// on the way or a place inside Kiln's state costs no build.
-    func checkOutputDestinations(_ template: ImageTemplate) throws(KilnError) {
-        for (index, target) in template.properties.distribute.enumerated() {
-            guard case .vhd(let vhd) = target.target, let destination = Distribution.localPath(vhd.uri) else { continue }
-            try OutputDestination.check(destination, field: "\(request.templatePath): properties.distribute[\(index)].uri",
-                                        force: request.force, protected: OutputDestination.protectedDirectories(state: request.state))
         }
     }
 
