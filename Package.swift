@@ -10,7 +10,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssh", from: "0.15.1"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
@@ -40,14 +39,12 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSH", package: "swift-nio-ssh"),
             .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "Logging", package: "swift-log"),
         ]),
         // WS-Management (WinRM) client: HTTP(S) over OpenSSL, Basic and NTLMv2 with message encryption.
         .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnGuest", "KilnDigest", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
         .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnDigest", "KilnWinRM",
-                                                    .product(name: "Logging", package: "swift-log"),
                                                     .product(name: "NIOCore", package: "swift-nio"),
                                                     .product(name: "NIOPosix", package: "swift-nio"),
                                                     .product(name: "NIOHTTP1", package: "swift-nio")]),
@@ -59,7 +56,6 @@ let package = Package(
         .target(name: "KilnCommands", dependencies: [
             "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
