@@ -56,7 +56,7 @@ extension BuildEngine {
             } catch {
                 abandonPending()
                 if let kiln = error as? KilnError, kiln.code == .cancelled || Task.isCancelled { return nil }
-                if "\(error)".contains("already exists") || "\(error)".contains("already defined") {
+                if let kiln = error as? KilnError, kiln.hasCode(.alreadyExists) {
                     // Another build on the same libvirt daemon runs this chain's guest right now: not a broken
                     // checkpoint, and its ancestors share the guest's name.
                     let notice = "checkpoint \(entry.shortKey) is in use by another build on \(request.libvirtURI ?? "this driver"); booting instead"

@@ -322,7 +322,7 @@ public final class BuildMachine: @unchecked Sendable {
             domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
             EmbeddedDriver.keepCapabilities(uri: connection.uri)
         } catch {
-            if error.message.contains("host forwarding") || error.message.contains("hostfwd") {
+            if error.code == .portUnavailable {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)
             }
             throw error
@@ -349,7 +349,7 @@ public final class BuildMachine: @unchecked Sendable {
         let fabric = self.fabric
         do {
             return try await SSHSession.waitForConnection(endpoint, timeout: timeout, progress: { attempt, elapsed, error in
-                let rejected = error.message.contains("rejected the build key")
+                let rejected = error.code == .authenticationRejected
                 rejectedSince.withLock { since in
                     if !rejected { since = nil } else if since == nil { since = .now }
                 }

@@ -243,7 +243,7 @@ public final class SSHSession: GuestSession, @unchecked Sendable {
                     inFlight -= 1
                     lastError = error
                     // A different host key is not a guest still booting: stop at once.
-                    if error.message.contains("host key mismatch") { return await finish(.failure(error)) }
+                    if error.code == .hostKeyMismatch { return await finish(.failure(error)) }
                 case .tick:
                     if Task.isCancelled { return await finish(.failure(KilnError(.cancelled, "cancelled while waiting for SSH"))) }
                     if let fatal = await abort() { return await finish(.failure(fatal)) }
@@ -431,7 +431,7 @@ private final class KeyAuthDelegate: NIOSSHClientUserAuthenticationDelegate, @un
     func nextAuthenticationType(availableMethods: NIOSSHAvailableUserAuthenticationMethods,
                                 nextChallengePromise: EventLoopPromise<NIOSSHUserAuthenticationOffer?>) {
         guard !offered, availableMethods.contains(.publicKey) else {
-            nextChallengePromise.fail(KilnError(.external, "the guest rejected the build key for user \(username)"))
+            nextChallengePromise.fail(KilnError(.authenticationRejected, "the guest rejected the build key for user \(username)"))
             return
         }
         offered = true
@@ -445,7 +445,7 @@ private final class PinningHostKeyDelegate: NIOSSHClientServerAuthenticationDele
 
     func validateHostKey(hostKey: NIOSSHPublicKey, validationCompletePromise: EventLoopPromise<Void>) {
         if let problem = pin.check(hostKey) {
-            validationCompletePromise.fail(KilnError(.external, "SSH host key mismatch: \(problem)"))
+            validationCompletePromise.fail(KilnError(.hostKeyMismatch, "SSH host key mismatch: \(problem)"))
         } else {
             validationCompletePromise.succeed(())
         }
