@@ -10,7 +10,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssh", from: "0.15.1"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
@@ -31,36 +30,36 @@ let package = Package(
         .target(name: "KilnDigest", dependencies: ["KilnSupport", "COpenSSL", "CKilnShim"]),
         .target(name: "KilnLibvirt", dependencies: ["KilnSupport", "CLibvirt"]),
         .target(name: "KilnGuestfs", dependencies: ["KilnSupport", "CGuestfs", "CKilnShim"]),
+        // The communicator protocol: a session that runs commands and uploads files, with no transport.
+        .target(name: "KilnGuest", dependencies: ["KilnSupport"]),
+        // Layer 2: the two communicators, each implementing KilnGuest's protocol; neither imports the other.
         .target(name: "KilnSSH", dependencies: [
-            "KilnSupport",
+            "KilnSupport", "KilnGuest",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSH", package: "swift-nio-ssh"),
             .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "Logging", package: "swift-log"),
         ]),
         // WS-Management (WinRM) client: HTTP(S) over OpenSSL, Basic and NTLMv2 with message encryption.
-        .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnSSH", "KilnDigest", "CKilnShim",
+        .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnGuest", "KilnDigest", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
-        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnDigest", "KilnWinRM",
-                                                    .product(name: "Logging", package: "swift-log"),
+        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnDigest", "KilnWinRM",
                                                     .product(name: "NIOCore", package: "swift-nio"),
                                                     .product(name: "NIOPosix", package: "swift-nio"),
                                                     .product(name: "NIOHTTP1", package: "swift-nio")]),
         // Layer 2: templates, runs, runOutputs, managed images and gallery versions in SQLite under the state dir.
         .target(name: "KilnStore", dependencies: ["KilnSupport", "KilnTemplate", .product(name: "GRDB", package: "GRDB.swift")]),
         // Layer 3
-        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM", "CKilnShim"]),
+        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM", "CKilnShim"]),
         // CLI
         .target(name: "KilnCommands", dependencies: [
-            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",
+            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
-        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnGuest", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",
@@ -69,12 +68,12 @@ let package = Package(
                                                         .product(name: "NIOHTTP1", package: "swift-nio")],
                 path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport", "KilnSupport"]),
-        .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
+        .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
-        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnGuest", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
                                                      .product(name: "NIOHTTP1", package: "swift-nio")]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
-        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnSSH", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
+        .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnGuest", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
         .testTarget(name: "KilnSupportTests", dependencies: ["KilnSupport"]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
     ],

@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuest
 import KilnMachine
 import KilnSSH
 import KilnStore
@@ -82,8 +83,10 @@ public final class BuildEngine: @unchecked Sendable {
     let events: @Sendable (BuildEvent) -> Void
     var record: RunRecord
     private(set) var runDirectory: String
-    private var log: CustomizationLog?
+    private(set) var log: CustomizationLog?
     var machine: BuildMachine?
+    /// The VM errorHandling abort kept, once the build has ended.
+    private(set) var keptVM: KeptVM?
     private var phaseStart = ContinuousClock.now
     private var currentPhase: String?
     private var store: StateStore?
@@ -113,20 +116,16 @@ public final class BuildEngine: @unchecked Sendable {
         let loaded = TemplateLoader.load(file: request.templatePath, inputs: request.inputs)
         secrets.set(loaded.secrets)
         for warning in loaded.warnings { events(.warning("\(request.templatePath): \(warning)")) }
-        guard loaded.isValid else {
-            let lines = loaded.errors.map { "\(request.templatePath): \($0)" }
-            return finishEarly(.failed("the template is not valid:\n" + lines.joined(separator: "\n")))
-        }
-        let candidates = loaded.templates.filter { request.name == nil || $0.template.name == request.name }
-        guard candidates.count == 1, let chosen = candidates.first else {
-            let names = loaded.templates.map(\.template.name).joined(separator: ", ")
-            return finishEarly(.failed(request.name == nil ? "\(request.templatePath) holds \(loaded.templates.count) image templates (\(names)); choose one with --name"
-                                                        : "expected an image template named \(request.name ?? "") in \(request.templatePath), found \(names)"))
+        let chosen: LoadedTemplate
+        do {
+            chosen = try BuildPlanner.choose(loaded, request: request)
+        } catch {
+            return finishEarly(.failed(error.message))
         }
         let template = chosen.template
         record.templateName = request.createdTemplateName ?? template.name
         do {
-            try checkOutputDestinations(template)
+            try BuildPlanner.checkOutputDestinations(template, request: request)
         } catch {
             return finishEarly(.failed(error.message))
         }
@@ -234,394 +233,53 @@ public final class BuildEngine: @unchecked Sendable {
 
     var keepVMOnError = false
 
+    /// Whether this build writes checkpoints (off with --no-checkpoints, or after one could not be written).
+    var checkpointsEnabled = true
+    /// Shared locks on every checkpoint this build uses or wrote: the cache never removes them under it.
+    var holds: [CheckpointHold] = []
+    /// The checkpoint folder the running guest's overlay lives in, until the checkpoint is complete.
+    var pending: PendingCheckpoint?
+
     /// Step labels by template path, for logs and events (LoadedTemplate.stepLabels).
     private var stepLabels: [String: String] = [:]
 
+    /// The steps that ran, cleaned up in reverse when the build ends.
+    private let sequence = StepSequence()
+
+    /// Plans the build (resolve, fetch), then runs the steps the planner picks for the guest's OS.
     private func build(_ loaded: LoadedTemplate) async throws {
-        let template = loaded.template
         stepLabels = loaded.stepLabels
         let log = self.log ?? CustomizationLog(path: runDirectory + "/customization.log")
         log.mask = secrets
-        let offlineCache = request.offline ? DownloadCache(state: request.state) : nil
-        if let offlineCache {
-            // Every missing download at once, each with the template path that uses it, before anything else.
-            let missing = DownloadCache.downloads(of: loaded).filter { DownloadCache.needsNetwork($0.uri) && offlineCache.lookup($0.uri) == nil }
-            guard missing.isEmpty else {
-                throw Outcome.failed("--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n"
-                                     + missing.map { "  \($0.path): \($0.uri)" }.joined(separator: "\n"))
-            }
-            log.write("kiln", "offline: downloads come from \(offlineCache.directory)")
-        }
-        enterPhase(.building, "resolve source")
-        let catalog = try ImageCatalog.locate(state: request.state)
-        let source: SourceImage
-        switch template.properties.source {
-        case .platformImage(let image):
-            source = try await catalog.resolve(publisher: image.publisher, offer: image.offer, sku: image.sku, version: image.version,
-                                               allowBuild: !request.offline) { [events] in
-                events(.message($0))
-            }
-        case .managedImage(let id):
-            guard let image = try storeOrFail().managedImage(id: id) else {
-                throw Outcome.failed("properties.source.imageId: expected a managed image \(id) in the local store, found none (kiln image list shows the store)")
-            }
-            source = try SourceImage(stored: image.disk, reference: image.id, version: nil, path: "properties.source.imageId")
-        case .sharedImageVersion(let id):
-            let version: GalleryVersionRecord
-            do {
-                version = try storeOrFail().resolveGalleryVersion(id)
-            } catch {
-                throw Outcome.failed("properties.source.imageVersionId: \(error.message)")
-            }
-            if version.id.lowercased() != id.lowercased() {
-                log.write("kiln", "\(id) resolved to \(version.id)")
-                events(.message("source \(id) is \(version.id)"))
-            }
-            source = try SourceImage(stored: version.disk, reference: version.id, version: version.version.description,
-                                     path: "properties.source.imageVersionId")
-        }
-        record.source = source.displayName
-        log.write("kiln", "source: \(source.displayName) (\(source.path), \(source.format), \(source.firmware.rawValue))")
-        let guestOS: OSType = source.osType.flatMap { OSType(rawValue: $0) } ?? template.declaredOSType ?? .linux
-        let rules = GuestRules.check(loaded, osType: guestOS)
-        if let problem = rules.first(where: { $0.severity == .error }) {
-            throw Outcome.failed("\(request.templatePath): \(problem)")
-        }
-
-        let validate = template.properties.validate
-        let sourceOnly = validate?.sourceValidationOnly == true
-        let steps = sourceOnly ? [] : zip(loaded.stepPaths.customize, template.properties.customize).map { (path: $0.description, step: $1) }
-        let validations = zip(loaded.stepPaths.inVMValidations, validate?.inVMValidations ?? []).map { (path: $0.description, step: $1) }
-
-        let size = try VMSize.named(template.properties.vmProfile.vmSize)
-        let decision = await AcceleratorProbe.decide(request.accelerator, cacheDirectory: request.state.path)
-        log.write("kiln", "accelerator \(decision.accelerator.rawValue): \(decision.evidence)")
-        events(.message("accelerator \(decision.accelerator.rawValue): \(decision.evidence)"))
-
-        // Everything a step downloads is fetched and checked before the VM boots: a bad checksum costs no boot.
-        enterPhase(.building, "fetch")
-        let downloads = runDirectory + "/downloads"
-        let prefetcher = StepRunner(connection: nil, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
-        var downloaded: [String?] = []
-        for (index, (path, step)) in (steps + validations).enumerated() {
-            downloaded.append(try await prefetcher.prefetch(step, index: index, path: path))
-        }
-        if guestOS == .windows {
-            if request.isolateNetwork {
-                // A Windows guest fetches File uploads from Kiln's server on the host address.
-                throw Outcome.failed("--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
-            }
-            try await buildWindows(template, source: source, steps: steps, validations: validations, size: size, accelerator: decision.accelerator,
-                                   downloads: downloads, prefetcher: prefetcher, log: log)
-            return
-        }
-
-        // Checkpoint keys: the booted source, then each customizer on top of the one before.
-        var options = MachineOptions(runID: record.runID, source: source, size: size, osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB,
-                                     accelerator: decision.accelerator, runDirectory: runDirectory, libvirtURI: request.libvirtURI,
-                                     stateDirectory: request.state)
-        options.isolateNetwork = request.isolateNetwork
-        if guestOS == .linux {
-            // What the instance metadata service tells the guest: AIB's build VM in the template's location.
-            var metadata = InstanceMetadata(location: template.location, vmSize: size.name,
-                                            tags: Dictionary(template.tags.map { ($0.key, $0.value) }, uniquingKeysWith: { $1 }))
-            if case .platformImage(let image) = template.properties.source {
-                (metadata.publisher, metadata.offer, metadata.sku) = (image.publisher, image.offer, image.sku)
-                metadata.version = source.version ?? image.version
-            }
-            options.instanceMetadata = metadata
-        }
-        var keys = [try CheckpointKeys.boot(source: source, size: size, osDiskSizeGB: options.osDiskSizeGB,
-                                            accelerator: decision.accelerator, username: options.username,
-                                            instanceMetadata: options.instanceMetadata)]
-        for (index, (_, step)) in steps.enumerated() {
-            keys.append(try CheckpointKeys.step(parent: keys[index], index: index, step: step, downloadedSHA256: downloaded[index]))
-        }
-        let cache = CheckpointCache(state: request.state)
-        checkpointsEnabled = request.writeCheckpoints
-
-        var resumed: (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)?
-        var within: Set<String>?
-        if let run = request.resumeRun {
-            let folders = RunRecord.read(from: request.state.runsPath + "/\(run)/run.json")?.checkpoints ?? []
-            within = Set(folders)
-            events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
-        }
-        if request.useCache || within != nil,
-           let found = await resumeFromCache(cache, keys: keys, within: within, options: options, steps: steps, log: log) {
-            resumed = found
-        } else if Task.isCancelled {
-            throw CancellationError()
-        } else if let run = request.resumeRun {
-            throw Outcome.failed("--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
-        } else {
-            // The boot's overlay goes straight into the first checkpoint's folder.
-            options.overlayPath = beginCheckpoint(cache, key: keys[0])
-        }
-        let machine: BuildMachine
-        let session: SSHSession
-        var parent: CheckpointEntry?
-        var firstStep = 0
-        if let resumed {
-            machine = resumed.machine
-            session = resumed.session
-            parent = resumed.entry
-            firstStep = resumed.position
-            self.machine = machine
-        } else {
-            enterPhase(.building, "boot")
-            machine = try await BuildMachine.boot(options) { [events] message in
-                log.write("kiln", message)
-                events(.message(message))
-            }
-            self.machine = machine
-            session = try await machine.waitForSSH(timeout: request.sshTimeout)
-        }
-        let sshTimeout = request.sshTimeout
-        let connection = GuestConnection(session: session, reconnectTimeout: sshTimeout) { [weak machine] () async throws(KilnError) -> any GuestSession in
-            guard let machine else { throw KilnError(.cancelled, "the build VM is gone") }
-            return try await machine.waitForSSH(timeout: sshTimeout)
-        }
-        log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
-        var runner = StepRunner(connection: connection, log: log, events: events, downloads: downloads, guestOS: guestOS, offline: offlineCache, labels: stepLabels)
-        let errorHandling = template.properties.errorHandling
-        runner.keepFailedScripts = (request.onError ?? errorHandling.onCustomizerError) == .abort
-            || (request.onError ?? errorHandling.onValidationError) == .abort
-        if resumed == nil {
-            try await writeDefaultDeprovisioningScript(connection.session)
-            log.write("kiln", "wrote AIB's default \(LinuxDeprovisioner.scriptPath) (a customizer may replace it)")
-            parent = try await takeCheckpoint(cache, key: keys[0], nextKey: keys.count > 1 ? keys[1] : nil, parent: nil, step: nil,
-                                              label: "boot", machine: machine, connection: connection, templateName: template.name)
-        }
-
-        if firstStep < steps.count {
-            enterPhase(.customizing, "customize")
-            for (index, (path, step)) in steps.enumerated() where index >= firstStep {
-                try await runStep(runner.run, step, index: index, path: path, onError: request.onError ?? template.properties.errorHandling.onCustomizerError)
-                if let checkpoint = try await takeCheckpoint(cache, key: keys[index + 1], nextKey: index + 2 < keys.count ? keys[index + 2] : nil,
-                                                             parent: parent, step: index,
-                                                             label: StepRunner.label(step, index: index, path: path, labels: stepLabels), machine: machine,
-                                                             connection: connection, templateName: template.name) {
-                    parent = checkpoint
-                }
-            }
-        }
-
-        if try await runValidations(validations, firstIndex: steps.count, template: template, run: runner.run) {
-            await connection.close()
-            return
-        }
-
-        enterPhase(.customizing, "deprovision")
-        log.packerDebug("deprovision", "[INFO] (telemetry) Starting provisioner shell")
-        let current = OutputCollector()
-        if try await !connection.session.exec("cat \(LinuxDeprovisioner.scriptPath)", output: { current.append($0) }).succeeded {
-            // Most distributions empty /tmp at boot (systemd-tmpfiles), so a step that rebooted the guest took the
-            // script written after the first boot with it; no customizer wrote its own since.
-            log.write("deprovision", "\(LinuxDeprovisioner.scriptPath) is gone (a restart empties /tmp); writing AIB's default again")
-            try await writeDefaultDeprovisioningScript(connection.session)
-        }
-        log.write("deprovision", current.stdoutText.isEmpty || current.stdoutText == LinuxDeprovisioner.defaultScript
-                  ? "running AIB's default deprovisioning (\(LinuxDeprovisioner.scriptPath))"
-                  : "running the template's \(LinuxDeprovisioner.scriptPath)")
-        let command = LinuxDeprovisioner.command(username: machine.username, placedFiles: connection.placedFiles)
-        log.write("deprovision", "command: cat \(LinuxDeprovisioner.scriptPath); sudo -E sh \(LinuxDeprovisioner.scriptPath), then Kiln's final cleanup")
-        log.packerDebug("deprovision", "[DEBUG] starting remote command: \(command)")
-        let (result, tail) = try await StepOutput.exec(command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
-        log.write("deprovision", "\(result)")
-        guard result.succeeded else {
-            throw Outcome.failed("deprovisioning (\(LinuxDeprovisioner.scriptPath)) failed with \(result). Last output:\n\(tail.text)")
-        }
-        log.packerDebug("deprovision", "[INFO] (telemetry) ending shell")
-
-        enterPhase(.customizing, "shutdown")
-        log.write("kiln", "removing the build user \(machine.username), its key and home, and the SSH host keys; powering off")
-        await connection.close()
-        // The cleanup powers the guest off itself; ACPI only if it does not.
-        let stopped = await machine.waitForStop(timeout: .seconds(180))
-        let clean = stopped ? true : await machine.shutdown(session: nil, timeout: .seconds(120))
-        guard clean else {
-            throw Outcome.failed("the guest did not power off within 5m0s after deprovisioning; it was forced off and its disk may be inconsistent")
-        }
-
-        enterPhase(.distributing, "distribute")
-        try await distribute(template, machine: machine, source: source, guestOS: guestOS, log: log)
+        let state = BuildState(loaded: loaded, log: log, offlineCache: request.offline ? DownloadCache(state: request.state) : nil,
+                               downloads: runDirectory + "/downloads")
+        _ = try await sequence.run([ResolveStep(), PrefetchStep()], on: self, state: state)
+        guard let plan = state.plan else { throw KilnError(.internalError, "the build was not planned") }
+        _ = try await sequence.run(BuildPlanner.steps(for: plan), on: self, state: state)
     }
 
-    private func writeDefaultDeprovisioningScript(_ session: any GuestSession) async throws {
-        let written = try await session.exec("cat > \(LinuxDeprovisioner.scriptPath)", stdin: Array(LinuxDeprovisioner.defaultScript.utf8)) { _ in }
-        guard written.succeeded else {
-            throw Outcome.failed("could not write AIB's default \(LinuxDeprovisioner.scriptPath) in the guest: \(written)")
-        }
-    }
-
-    // MARK: Checkpoints
-
-    private var checkpointsEnabled = true
-    /// Shared locks on every checkpoint this build uses or wrote: the cache never removes them under it.
-    private var holds: [CheckpointHold] = []
-
-    /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
-    /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
-    private func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [(path: String, step: Customizer)],
-                                 log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
-        var position = keys.count - 1
-        while position >= 0 {
-            defer { position -= 1 }
-            guard let entry = cache.lookup(keys[position], within: within) else { continue }
-            let chain = cache.chain(of: entry)
-            var chainHolds = chain.compactMap { cache.hold($0) }
-            guard chainHolds.count == chain.count, FileManager.default.fileExists(atPath: entry.machine.memoryPath) else { continue }
-            enterPhase(.building, "resume")
-            let note = "resuming from checkpoint \(entry.shortKey) (\(entry.stepDescription), run \(entry.runID), \(entry.createdAt.formatted(.iso8601)))"
-            log.write("kiln", note)
-            events(.message(note))
-            var options = options
-            options.overlayPath = position + 1 < keys.count ? beginCheckpoint(cache, key: keys[position + 1]) : nil
-            do {
-                let machine = try await BuildMachine.resume(options, from: entry.machine) { [events] message in
-                    log.write("kiln", message)
-                    events(.message(message))
-                }
-                self.machine = machine
-                let session: SSHSession
-                do {
-                    // The guest's sshd is already running: it answers at once, or the checkpoint is no good.
-                    session = try await machine.waitForSSH(timeout: .seconds(120))
-                    try await setGuestClock(session)
-                } catch {
-                    self.machine = nil
-                    await machine.teardown(keepFiles: false)
-                    throw error
-                }
-                holds += chainHolds
-                for member in chain { cache.touch(member) }
-                let reused = steps.prefix(position).enumerated().map { StepRunner.label($0.element.step, index: $0.offset, path: $0.element.path, labels: stepLabels) }
-                record.resumedFrom = "\(entry.shortKey) \(entry.stepDescription) (run \(entry.runID))"
-                record.checkpoints = chain.reversed().map(\.folder)
-                record.reusedSteps = reused
-                for (index, label) in reused.enumerated() {
-                    log.write(label, "reused from the build cache")
-                    events(.customizerFinished(index: index, name: label, seconds: 0, outcome: "reused"))
-                }
-                persist()
-                return (position, entry, machine, session)
-            } catch {
-                abandonPending()
-                if let kiln = error as? KilnError, kiln.code == .cancelled || Task.isCancelled { return nil }
-                if "\(error)".contains("already exists") || "\(error)".contains("already defined") {
-                    // Another build on the same libvirt daemon runs this chain's guest right now: not a broken
-                    // checkpoint, and its ancestors share the guest's name.
-                    let notice = "checkpoint \(entry.shortKey) is in use by another build on \(request.libvirtURI ?? "this driver"); booting instead"
-                    log.write("kiln", notice)
-                    events(.warning(notice))
-                    return nil
-                }
-                let notice = "checkpoint \(entry.shortKey) (\(entry.stepDescription)) did not resume and is discarded: \(error)"
-                log.write("kiln", notice)
-                events(.warning(notice))
-                chainHolds.removeAll()
-                _ = cache.remove(entry)
-            }
-        }
-        return nil
-    }
-
-    /// The checkpoint folder the running guest's overlay lives in, until the checkpoint is complete.
-    private var pending: PendingCheckpoint?
-
-    /// Creates the folder for checkpoint `key` and returns the overlay path in it; nil (the run directory) when
-    /// checkpoints are off or the folder cannot be made.
-    private func beginCheckpoint(_ cache: CheckpointCache, key: String) -> String? {
-        guard checkpointsEnabled else { return nil }
+    /// A deprovisioner's StepFailure ends the build as a failure (not a cancel, should one arrive at the same moment).
+    func asBuildFailure(_ body: () async throws -> Void) async throws {
         do {
-            let folder = try cache.begin(key: key, runID: record.runID)
-            pending = folder
-            return folder.folder + "/disk.qcow2"
-        } catch {
-            disableCheckpoints(after: error)
-            return nil
+            try await body()
+        } catch let failure as StepFailure {
+            throw Outcome.failed(failure.message)
         }
-    }
-
-    private func abandonPending() {
-        pending?.abandon()
-        pending = nil
-    }
-
-    private func disableCheckpoints(after error: any Error) {
-        guard checkpointsEnabled else { return }
-        checkpointsEnabled = false
-        let warning = "cannot write a checkpoint, the build goes on without them: \(error)"
-        log?.write("kiln", warning)
-        events(.warning(warning))
-    }
-
-    /// Completes the checkpoint whose folder holds the guest's overlay: an external snapshot writes the memory and
-    /// turns the overlay into the checkpoint's layer; the guest runs on in the next checkpoint's folder (or the run
-    /// directory after the last). nil when checkpoints are off, or when this one failed with the guest still
-    /// running (the build goes on without checkpoints).
-    private func takeCheckpoint(_ cache: CheckpointCache, key: String, nextKey: String?, parent: CheckpointEntry?, step: Int?, label: String,
-                                machine: BuildMachine, connection: GuestConnection, templateName: String) async throws -> CheckpointEntry? {
-        guard checkpointsEnabled, let current = pending else { return nil }
-        let clock = ContinuousClock()
-        let start = clock.now
-        let next: PendingCheckpoint?
-        if let nextKey {
-            do {
-                next = try cache.begin(key: nextKey, runID: record.runID)
-            } catch {
-                disableCheckpoints(after: error)
-                return nil
-            }
-        } else {
-            next = nil
-        }
-        // What the step wrote goes to its own layer, not to whichever layer the guest's writeback reaches later.
-        _ = try? await connection.session.exec("sync")
-        let frozen: MachineCheckpoint
-        do {
-            frozen = try await machine.snapshot(nextOverlay: next.map { $0.folder + "/disk.qcow2" } ?? runDirectory + "/disk.qcow2",
-                                                root: parent?.machine)
-        } catch {
-            next?.abandon()
-            guard await machine.isRunning() else { throw error }
-            disableCheckpoints(after: error)
-            return nil
-        }
-        let now = Date()
-        let entry = CheckpointEntry(key: key, parentKey: parent?.key, parentFolder: parent?.folder, step: step, label: label,
-                                    templateName: templateName, runID: record.runID, createdAt: now, lastUsedAt: now, machine: frozen)
-        try cache.commit(entry)
-        holds.append(current.hold)
-        record.checkpoints = (record.checkpoints ?? []) + [entry.folder]
-        persist()
-        pending = next
-        try await setGuestClock(connection.session)
-        let note = "checkpoint \(entry.shortKey) \(entry.stepDescription): \(ByteSize.format(cache.sizeBytes(entry))) in \(DurationText.format(clock.now - start))"
-        log?.write("kiln", note)
-        events(.message(note))
-        return entry
-    }
-
-    /// A resumed guest's clock stands where it was saved, and a snapshot pauses the guest: set it to the host's.
-    private func setGuestClock(_ session: any GuestSession) async throws {
-        _ = try await session.exec("sudo -n date -u -s @\(Int(Date().timeIntervalSince1970)) >/dev/null 2>&1 || true")
     }
 
     /// Runs `validate.inVMValidations` (numbered after the customizers). A failure ends the build unless
     /// continueDistributeOnFailure is set (and sourceValidationOnly is not). True when the build ends here:
     /// sourceValidationOnly distributes nothing.
-    func runValidations(_ validations: [(path: String, step: Customizer)], firstIndex: Int, template: ImageTemplate,
+    func runValidations(_ validations: [BuildPlan.PlannedStep], template: ImageTemplate,
                         run: (Customizer, Int, String) async throws -> Void) async throws -> Bool {
         let validate = template.properties.validate
         let sourceOnly = validate?.sourceValidationOnly == true
         if !validations.isEmpty {
             enterPhase(.validating, "validate")
             var failure: String?
-            for (offset, (path, step)) in validations.enumerated() {
+            for step in validations {
                 do {
-                    try await runStep(run, step, index: firstIndex + offset, path: path,
+                    try await runStep(run, step.customizer, index: step.index, path: step.path,
                                       onError: request.onError ?? template.properties.errorHandling.onValidationError)
                 } catch let stepFailure as StepFailure {
                     failure = stepFailure.message
@@ -665,16 +323,6 @@ public final class BuildEngine: @unchecked Sendable {
         }
     }
 
-    /// Every VHD target's local path is checked before the boot: an existing file (without --force), a symbolic link
-    /// on the way or a place inside Kiln's state costs no build.
-    func checkOutputDestinations(_ template: ImageTemplate) throws(KilnError) {
-        for (index, target) in template.properties.distribute.enumerated() {
-            guard case .vhd(let vhd) = target.target, let destination = Distribution.localPath(vhd.uri) else { continue }
-            try OutputDestination.check(destination, field: "\(request.templatePath): properties.distribute[\(index)].uri",
-                                        force: request.force, protected: OutputDestination.protectedDirectories(state: request.state))
-        }
-    }
-
     func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
                             log: CustomizationLog) async throws {
         // Kiln's own overlay: qcow2 on the source, its backing file by design.
@@ -694,7 +342,7 @@ public final class BuildEngine: @unchecked Sendable {
 
     private var partiallySucceeded = false
 
-    private func storeOrFail() throws(KilnError) -> StateStore {
+    func storeOrFail() throws(KilnError) -> StateStore {
         guard let store else { throw KilnError(.internalError, "the state database is not open") }
         return store
     }
@@ -735,10 +383,9 @@ public final class BuildEngine: @unchecked Sendable {
             kept = vm
             record.message += vm.winrmURL == nil ? "\nThe build VM is kept (errorHandling abort): kiln vm ssh \(record.runID), or \(vm.sshCommand)"
                                                  : "\nThe build VM is kept (errorHandling abort): \(vm.reachCommand); kiln vm stop \(record.runID) when done"
-        } else {
-            await machine?.teardown(keepFiles: false)
-            abandonPending()
         }
+        keptVM = kept
+        await sequence.cleanup(self)
         record.endTime = Date()
         log?.write("kiln", "runState \(record.runState.rawValue): \(record.message)")
         log?.close()

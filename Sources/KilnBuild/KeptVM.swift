@@ -1,5 +1,5 @@
 import Foundation
-import KilnSSH
+import KilnGuest
 import KilnSupport
 
 /// A build VM kept after a failure (`--on-error abort`, errorHandling abort), recorded as `kept.json` in its run

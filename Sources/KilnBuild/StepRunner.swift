@@ -1,6 +1,6 @@
 import Foundation
 import KilnDigest
-import KilnSSH
+import KilnGuest
 import KilnSupport
 import KilnTemplate
 
@@ -39,11 +39,12 @@ public final class GuestConnection: @unchecked Sendable {
     public func close() async { await session.close() }
 }
 
-/// Runs Linux customizers (Shell, File, PowerShell through pwsh) against a guest session, as AIB runs them through
-/// Packer's shell and file provisioners (docs/aib-customizers.md has the evidence): a script goes to
-/// /tmp/script_NNNN.sh, runs with Packer's environment variables and end-of-file on standard input, and is removed
-/// afterwards. Inline lines run as one `#!/bin/sh -e` script as the build user (AIB's docs: prefix commands with
-/// sudo); a scriptUri script runs as root through `sudo -E sh`, as Microsoft's quickstart scripts need.
+/// The Linux form of the customizers (each type's own part is in Customizers/): fetches what a step needs, and runs
+/// scripts against a guest session as AIB runs them through Packer's shell and file provisioners
+/// (docs/aib-customizers.md has the evidence): a script goes to /tmp/script_NNNN.sh, runs with Packer's environment
+/// variables and end-of-file on standard input, and is removed afterwards. Inline lines run as one `#!/bin/sh -e`
+/// script as the build user (AIB's docs: prefix commands with sudo); a scriptUri script runs as root through
+/// `sudo -E sh`, as Microsoft's quickstart scripts need.
 struct StepRunner {
     /// nil while prefetching, before the VM exists.
     let connection: GuestConnection?
@@ -58,17 +59,7 @@ struct StepRunner {
 
     /// The URIs a step downloads, with the property that names each and the step's sha256Checksum.
     static func uris(of step: Customizer) -> [(uri: String, property: String, checksum: String?)] {
-        switch step {
-        case .shell(let shell):
-            if case .scriptUri(let uri) = shell.script { return [(uri, "scriptUri", shell.sha256Checksum)] }
-        case .powerShell(let ps):
-            if case .scriptUri(let uri) = ps.script { return [(uri, "scriptUri", ps.sha256Checksum)] }
-        case .file(let file):
-            return [(file.sourceUri, "sourceUri", file.sha256Checksum)]
-        case .windowsRestart, .windowsUpdate:
-            break
-        }
-        return []
+        step.provisioner.downloads.map { ($0.uri, $0.property, $0.checksum) }
     }
 
     /// What Packer's shell provisioner puts before the script: the variables AIB's build VM sees (AIB's logs
@@ -100,39 +91,28 @@ struct StepRunner {
     /// The label used in logs: the template's label for the step at `path` (LoadedTemplate.stepLabels: its name, or
     /// `customize[2] Shell` for an unnamed, empty or repeated one), else the same rule without the other steps.
     static func label(_ step: Customizer, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
+        label(name: step.name, typeName: step.typeName, index: index, list: list, path: path, labels: labels)
+    }
+
+    static func label(name: String?, typeName: String, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
         if let path, let label = labels[path] { return label }
-        if let name = step.name, !name.isEmpty { return name }
-        return "\(list)[\(index)] \(step.typeName)"
+        if let name, !name.isEmpty { return name }
+        return "\(list)[\(index)] \(typeName)"
     }
 
     /// Downloads and verifies what a step needs, before anything boots. Returns the sha256 of what it downloaded.
     @discardableResult
     func prefetch(_ step: Customizer, index: Int, path: String) async throws -> String? {
-        let label = StepRunner.label(step, index: index, path: path, labels: labels)
-        switch step {
-        case .shell(let shell):
-            guard case .scriptUri(let uri) = shell.script else { return nil }
-            return try await fetchVerified(uri, checksum: shell.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).sh").sha256
-        case .powerShell(let ps):
-            guard case .scriptUri(let uri) = ps.script else { return nil }
-            return try await fetchVerified(uri, checksum: ps.sha256Checksum, label: label, path: path + ".scriptUri", name: "script_\(index).ps1").sha256
-        case .file(let file):
-            if guestOS == .linux, let problem = GuestRules.linuxFileDestinationProblem(file.destination) {
-                throw StepFailure(message: "\(path).destination (\(label)): \(problem)")
-            }
-            let fetched = try await fetchVerified(file.sourceUri, checksum: file.sha256Checksum, label: label, path: path + ".sourceUri", name: "file_\(index)")
-            if fetched.sizeBytes > 20 * 1024 * 1024 {
-                let warning = "\(label): \(file.sourceUri) is \(fetched.sizeBytes / (1024 * 1024)) MB; AIB recommends File customizer files under 20 MB"
-                log.write(label, "warning: " + warning)
-                events(.warning(warning))
-            }
-            return fetched.sha256
-        case .windowsRestart, .windowsUpdate:
-            return nil
-        }
+        try await prefetch(step.provisioner, index: index, path: path)
     }
 
-    private var session: any GuestSession {
+    @discardableResult
+    func prefetch(_ provisioner: any Provisioner, index: Int, path: String) async throws -> String? {
+        let label = StepRunner.label(name: provisioner.name, typeName: provisioner.typeName, index: index, path: path, labels: labels)
+        return try await provisioner.prefetch(self, label: label, index: index, path: path)
+    }
+
+    var session: any GuestSession {
         get throws {
             guard let connection else { throw KilnError(.invalidState, "no guest connection") }
             return connection.session
@@ -140,32 +120,17 @@ struct StepRunner {
     }
 
     func run(_ step: Customizer, index: Int, path: String) async throws {
-        let label = StepRunner.label(step, index: index, path: path, labels: labels)
-        switch step {
-        case .shell(let shell):
-            let script = try await materialize(shell.script, checksum: shell.sha256Checksum, label: label, path: path, index: index, fileExtension: "sh")
-            let elevated: Bool
-            if case .scriptUri = shell.script { elevated = true } else { elevated = false }
-            try await execute(script: script, runner: { StepRunner.shellCommand(remotePath: $0, elevated: elevated) },
-                              validExitCodes: [0], label: label, index: index, path: path)
-        case .powerShell(let ps):
-            let check = try await session.exec("command -v pwsh")
-            guard check.succeeded else {
-                throw StepFailure(message: "\(path) (\(label)): expected PowerShell (pwsh) in the Linux guest to run a PowerShell customizer, found none; install it in an earlier Shell step")
-            }
-            let script = try await materialize(ps.script, checksum: ps.sha256Checksum, label: label, path: path, index: index, fileExtension: "ps1")
-            let elevate = ps.runElevated ? "sudo -E " : ""
-            try await execute(script: script, runner: { "\(StepRunner.packerEnvironment)\(elevate)pwsh -NoProfile -NonInteractive -ExecutionPolicy Bypass -File \(ShellQuote.quote($0))" },
-                              validExitCodes: ps.validExitCodes, label: label, index: index, path: path)
-        case .file(let file):
-            try await upload(file, label: label, path: path, index: index)
-        case .windowsRestart, .windowsUpdate:
-            throw StepFailure(message: "\(path) (\(label)): \(step.typeName) needs a Windows guest; this guest is \(guestOS.rawValue)")
-        }
+        try await run(step.provisioner, index: index, path: path)
+    }
+
+    /// Runs a step on this (Linux) guest, in its provisioner's Linux form.
+    func run(_ provisioner: any Provisioner, index: Int, path: String) async throws {
+        let label = StepRunner.label(name: provisioner.name, typeName: provisioner.typeName, index: index, path: path, labels: labels)
+        try await provisioner.run(linux: self, label: label, index: index, path: path)
     }
 
     /// A local script file for an inline or scriptUri step, checksum-verified.
-    private func materialize(_ source: ScriptSource, checksum: String?, label: String, path: String, index: Int,
+    func materialize(_ source: ScriptSource, checksum: String?, label: String, path: String, index: Int,
                              fileExtension: String) async throws -> String {
         let local = downloads + "/script_\(index).\(fileExtension)"
         switch source {
@@ -227,7 +192,7 @@ struct StepRunner {
 
     /// Uploads the script to /tmp and runs it; a dropped connection is a reboot if the guest's boot ID changed.
     /// The script is removed afterwards, whatever its outcome (a kept VM keeps a failed step's script).
-    private func execute(script local: String, runner: (String) -> String, validExitCodes: [Int], label: String, index: Int, path: String) async throws {
+    func execute(script local: String, runner: (String) -> String, validExitCodes: [Int], label: String, index: Int, path: String) async throws {
         let remote = StepRunner.remoteScriptPath(fileExtension: URL(fileURLWithPath: local).pathExtension)
         let kind = local.hasSuffix(".ps1") ? "powershell" : "shell"
         log.packerUI(label, "Provisioning with \(kind) script: \(local)")
@@ -343,35 +308,6 @@ struct StepRunner {
                 throw StepFailure(message: "\(label): the guest began to restart but did not come back within \(DurationText.format(connection.reconnectTimeout))")
             }
             try await Task.sleep(for: .seconds(2))
-        }
-    }
-
-    private func upload(_ file: FileCustomizer, label: String, path: String, index: Int) async throws {
-        let local = downloads + "/file_\(index)"
-        if !FileManager.default.fileExists(atPath: local) {
-            try await prefetch(.file(file), index: index, path: path)
-        }
-        let directory = (file.destination as NSString).deletingLastPathComponent
-        let exists = try await session.exec("test -d \(ShellQuote.quote(directory.isEmpty ? "/" : directory))")
-        guard exists.succeeded else {
-            throw StepFailure(message: "\(path).destination (\(label)): expected the directory \(directory) to exist in the guest (AIB does not create it), found none")
-        }
-        log.write(label, "uploading \(file.sourceUri) to \(file.destination)")
-        try await session.upload(localPath: local, remotePath: file.destination)
-        log.write(label, "uploaded to \(file.destination)")
-    }
-}
-
-extension Customizer {
-    /// The Packer provisioner AIB runs for this customizer, as its log's `(telemetry) Starting provisioner …`
-    /// lines name it.
-    var packerProvisioner: String {
-        switch self {
-        case .shell: "shell"
-        case .powerShell: "powershell"
-        case .file: "file"
-        case .windowsRestart: "windows-restart"
-        case .windowsUpdate: "windows-update"
         }
     }
 }

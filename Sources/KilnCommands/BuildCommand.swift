@@ -27,6 +27,9 @@ struct BuildCommand: AsyncParsableCommand {
     @Option(help: "Which image template, when an ARM template holds several.")
     var name: String?
 
+    @Flag(help: "Print the build's plan (source, VM, accelerator, each step with its template path, downloads and checkpoint key) and stop: nothing is booted, fetched or built.")
+    var plan = false
+
     @OptionGroup var parameterOptions: ParameterOptions
 
     @OptionGroup var machine: MachineFlags
@@ -46,7 +49,7 @@ struct BuildCommand: AsyncParsableCommand {
                 throw fail(KilnError(.notFound, "--resume: expected a run \(resume) in \(state.runsPath), found none"))
             }
             if template == nil { templatePath = record.templatePath }
-            if let kept = KeptVM.read(runDirectory: runDirectory), kept.isAlive {
+            if !plan, let kept = KeptVM.read(runDirectory: runDirectory), kept.isAlive {
                 printError("kiln: stopping the VM run \(resume) kept")
                 do { try await kept.stop(state: state) } catch { throw fail(error) }
             }
@@ -57,6 +60,14 @@ struct BuildCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
                                    writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
+        if plan {
+            do {
+                Swift.print(try await BuildPlanner.plan(request).text)
+            } catch {
+                throw fail(error)
+            }
+            return
+        }
         let record = try await Self.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }

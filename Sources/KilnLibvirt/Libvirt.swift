@@ -12,6 +12,22 @@ public enum Libvirt {
         return "\(version / 1_000_000).\((version / 1000) % 1000).\(version % 1000)"
     }
 
+    /// The last libvirt error on this thread as a KilnError: its code says what callers tell apart (a domain that
+    /// exists already, a host forwarding rule QEMU could not set up); libvirt's text stays in the message.
+    public static func lastError(_ what: String) -> KilnError {
+        let message = lastErrorMessage()
+        let domainExists = virGetLastError().map { $0.pointee.code == Int32(VIR_ERR_DOM_EXIST.rawValue) } ?? false
+        let code: KilnError.Code
+        if domainExists || message.contains("already exists") || message.contains("already defined") {
+            code = .alreadyExists
+        } else if message.contains("host forwarding") || message.contains("hostfwd") {
+            code = .portUnavailable
+        } else {
+            code = .external
+        }
+        return KilnError(code, "\(what): \(message)")
+    }
+
     /// The message of the last libvirt error on this thread.
     public static func lastErrorMessage() -> String {
         guard let error = virGetLastError(), let message = error.pointee.message else { return "unknown libvirt error" }

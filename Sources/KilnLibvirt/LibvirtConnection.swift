@@ -55,7 +55,7 @@ public final class LibvirtConnection: @unchecked Sendable {
         let result: Result<T, KilnError> = await LibvirtConnection.onQueue(queue) { [self] in
             guard let pointer else { return .failure(KilnError(.invalidState, "libvirt connection \(uri) is closed")) }
             guard let value = body(UnsafeSendablePointer(pointer: pointer)) else {
-                return .failure(KilnError(.external, "libvirt \(what) failed: \(Libvirt.lastErrorMessage())"))
+                return .failure(Libvirt.lastError("libvirt \(what) failed"))
             }
             return .success(value)
         }

@@ -25,23 +25,28 @@ public enum AcceleratorProbe {
     public static let probeDeadline: Duration = .seconds(20)
 
     public static func decide(_ choice: AcceleratorChoice, cacheDirectory: String) async -> AcceleratorDecision {
+        if let known = cached(choice, cacheDirectory: cacheDirectory) { return known }
+        let decision = await probe(bootID: currentBootID())
+        let cacheFile = cacheDirectory + "/accelerator.json"
+        if let data = try? JSONEncoder().encode(decision) {
+            try? FileManager.default.createDirectory(atPath: cacheDirectory, withIntermediateDirectories: true)
+            _ = FileManager.default.createFile(atPath: cacheFile, contents: data)
+        }
+        return decision
+    }
+
+    /// The decision without a probe: the one given, or the answer cached for this host boot; nil when `decide`
+    /// would probe.
+    public static func cached(_ choice: AcceleratorChoice, cacheDirectory: String) -> AcceleratorDecision? {
         let bootID = currentBootID()
         switch choice {
         case .kvm: return AcceleratorDecision(accelerator: .kvm, evidence: "--accel kvm given", bootID: bootID, decidedAt: Date())
         case .tcg: return AcceleratorDecision(accelerator: .tcg, evidence: "--accel tcg given", bootID: bootID, decidedAt: Date())
         case .auto: break
         }
-        let cacheFile = cacheDirectory + "/accelerator.json"
-        if let data = FileManager.default.contents(atPath: cacheFile),
-           let cached = try? JSONDecoder().decode(AcceleratorDecision.self, from: data), cached.bootID == bootID {
-            return cached
-        }
-        let decision = await probe(bootID: bootID)
-        if let data = try? JSONEncoder().encode(decision) {
-            try? FileManager.default.createDirectory(atPath: cacheDirectory, withIntermediateDirectories: true)
-            _ = FileManager.default.createFile(atPath: cacheFile, contents: data)
-        }
-        return decision
+        guard let data = FileManager.default.contents(atPath: cacheDirectory + "/accelerator.json"),
+              let cached = try? JSONDecoder().decode(AcceleratorDecision.self, from: data), cached.bootID == bootID else { return nil }
+        return cached
     }
 
     static func currentBootID() -> String {

@@ -1,83 +1,12 @@
 import Foundation
+import KilnGuest
 import KilnLibvirt
 import KilnSSH
 import KilnSupport
 import KilnWinRM
 
-/// How Kiln reaches a Windows guest: WinRM over HTTPS on 5986 as `username`. For a generalized image the
-/// answer file (which sets that password) and the WinRM setup script are written before the first boot.
-public struct WindowsAccess: Sendable {
-    public var username: String
-    public var password: String
-    /// True when Kiln chose the password: it only works if the answer file is read, so the image must be generalized.
-    public var passwordFromAnswerFile: Bool
-    public var answerFile: String
-    public var setupScript: String
-
-    public init(username: String, password: String, passwordFromAnswerFile: Bool, answerFile: String, setupScript: String) {
-        self.username = username
-        self.password = password
-        self.passwordFromAnswerFile = passwordFromAnswerFile
-        self.answerFile = answerFile
-        self.setupScript = setupScript
-    }
-}
-
-public enum CredentialInjection: String, Sendable, CaseIterable {
-    /// cloud-init NoCloud when the image has cloud-init, otherwise offline through libguestfs.
-    case auto
-    case cloudInit = "cloud-init"
-    case offline
-}
-
-public struct MachineOptions: Sendable {
-    public var runID: String
-    public var source: SourceImage
-    public var size: VMSize
-    /// 0: the source's size. Never shrinks.
-    public var osDiskSizeGB: Int
-    public var accelerator: Accelerator
-    /// Overlay, console log, seed, key: all here.
-    public var runDirectory: String
-    /// nil: the embedded QEMU driver under the state directory.
-    public var libvirtURI: String?
-    public var stateDirectory: StateDirectory
-    /// nil: a free port on 127.0.0.1.
-    public var sshPort: Int?
-    public var injection: CredentialInjection
-    public var username: String
-    /// Where the VM's writable overlay goes; nil: `disk.qcow2` in the run directory. A build that keeps
-    /// checkpoints puts it in the next checkpoint's folder, so the snapshot that completes it needs no move.
-    public var overlayPath: String?
-    /// A Windows guest, reached over WinRM instead of SSH.
-    public var windows: WindowsAccess?
-    /// What a Linux guest's instance metadata service reports (location, VM size, tags); nil: defaults.
-    public var instanceMetadata: InstanceMetadata?
-    /// QEMU user networking's `restrict=on`: the guest reaches nothing outside — not the host's loopback services
-    /// (through the host address, as Packer's 10.0.2.2), not the network — only what Kiln forwards (SSH in, the
-    /// Azure wireserver and IMDS out). User-mode networking cannot block the host alone.
-    public var isolateNetwork = false
-
-    public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
-                libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,
-                username: String = "packer", overlayPath: String? = nil, windows: WindowsAccess? = nil) {
-        self.runID = runID
-        self.source = source
-        self.size = size
-        self.osDiskSizeGB = osDiskSizeGB
-        self.accelerator = accelerator
-        self.runDirectory = runDirectory
-        self.libvirtURI = libvirtURI
-        self.stateDirectory = stateDirectory
-        self.sshPort = sshPort
-        self.injection = injection
-        self.username = username
-        self.overlayPath = overlayPath
-        self.windows = windows
-    }
-
-    public var domainName: String { "kiln-\(runID)" }
-}
+// A little over 400 lines: the VM's whole lifecycle (start, connect, stop, teardown) over the same private fields;
+// splitting it waits for those fields to become a state enum with per-state data.
 
 /// The build VM: a qcow2 overlay on the untouched source, a transient libvirt domain, an SSH port on 127.0.0.1.
 /// `boot` rolls back whatever it started when a later step fails; `teardown` is idempotent and safe whether
@@ -331,7 +260,7 @@ public final class BuildMachine: @unchecked Sendable {
             domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
             EmbeddedDriver.keepCapabilities(uri: connection.uri)
         } catch {
-            if error.message.contains("host forwarding") || error.message.contains("hostfwd") {
+            if error.code == .portUnavailable {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)
             }
             throw error
@@ -358,7 +287,7 @@ public final class BuildMachine: @unchecked Sendable {
         let fabric = self.fabric
         do {
             return try await SSHSession.waitForConnection(endpoint, timeout: timeout, progress: { attempt, elapsed, error in
-                let rejected = error.message.contains("rejected the build key")
+                let rejected = error.code == .authenticationRejected
                 rejectedSince.withLock { since in
                     if !rejected { since = nil } else if since == nil { since = .now }
                 }
@@ -516,32 +445,5 @@ public final class BuildMachine: @unchecked Sendable {
                 try? FileManager.default.removeItem(atPath: path)
             }
         }
-    }
-}
-
-/// Picks a free TCP port on 127.0.0.1, or checks that an explicit one is free.
-public enum PortAllocator {
-    public static func reserve(_ explicit: Int?) throws(KilnError) -> Int {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw KilnError(.io, "cannot create a socket to find a free port") }
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(explicit ?? 0).bigEndian)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0 else {
-            if let explicit {
-                throw KilnError(.invalidArgument, "expected a free port for SSH, found port \(explicit) on 127.0.0.1 already in use")
-            }
-            throw KilnError(.io, "cannot find a free port on 127.0.0.1")
-        }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuest
 import KilnLibvirt
 import KilnSSH
 import KilnSupport
@@ -142,7 +143,7 @@ extension BuildMachine {
         do {
             domain = try await connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name)
         } catch {
-            if error.message.contains("host forwarding") || error.message.contains("hostfwd") {
+            if error.code == .portUnavailable {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)
             }
             throw error

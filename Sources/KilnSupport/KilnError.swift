@@ -18,6 +18,14 @@ public struct KilnError: Error, CustomStringConvertible, Sendable {
         public static let external = Code("external")
         public static let checksumMismatch = Code("checksumMismatch")
         public static let internalError = Code("internalError")
+        /// Something with this name is there already (a libvirt domain another build runs).
+        public static let alreadyExists = Code("alreadyExists")
+        /// A port Kiln asked for is taken (QEMU could not set up a host forwarding rule).
+        public static let portUnavailable = Code("portUnavailable")
+        /// The guest presented a host key other than the one pinned.
+        public static let hostKeyMismatch = Code("hostKeyMismatch")
+        /// The guest refused the build key.
+        public static let authenticationRejected = Code("authenticationRejected")
     }
 
     public let code: Code
@@ -33,5 +41,11 @@ public struct KilnError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         guard let cause else { return message }
         return "\(message): \(cause)"
+    }
+
+    /// Whether this error, or one in its chain of causes, has `code`.
+    public func hasCode(_ code: Code) -> Bool {
+        if self.code == code { return true }
+        return (cause as? KilnError)?.hasCode(code) ?? false
     }
 }

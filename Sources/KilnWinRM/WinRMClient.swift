@@ -1,5 +1,5 @@
 import Foundation
-import KilnSSH
+import KilnGuest
 import KilnSupport
 
 public enum WinRMAuth: String, Sendable, CaseIterable {

@@ -1,6 +1,6 @@
 import Foundation
 import KilnDigest
-import KilnSSH
+import KilnGuest
 import KilnSupport
 
 /// A Windows guest reached over WinRM, as a `GuestSession`: commands are cmd.exe command lines.

@@ -1,6 +1,6 @@
 import Foundation
+import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnSupport
 
 /// Boot-to-SSH: how long Kiln takes from start to the first command in the guest, against the guest's own boot

@@ -1,5 +1,6 @@
 import Foundation
 import KilnBuild
+import KilnGuest
 import KilnMachine
 import KilnSSH
 import KilnSupport

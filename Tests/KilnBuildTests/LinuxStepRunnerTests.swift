@@ -1,5 +1,5 @@
 import Foundation
-import KilnSSH
+import KilnGuest
 import KilnSupport
 import KilnTestSupport
 import Testing

@@ -1,7 +1,7 @@
 import Foundation
 import KilnDigest
+import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnSupport
 import KilnTestSupport
 import Testing

@@ -1,5 +1,5 @@
 import Foundation
-import KilnSSH
+import KilnGuest
 import KilnTestSupport
 import Testing
 @testable import KilnWinRM

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
+import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnSupport
 
 struct VMExecCommand: AsyncParsableCommand {

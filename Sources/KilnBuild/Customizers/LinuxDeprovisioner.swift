@@ -1,6 +1,12 @@
+import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnSupport
+
+/// The last step of a build, as AIB's hidden last customizer: it generalizes the guest (waagent on Linux,
+/// Sysprep on Windows, or the template's own script), after which the guest powers off.
+protocol Deprovisioner: Sendable {
+    func run() async throws
+}
 
 /// The last step of a Linux build, as AIB's hidden last customizer: AIB writes its default deprovisioning
 /// script to /tmp/DeprovisioningScript.sh before the template's customizers run (so that one of them can
@@ -9,8 +15,14 @@ import KilnSupport
 /// if a restart emptied /tmp since, then run as root, followed by the final cleanup.
 /// Whatever ran, the build user, its key and home and the SSH host keys are removed, the copy of the provisioning
 /// media's `ovf-env.xml` that cloud-init's Azure datasource keeps for the agent (it holds the build user and key;
-/// the agent's deprovisioning deletes it, a template's own script may not), the scripts Kiln put in the guest too, free space is trimmed so exported disks stay small, and the guest powers off.
-enum LinuxDeprovisioner {
+/// the agent's deprovisioning deletes it, a template's own script may not), Kiln's DHCP leases for the agent, the
+/// scripts Kiln put in the guest too, free space is trimmed so exported disks stay small, and the guest powers off.
+struct LinuxDeprovisioner: Deprovisioner {
+    let connection: GuestConnection
+    let username: String
+    let log: CustomizationLog
+    let events: @Sendable (BuildEvent) -> Void
+
     static let scriptPath = "/tmp/DeprovisioningScript.sh"
 
     /// AIB's default, preferring waagent on PATH.
@@ -51,5 +63,37 @@ enum LinuxDeprovisioner {
         sync
         systemctl poweroff || poweroff
         """
+    }
+
+    /// Writes AIB's default script to `scriptPath`, where a customizer may replace it.
+    static func writeDefaultScript(_ session: any GuestSession) async throws {
+        let written = try await session.exec("cat > \(scriptPath)", stdin: Array(defaultScript.utf8)) { _ in }
+        guard written.succeeded else {
+            throw StepFailure(message: "could not write AIB's default \(scriptPath) in the guest: \(written)")
+        }
+    }
+
+    func run() async throws {
+        let scriptPath = Self.scriptPath
+        log.packerDebug("deprovision", "[INFO] (telemetry) Starting provisioner shell")
+        let current = OutputCollector()
+        if try await !connection.session.exec("cat \(scriptPath)", output: { current.append($0) }).succeeded {
+            // Most distributions empty /tmp at boot (systemd-tmpfiles), so a step that rebooted the guest took the
+            // script written after the first boot with it; no customizer wrote its own since.
+            log.write("deprovision", "\(scriptPath) is gone (a restart empties /tmp); writing AIB's default again")
+            try await Self.writeDefaultScript(connection.session)
+        }
+        log.write("deprovision", current.stdoutText.isEmpty || current.stdoutText == Self.defaultScript
+                  ? "running AIB's default deprovisioning (\(scriptPath))"
+                  : "running the template's \(scriptPath)")
+        let command = Self.command(username: username, placedFiles: connection.placedFiles)
+        log.write("deprovision", "command: cat \(scriptPath); sudo -E sh \(scriptPath), then Kiln's final cleanup")
+        log.packerDebug("deprovision", "[DEBUG] starting remote command: \(command)")
+        let (result, tail) = try await StepOutput.exec(command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)
+        log.write("deprovision", "\(result)")
+        guard result.succeeded else {
+            throw StepFailure(message: "deprovisioning (\(scriptPath)) failed with \(result). Last output:\n\(tail.text)")
+        }
+        log.packerDebug("deprovision", "[INFO] (telemetry) ending shell")
     }
 }

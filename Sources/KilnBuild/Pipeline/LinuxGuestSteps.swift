@@ -1,0 +1,100 @@
+import KilnGuest
+import KilnMachine
+import KilnSSH
+import KilnStore
+import KilnSupport
+
+/// Prepares the workspace and boots a Linux guest, or resumes it from the longest matching chain of checkpoints
+/// (the boot's overlay goes straight into the first checkpoint's folder); cleanup tears the VM down unless
+/// errorHandling kept it.
+struct LinuxBootStep: BuildStep {
+    var name: String { "boot or resume" }
+
+    func run(_ build: BuildEngine, _ state: BuildState) async throws -> StepAction {
+        let request = build.request
+        let log = state.log
+        let events = build.events
+        guard let plan = state.plan, let accelerator = plan.accelerator, let keys = plan.checkpointKeys else {
+            throw KilnError(.internalError, "the plan of a Linux build holds no checkpoint keys after its downloads were fetched")
+        }
+        var options = MachineOptions(runID: build.record.runID, source: plan.source, size: plan.size, osDiskSizeGB: plan.osDiskSizeGB,
+                                     accelerator: accelerator.accelerator, runDirectory: build.runDirectory, libvirtURI: request.libvirtURI,
+                                     stateDirectory: request.state, username: plan.username)
+        options.isolateNetwork = request.isolateNetwork
+        options.instanceMetadata = plan.instanceMetadata
+        let cache = CheckpointCache(state: request.state)
+        build.checkpointsEnabled = request.writeCheckpoints
+
+        var within: Set<String>?
+        if let run = request.resumeRun {
+            let folders = RunRecord.read(from: request.state.runsPath + "/\(run)/run.json")?.checkpoints ?? []
+            within = Set(folders)
+            events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
+        }
+        if request.useCache || within != nil,
+           let resumed = await build.resumeFromCache(cache, keys: keys, within: within, options: options, steps: plan.customize, log: log) {
+            build.machine = resumed.machine
+            state.session = resumed.session
+            state.checkpoints = CheckpointChain(cache: cache, keys: keys, parent: resumed.entry, firstStep: resumed.position, resumed: true)
+            return .proceed
+        } else if Task.isCancelled {
+            throw CancellationError()
+        } else if let run = request.resumeRun {
+            throw BuildEngine.Outcome.failed("--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
+        }
+        options.overlayPath = build.beginCheckpoint(cache, key: keys[0])
+        state.checkpoints = CheckpointChain(cache: cache, keys: keys, parent: nil, firstStep: 0, resumed: false)
+        build.enterPhase(.building, "boot")
+        let machine = try await BuildMachine.boot(options) { message in
+            log.write("kiln", message)
+            events(.message(message))
+        }
+        build.machine = machine
+        state.session = try await machine.waitForSSH(timeout: request.sshTimeout)
+        return .proceed
+    }
+
+    func cleanup(_ build: BuildEngine) async {
+        guard build.keptVM == nil else { return }
+        await build.machine?.teardown(keepFiles: false)
+        build.abandonPending()
+    }
+}
+
+/// Holds the SSH session (renewed when a step reboots the guest) and readies the Linux customizers; after a fresh
+/// boot, writes AIB's default deprovisioning script and takes the boot checkpoint.
+struct LinuxConnectStep: BuildStep {
+    var name: String { "connect" }
+
+    func run(_ build: BuildEngine, _ state: BuildState) async throws -> StepAction {
+        let request = build.request
+        let log = state.log
+        guard let plan = state.plan, let machine = build.machine, let session = state.session, let checkpoints = state.checkpoints else {
+            throw KilnError(.internalError, "the connect step runs before the guest booted")
+        }
+        let sshTimeout = request.sshTimeout
+        let connection = GuestConnection(session: session, reconnectTimeout: sshTimeout) { [weak machine] () async throws(KilnError) -> any GuestSession in
+            guard let machine else { throw KilnError(.cancelled, "the build VM is gone") }
+            return try await machine.waitForSSH(timeout: sshTimeout)
+        }
+        log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
+        var runner = StepRunner(connection: connection, log: log, events: build.events, downloads: state.downloads, guestOS: plan.guestOS,
+                                offline: state.offlineCache, labels: state.loaded.stepLabels)
+        let errorHandling = state.template.properties.errorHandling
+        runner.keepFailedScripts = (request.onError ?? errorHandling.onCustomizerError) == .abort
+            || (request.onError ?? errorHandling.onValidationError) == .abort
+        let customizers = runner
+        state.guest = ConnectedGuest(run: { try await customizers.run($0, index: $1, path: $2) },
+                                     deprovisioner: LinuxDeprovisioner(connection: connection, username: machine.username, log: log, events: build.events),
+                                     close: { await connection.close() })
+        checkpoints.connection = connection
+        if !checkpoints.resumed {
+            try await build.asBuildFailure { try await LinuxDeprovisioner.writeDefaultScript(connection.session) }
+            log.write("kiln", "wrote AIB's default \(LinuxDeprovisioner.scriptPath) (a customizer may replace it)")
+            checkpoints.parent = try await build.takeCheckpoint(checkpoints.cache, key: checkpoints.keys[0],
+                                                                nextKey: checkpoints.keys.count > 1 ? checkpoints.keys[1] : nil, parent: nil, step: nil,
+                                                                label: "boot", machine: machine, connection: connection, templateName: state.template.name)
+        }
+        return .proceed
+    }
+}
