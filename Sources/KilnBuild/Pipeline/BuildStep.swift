@@ -36,9 +36,6 @@ final class StepSequence: Sendable {
         return true
     }
 
-    /// The names of the steps that ran, oldest first.
-    var ranNames: [String] { ran.withLock { $0.map(\.name) } }
-
     /// Cleans up every step that ran, newest first; each once.
     func cleanup(_ build: BuildEngine) async {
         let steps = ran.withLock { steps -> [any BuildStep] in
