@@ -52,6 +52,8 @@ public final class AzureFabric: @unchecked Sendable {
     public struct HealthReport: Sendable, Equatable {
         public var state: String
         public var description: String?
+        /// The agent's `<SubStatus>` (`Provisioning`, `ProvisioningFailed`, …).
+        public var subStatus: String? = nil
     }
 
     public let socketPath: String
@@ -308,7 +310,7 @@ public final class AzureFabric: @unchecked Sendable {
             guard let start = text.range(of: "<\(name)>"), let end = text.range(of: "</\(name)>", range: start.upperBound..<text.endIndex) else { return nil }
             return String(text[start.upperBound..<end.lowerBound]).trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        return HealthReport(state: element("State") ?? "unknown", description: element("Description"))
+        return HealthReport(state: element("State") ?? "unknown", description: element("Description"), subStatus: element("SubStatus"))
     }
 }
 

@@ -24,6 +24,10 @@ public final class BuildMachine: @unchecked Sendable {
     public private(set) var fabric: AzureFabric?
     /// How the guest got its build user, once decided.
     public private(set) var provisioning: LinuxProvisioning?
+    /// The first login of a fresh boot waits for the Azure Linux agent's Ready report: the agent creates the user
+    /// before it regenerates the SSH host keys and restarts sshd, so a login in between would pin a key the guest
+    /// is about to replace.
+    private var awaitsAgentReady = false
     /// What Kiln found in the image that decided it (for messages when logins keep failing).
     public private(set) var provisioningFindings: String?
     var connection: LibvirtConnection?
@@ -166,6 +170,7 @@ public final class BuildMachine: @unchecked Sendable {
             }
         }
         provisioning = chosen
+        awaitsAgentReady = chosen == .waagent
         switch chosen {
         case .noCloud:
             try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
@@ -285,8 +290,12 @@ public final class BuildMachine: @unchecked Sendable {
         let events = self.events
         let port = sshPort
         let fabric = self.fabric
+        if awaitsAgentReady, let fabric {
+            try await waitForAgentReady(fabric, timeout: timeout)
+            awaitsAgentReady = false
+        }
         do {
-            return try await SSHSession.waitForConnection(endpoint, timeout: timeout, progress: { attempt, elapsed, error in
+            return try await SSHSession.waitForConnection(endpoint, timeout: timeout - (clock.now - start), progress: { attempt, elapsed, error in
                 let rejected = error.code == .authenticationRejected
                 rejectedSince.withLock { since in
                     if !rejected { since = nil } else if since == nil { since = .now }
@@ -316,6 +325,34 @@ public final class BuildMachine: @unchecked Sendable {
         } catch {
             guard error.code == .timeout else { throw error }
             throw KilnError(.timeout, error.message + ". " + provisioningDiagnosis, cause: error.cause)
+        }
+    }
+
+    /// Waits until the Azure Linux agent reports Ready to the wireserver; fails at once when it reports that
+    /// provisioning failed, or when the VM stops.
+    private func waitForAgentReady(_ fabric: AzureFabric, timeout: Duration) async throws(KilnError) {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var lastReported = start
+        while true {
+            let reports = fabric.healthReports
+            if reports.contains(where: { $0.state == "Ready" }) { return }
+            if let failed = reports.last(where: { $0.state != "Ready" && $0.subStatus == "ProvisioningFailed" }) {
+                throw KilnError(.external, "the guest's Azure Linux agent reported that provisioning failed: \(failed.description ?? failed.state). " + provisioningDiagnosis)
+            }
+            guard await isRunning() else {
+                throw KilnError(.external, "the VM stopped while its Azure Linux agent was provisioning, after \(DurationText.format(clock.now - start)); last console lines:\n\(consoleTail(lines: 15))")
+            }
+            let elapsed = clock.now - start
+            if elapsed >= timeout {
+                throw KilnError(.timeout, "Timeout waiting for SSH: the guest's Azure Linux agent did not report Ready within \(DurationText.format(timeout)). " + provisioningDiagnosis)
+            }
+            if clock.now - lastReported >= .seconds(15) {
+                lastReported = clock.now
+                events("waiting for the Azure Linux agent to provision the build user and report Ready: \(DurationText.format(elapsed)) of \(DurationText.format(timeout))")
+            }
+            try? await Task.sleep(for: .seconds(1))
+            if Task.isCancelled { throw KilnError(.cancelled, "cancelled while waiting for the Azure Linux agent") }
         }
     }
 

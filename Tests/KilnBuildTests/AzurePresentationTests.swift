@@ -112,7 +112,7 @@ struct AzurePresentationTests {
         let notReady = Array("<Health><State>NotReady</State><Details><SubStatus>ProvisioningFailed</SubStatus><Description>no user</Description></Details></Health>".utf8)
         #expect(fabric.respond(method: "POST", uri: "/machine?comp=health", headers: HTTPHeaders(), body: notReady).status == 200)
         #expect(fabric.respond(method: "POST", uri: "/machine?comp=health", headers: HTTPHeaders(), body: Array("<State>Ready</State>".utf8)).status == 200)
-        #expect(fabric.healthReports == [.init(state: "NotReady", description: "no user"), .init(state: "Ready", description: nil)])
+        #expect(fabric.healthReports == [.init(state: "NotReady", description: "no user", subStatus: "ProvisioningFailed"), .init(state: "Ready", description: nil)])
         #expect(fabric.respond(method: "GET", uri: "/vmSettings", headers: HTTPHeaders(), body: []).status == 404, "Fast Track: not supported")
     }
 
