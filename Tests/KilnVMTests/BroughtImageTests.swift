@@ -14,9 +14,9 @@ struct BroughtImageTests {
     struct BroughtImage {
         var recipe: String
         var urn: String
-        /// The file handed to `kiln image import`: qemu-img's vpc subformat `fixed` (as Azure exports) or
+        /// The file handed to `kiln image import`: a VHD of qemu-img's vpc subformat `fixed` (as Azure exports) or
         /// `dynamic`, or `raw`.
-        var subformat: String
+        var fileFormat: String
         var provisioning: String
         /// A deprovisioning script the template writes to /tmp/DeprovisioningScript.sh in place of AIB's default
         /// (`waagent -deprovision+user`), for an image without the Azure Linux agent.
@@ -35,10 +35,10 @@ struct BroughtImageTests {
         let built = try await Subprocess.run(VMTestEnvironment.repositoryRoot.path + "/scripts/build-image", ["--print-path", image.recipe])
         let qcow2 = try #require(built.succeeded ? built.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) : nil,
                                  "scripts/build-image \(image.recipe) first (scripts/test does)")
-        let raw = image.subformat == "raw"
+        let raw = image.fileFormat == "raw"
         let vhd = work.files + "/\(image.recipe)" + (raw ? ".raw" : ".vhd")
         let converted = try await Subprocess.run("qemu-img", ["convert", "-f", "qcow2"] + (raw ? ["-O", "raw"]
-            : ["-O", "vpc", "-o", "subformat=\(image.subformat)\(image.subformat == "fixed" ? ",force_size" : "")"]) + [qcow2, vhd])
+            : ["-O", "vpc", "-o", "subformat=\(image.fileFormat)\(image.fileFormat == "fixed" ? ",force_size" : "")"]) + [qcow2, vhd])
         #expect(converted.succeeded, "\(converted.stderrText)")
         let sourceBefore = try FileManager.default.attributesOfItem(atPath: vhd)
 
@@ -146,7 +146,7 @@ struct BroughtImageTests {
         let work = try Workspace()
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
         let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-azure", urn: "Contoso:azure-debian:12:1.0.0",
-                                                                           subformat: "fixed", provisioning: "cloud-init-azure"), work: work,
+                                                                           fileFormat: "fixed", provisioning: "cloud-init-azure"), work: work,
                                                              isolate: true)
         defer { handle.close() }
         let messages = events.compactMap { $0["message"] as? String }
@@ -166,7 +166,7 @@ struct BroughtImageTests {
         let work = try Workspace()
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
         let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-waagent", urn: "Contoso:waagent-debian:12:1.0.0",
-                                                                           subformat: "dynamic", provisioning: "waagent-azure"), work: work)
+                                                                           fileFormat: "dynamic", provisioning: "waagent-azure"), work: work)
         defer { handle.close() }
         let messages = events.compactMap { $0["message"] as? String }
         #expect(messages.contains { $0.contains("for the image's Azure Linux agent") && $0.contains("/var/lib/dhcp/dhclient.azure-wireserver.leases") }, "\(messages)")
@@ -200,7 +200,7 @@ struct BroughtImageTests {
         let deprovisioning = ["set -e", "cloud-init clean --logs --seed", "rm -f /etc/NetworkManager/system-connections/cloud-init-*",
                               "truncate -s 0 /etc/machine-id", "echo template-deprovisioned > /var/lib/deprovisioned-by", "sync"]
         let (events, handle, _) = try await buildBroughtImage(BroughtImage(recipe: "debian-12-nm", urn: "Contoso:nm-debian:12:1.0.0",
-                                                                           subformat: "raw", provisioning: "cloud-init-azure",
+                                                                           fileFormat: "raw", provisioning: "cloud-init-azure",
                                                                            deprovisioningScript: deprovisioning), work: work)
         defer { handle.close() }
         let messages = events.compactMap { $0["message"] as? String }
