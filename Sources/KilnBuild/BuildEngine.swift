@@ -104,7 +104,8 @@ public final class BuildEngine: @unchecked Sendable {
 
     public var runID: String { record.runID }
 
-    enum Outcome: Error {
+    /// How a build ended, when not with success: made from what the build threw in one place (`withDeadline`).
+    enum Ending {
         case failed(String)
         case timedOut
         case canceled
@@ -160,7 +161,7 @@ public final class BuildEngine: @unchecked Sendable {
         return await finish(outcome, template: template)
     }
 
-    private func finishEarly(_ outcome: Outcome) -> BuildResult {
+    private func finishEarly(_ outcome: Ending) -> BuildResult {
         if case .failed(let message) = outcome {
             record.runState = .failed
             record.message = message
@@ -170,8 +171,8 @@ public final class BuildEngine: @unchecked Sendable {
         return BuildResult(record: record, runDirectory: runDirectory, keptVM: nil)
     }
 
-    /// Runs `body`, cancelling it when `timeout` passes; a timeout is distinguishable from a cancel.
-    private func withDeadline(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> Void) async -> Result<Void, Outcome> {
+    /// Runs `body`, cancelling it when `timeout` passes; a timeout is distinguishable from a cancel. nil: it succeeded.
+    private func withDeadline(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> Void) async -> Ending? {
         let timedOut = Locked(false)
         let work = Task { try await body() }
         let timer = Task {
@@ -179,25 +180,25 @@ public final class BuildEngine: @unchecked Sendable {
             timedOut.withLock { $0 = true }
             work.cancel()
         }
-        let result: Result<Void, Outcome>
+        let result: Ending?
         do {
             try await withTaskCancellationHandler {
                 try await work.value
             } onCancel: {
                 work.cancel()
             }
-            result = .success(())
-        } catch let outcome as Outcome {
-            result = .failure(timedOut.current ? .timedOut : outcome)
+            result = nil
         } catch {
             if timedOut.current {
-                result = .failure(.timedOut)
+                result = .timedOut
+            } else if let failure = error as? KilnError, failure.code == .buildFailed {
+                result = .failed(failure.message)
             } else if Task.isCancelled || (error as? KilnError)?.code == .cancelled || error is CancellationError {
-                result = .failure(.canceled)
+                result = .canceled
             } else if let failure = error as? StepFailure {
-                result = .failure(.failed(failure.message))
+                result = .failed(failure.message)
             } else {
-                result = .failure(.failed("\(error)"))
+                result = .failed("\(error)")
             }
         }
         timer.cancel()
@@ -263,7 +264,7 @@ public final class BuildEngine: @unchecked Sendable {
         do {
             try await body()
         } catch let failure as StepFailure {
-            throw Outcome.failed(failure.message)
+            throw KilnError(.buildFailed, failure.message)
         }
     }
 
@@ -288,7 +289,7 @@ public final class BuildEngine: @unchecked Sendable {
             }
             if let failure {
                 guard validate?.continueDistributeOnFailure == true, !sourceOnly else {
-                    throw Outcome.failed("validation failed: \(failure)")
+                    throw KilnError(.buildFailed, "validation failed: \(failure)")
                 }
                 events(.warning("validation failed; distributing anyway (continueDistributeOnFailure): \(failure)"))
             }
@@ -335,7 +336,7 @@ public final class BuildEngine: @unchecked Sendable {
         persist()
         let failures = outputs.filter { $0.provisioningState != "Succeeded" }
         if !outputs.isEmpty, failures.count == outputs.count {
-            throw Outcome.failed("every distribution target failed: " + failures.compactMap(\.error).joined(separator: "; "))
+            throw KilnError(.buildFailed, "every distribution target failed: " + failures.compactMap(\.error).joined(separator: "; "))
         }
         if !failures.isEmpty { partiallySucceeded = true }
     }
@@ -347,26 +348,26 @@ public final class BuildEngine: @unchecked Sendable {
         return store
     }
 
-    private func finish(_ outcome: Result<Void, Outcome>, template: ImageTemplate) async -> BuildResult {
+    private func finish(_ outcome: Ending?, template: ImageTemplate) async -> BuildResult {
         endPhase()
         var kept: KeptVM?
         switch outcome {
-        case .success:
+        case nil:
             record.runState = partiallySucceeded ? .partiallySucceeded : .succeeded
             if record.message.isEmpty {
                 record.message = partiallySucceeded ? "some distribution targets failed" : "build succeeded"
             }
-        case .failure(.timedOut):
+        case .timedOut:
             record.runState = .failed
             record.message = buildTimeoutMessage + " (buildTimeoutInMinutes \(template.properties.buildTimeoutInMinutes))"
-        case .failure(.canceled):
+        case .canceled:
             record.runState = .canceled
             record.message = "the build was canceled"
-        case .failure(.failed(let message)):
+        case .failed(let message):
             record.runState = .failed
             record.message = message + "\nSee \(runDirectory)/customization.log"
         }
-        if case .failure(.failed) = outcome, keepVMOnError, let machine, await machine.isRunning() {
+        if case .failed = outcome, keepVMOnError, let machine, await machine.isRunning() {
             let vm = KeptVM(runID: record.runID, templateName: record.templateName, templatePath: request.templatePath,
                             domainName: machine.domainName, sshPort: machine.sshPort, username: machine.username,
                             privateKeyPath: machine.privateKeyPath, knownHostsPath: runDirectory + "/known_hosts",

@@ -4,7 +4,11 @@ import KilnGuest
 import KilnSupport
 import KilnTemplate
 
-/// A step that failed: names the customizer, its index, what happened and the last lines of its output.
+/// A customizer's verdict that its step failed, as the customizer decided it from the guest's answer (a non-zero
+/// exit is a value; the customizer turns it into this): the message is complete and final for the user (the template
+/// path, the step's label, what happened, the last lines of its output), so nothing wraps or prefixes it again.
+/// Kiln's own faults are `KilnError`s; `BuildEngine.runStep` turns those of a step into a `StepFailure` naming the
+/// step, and a failed step's `StepFailure` ends the build as failed (a cancel at the same moment wins).
 public struct StepFailure: Error, Sendable {
     public var message: String
 }

@@ -40,7 +40,7 @@ struct LinuxBootStep: BuildStep {
         } else if Task.isCancelled {
             throw CancellationError()
         } else if let run = request.resumeRun {
-            throw BuildEngine.Outcome.failed("--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
+            throw KilnError(.buildFailed, "--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
         }
         options.overlayPath = build.beginCheckpoint(cache, key: keys[0])
         state.checkpoints = CheckpointChain(cache: cache, keys: keys, parent: nil, firstStep: 0, resumed: false)

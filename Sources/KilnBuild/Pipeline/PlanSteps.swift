@@ -14,7 +14,7 @@ struct ResolveStep: BuildStep {
             // Every missing download at once, each with the template path that uses it, before anything else.
             let missing = DownloadCache.downloads(of: state.loaded).filter { DownloadCache.needsNetwork($0.uri) && offlineCache.lookup($0.uri) == nil }
             guard missing.isEmpty else {
-                throw BuildEngine.Outcome.failed("--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n"
+                throw KilnError(.buildFailed, "--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n"
                                                  + missing.map { "  \($0.path): \($0.uri)" }.joined(separator: "\n"))
             }
             log.write("kiln", "offline: downloads come from \(offlineCache.directory)")

@@ -18,10 +18,10 @@ struct WindowsBootStep: BuildStep {
         }
         if request.isolateNetwork {
             // A Windows guest fetches File uploads from Kiln's server on the host address.
-            throw BuildEngine.Outcome.failed("--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
+            throw KilnError(.buildFailed, "--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
         }
         if let run = request.resumeRun {
-            throw BuildEngine.Outcome.failed("--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")
+            throw KilnError(.buildFailed, "--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")
         }
         let environment = ProcessInfo.processInfo.environment
         let givenPassword = environment["KILN_WINRM_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
