@@ -1,4 +1,7 @@
 import Foundation
+import KilnCustomizers
+import KilnDistribution
+import KilnFetch
 import KilnGuest
 import KilnMachine
 import KilnSSH
@@ -23,6 +26,11 @@ public final class BuildEngine: @unchecked Sendable {
 
     /// Secure parameter values, masked in every event and log line once the template is loaded.
     private let secrets = SecretMask()
+
+    /// `events` for the customizers and distribution, which report progress without knowing the build's events.
+    var progress: @Sendable (ProgressEvent) -> Void {
+        { [events] in events(BuildEvent($0)) }
+    }
 
     public init(_ request: BuildRequest, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.request = request
@@ -260,7 +268,7 @@ public final class BuildEngine: @unchecked Sendable {
         let info = try await DiskImageProbe.inspect(machine.overlayPath, format: "qcow2", allowingBackingFile: true)
         let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,
                                         templateLocation: template.location, source: source, guestOS: guestOS, log: log, force: request.force,
-                                        protected: OutputDestination.protectedDirectories(state: request.state), events: events)
+                                        protected: OutputDestination.protectedDirectories(state: request.state), events: progress)
         let outputs = await distribution.run(template.properties.distribute, disk: machine.overlayPath, virtualSizeBytes: info.virtualSizeBytes)
         record.runOutputs = outputs
         persist()

@@ -1,3 +1,4 @@
+import KilnCustomizers
 import KilnMachine
 import KilnSupport
 import KilnTemplate

@@ -1,3 +1,5 @@
+import KilnCustomizers
+import KilnFetch
 import KilnMachine
 import KilnSupport
 
@@ -48,7 +50,7 @@ struct PrefetchStep: BuildStep {
             throw KilnError(.internalError, "the fetch step runs before the build is planned")
         }
         build.enterPhase(.building, "fetch")
-        let prefetcher = StepRunner(connection: nil, log: state.log, events: build.events, downloads: state.downloads, guestOS: plan.guestOS,
+        let prefetcher = StepRunner(connection: nil, log: state.log, events: build.progress, downloads: state.downloads, guestOS: plan.guestOS,
                                     offline: state.offlineCache, labels: state.loaded.stepLabels)
         var downloaded: [String?] = []
         for step in plan.customize + plan.validations {

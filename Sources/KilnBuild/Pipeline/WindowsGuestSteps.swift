@@ -1,4 +1,5 @@
 import Foundation
+import KilnCustomizers
 import KilnMachine
 import KilnSupport
 import KilnWinRM
@@ -64,7 +65,7 @@ struct WindowsConnectStep: BuildStep {
         let session = try await machine.waitForWinRM(timeout: build.request.sshTimeout)
         log.write("kiln", "WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman as \(access.username)")
         build.events(.message("WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman"))
-        let runner = WindowsStepRunner(session: session, log: log, events: build.events, downloads: state.downloads, fetcher: prefetcher,
+        let runner = WindowsStepRunner(session: session, log: log, events: build.progress, downloads: state.downloads, fetcher: prefetcher,
                                        administrator: (access.username, access.password))
         state.session = session
         state.guest = ConnectedGuest(run: { try await runner.run($0, index: $1, path: $2) },
