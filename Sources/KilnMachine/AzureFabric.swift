@@ -67,6 +67,7 @@ public final class AzureFabric: @unchecked Sendable {
     private var channel: (any Channel)?
     private let lock = NSLock()
     private var reports: [HealthReport] = []
+    private var firstReady: ContinuousClock.Instant?
     private var requestCount = 0
 
     /// The addresses and ports a guest reaches the fabric on.
@@ -119,6 +120,8 @@ public final class AzureFabric: @unchecked Sendable {
 
     /// The health reports the guest sent, oldest first.
     public var healthReports: [HealthReport] { lock.withLock { reports } }
+    /// When the guest first reported Ready (the end of its agent's provisioning), on the host's clock.
+    public var readyReportedAt: ContinuousClock.Instant? { lock.withLock { firstReady } }
     /// How many requests the guest made.
     public var requests: Int { lock.withLock { requestCount } }
 
@@ -162,7 +165,10 @@ public final class AzureFabric: @unchecked Sendable {
             return .xml(sharedConfig)
         case ("POST", _, "health"):
             let report = Self.parseHealth(body)
-            lock.withLock { reports.append(report) }
+            lock.withLock {
+                reports.append(report)
+                if report.state == "Ready", firstReady == nil { firstReady = .now }
+            }
             log("the guest reported \(report.state) to the wireserver" + (report.description.map { ": \($0)" } ?? ""))
             return Response(status: 200, contentType: "text/xml; charset=utf-8", body: [])
         case ("POST", _, _), ("PUT", _, _):

@@ -15,6 +15,8 @@ public final class BuildMachine: @unchecked Sendable {
     public internal(set) var sshPort: Int = 0
     public private(set) var inspection: OfflineInspection?
     public private(set) var credentialsInjectedOffline = false
+    /// The import's lease layer the overlay sits on, when the Azure Linux agent provisions the image.
+    public private(set) var leaseLayer: LeaseLayer?
     let events: @Sendable (String) -> Void
     /// Starting, started or torn down, with what the machine holds in each.
     private let state = Locked<MachineState>(.starting(MachineState.Starting()))
@@ -195,8 +197,9 @@ public final class BuildMachine: @unchecked Sendable {
             if let known = options.source.provisioning ?? (options.source.hasCloudInit == true ? .noCloud : nil) {
                 chosen = known
                 if known == .offline { try await provisionOffline(credentials, force: true) }
-                if known == .waagent {
-                    // The agent's lease is written in the overlay: one libguestfs launch, which also checks again.
+                if known == .waagent, leaseLayer == nil {
+                    // No lease layer from the import: the agent's lease is written in the overlay, in one libguestfs
+                    // launch, which also checks the image again.
                     try await provisionOffline(credentials, force: false)
                     chosen = credentialsInjectedOffline ? .offline : (inspection?.provisioning ?? .offline)
                 }
@@ -224,7 +227,7 @@ public final class BuildMachine: @unchecked Sendable {
             if chosen == .azure {
                 events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's cloud-init Azure datasource")
             } else {
-                events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's Azure Linux agent; the wireserver's address, which QEMU's DHCP server cannot send, written as a cached DHCP lease (\((inspection?.writtenLeases ?? []).joined(separator: ", ")))")
+                events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's Azure Linux agent; the wireserver's address, which QEMU's DHCP server cannot send, written as a cached DHCP lease (\(writtenLeases.joined(separator: ", "))\(leaseLayer.map { ", in the lease layer made at import, \($0.path)" } ?? ""))")
             }
             return true
         case .offline:
@@ -232,9 +235,21 @@ public final class BuildMachine: @unchecked Sendable {
         }
     }
 
+    /// The DHCP leases Kiln wrote for the Azure Linux agent: in the lease layer, or in this build's overlay.
+    var writtenLeases: [String] { leaseLayer?.leases ?? inspection?.writtenLeases ?? [] }
+
     private func createOverlay() async throws(KilnError) {
         let source = options.source
         var arguments = ["create", "-q", "-f", "qcow2", "-F", source.format, "-b", source.path, overlayPath]
+        // An image the Azure Linux agent provisions boots on the lease layer its import made (`LeaseLayer`).
+        if options.windows == nil, options.injection == .auto, source.provisioning == .waagent, let layer = source.leaseLayer {
+            if layer.isUsable(over: source) {
+                leaseLayer = layer
+                arguments = ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", layer.path, overlayPath]
+            } else {
+                events("note: the lease layer \(layer.path) is missing or older than \(source.path); the leases are written for this build instead (kiln image remove and import again to make a new layer)")
+            }
+        }
         if options.osDiskSizeGB > 0 {
             let requested = UInt64(options.osDiskSizeGB) << 30
             guard requested >= source.virtualSizeBytes else {
@@ -243,7 +258,7 @@ public final class BuildMachine: @unchecked Sendable {
             }
             if requested > source.virtualSizeBytes { arguments.append(String(requested)) }
         }
-        events("overlay \(overlayPath) on \(source.displayName) (the source is opened read-only)")
+        events("overlay \(overlayPath) on \(source.displayName)" + (leaseLayer.map { " through its lease layer \($0.path)" } ?? "") + " (the source is opened read-only)")
         try await Subprocess.check("qemu-img", arguments, timeout: .seconds(120))
     }
 
@@ -326,7 +341,7 @@ public final class BuildMachine: @unchecked Sendable {
             let reports = fabric?.healthReports ?? []
             let said = reports.last.map { "the guest last reported \($0.state)" + ($0.description.map { " (\($0))" } ?? "") } ?? "the guest never reported to the wireserver"
             let agent = provisioning == .azure ? "The console log (\(consolePath)) shows cloud-init's Azure datasource at work."
-                : "Kiln wrote the wireserver's address as a DHCP lease (\((inspection?.writtenLeases ?? []).joined(separator: ", "))); the agent writes its log to /var/log/waagent.log in the guest, and the console log (\(consolePath)) shows the boot."
+                : "Kiln wrote the wireserver's address as a DHCP lease (\(writtenLeases.joined(separator: ", "))); the agent writes its log to /var/log/waagent.log in the guest, and the console log (\(consolePath)) shows the boot."
             parts.append("Kiln presented the VM as Azure (asset tag, ovf-env.xml for user \(username), wireserver, instance metadata; \(fabric?.requests ?? 0) requests answered); \(said). \(agent)")
         case .offline?:
             parts.append("Kiln wrote user \(username) and its key into the image offline; check that the image's sshd allows public-key logins.")

@@ -14,6 +14,9 @@ public struct SourceImage: Sendable, Equatable {
     /// How a Linux image gets its build user, when known (decided at import); nil: from `hasCloudInit`, or
     /// inspected at boot.
     public var provisioning: LinuxProvisioning?
+    /// For an image the Azure Linux agent provisions: the layer holding the agent's leases, made at import; builds
+    /// boot overlays on it.
+    public var leaseLayer: LeaseLayer?
     /// `Publisher:Offer:Sku:Version` with the version resolved, for catalog and imported images.
     public var urn: String?
     /// The image's version (a platform image's resolved version, a gallery version), for versioning scheme Source.
@@ -51,14 +54,18 @@ public struct ImageRecord: Sendable, Codable, Equatable {
     public var hasCloudInit: Bool?
     /// Imported Linux images: decided once from inspection (older records have none).
     public var provisioning: LinuxProvisioning?
+    /// Imported images the Azure Linux agent provisions: the lease layer made at import (`LeaseLayer`).
+    public var leaseLayer: LeaseLayer?
     public var origin: String
     public var virtualSizeBytes: UInt64
 
     public var urn: String { "\(publisher):\(offer):\(sku):\(version)" }
 
     public var source: SourceImage {
-        SourceImage(path: path, format: format, virtualSizeBytes: virtualSizeBytes, firmware: firmware, osType: osType,
-                    hasCloudInit: hasCloudInit, provisioning: provisioning, urn: urn, version: version)
+        var image = SourceImage(path: path, format: format, virtualSizeBytes: virtualSizeBytes, firmware: firmware, osType: osType,
+                                hasCloudInit: hasCloudInit, provisioning: provisioning, urn: urn, version: version)
+        image.leaseLayer = leaseLayer
+        return image
     }
 }
 
@@ -246,19 +253,13 @@ public struct ImageCatalog: Sendable {
 
     /// Registers a user's qcow2/VHD under a URN. The file stays where it is and is never written.
     public func importImage(_ file: String, urn: String, osType: String?, hasCloudInit: Bool?,
-                            provisioning: LinuxProvisioning? = nil) async throws(KilnError) -> ImageRecord {
-        let parts = urn.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 4, parts.allSatisfy({ !$0.isEmpty && !$0.contains("/") }) else {
-            throw KilnError(.invalidArgument, "expected --urn Publisher:Offer:Sku:Version, found \"\(urn)\"")
-        }
+                            provisioning: LinuxProvisioning? = nil, leaseLayer: LeaseLayer? = nil) async throws(KilnError) -> ImageRecord {
+        let parts = try requireNewURN(urn)
         let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
         let info = try await DiskImageProbe.inspect(path)
-        if records().contains(where: { $0.urn.lowercased() == urn.lowercased() }) {
-            throw KilnError(.invalidArgument, "an image with URN \(urn) already exists; remove it first with kiln image remove \(urn)")
-        }
         let record = ImageRecord(publisher: parts[0], offer: parts[1], sku: parts[2], version: parts[3], path: path, format: info.format,
-                                 firmware: info.firmware, osType: osType, hasCloudInit: hasCloudInit, provisioning: provisioning, origin: "imported",
-                                 virtualSizeBytes: info.virtualSizeBytes)
+                                 firmware: info.firmware, osType: osType, hasCloudInit: hasCloudInit, provisioning: provisioning,
+                                 leaseLayer: leaseLayer, origin: "imported", virtualSizeBytes: info.virtualSizeBytes)
         do {
             try FileManager.default.createDirectory(atPath: importedDirectory, withIntermediateDirectories: true)
             let encoder = JSONEncoder()
@@ -271,11 +272,38 @@ public struct ImageCatalog: Sendable {
         return record
     }
 
-    /// Forgets an imported image (the disk file itself is left alone).
+    /// A well-formed URN no image has yet, split into its four parts.
+    @discardableResult
+    public func requireNewURN(_ urn: String) throws(KilnError) -> [String] {
+        let parts = urn.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 4, parts.allSatisfy({ !$0.isEmpty && !$0.contains("/") }) else {
+            throw KilnError(.invalidArgument, "expected --urn Publisher:Offer:Sku:Version, found \"\(urn)\"")
+        }
+        if records().contains(where: { $0.urn.lowercased() == urn.lowercased() }) {
+            throw KilnError(.invalidArgument, "an image with URN \(urn) already exists; remove it first with kiln image remove \(urn)")
+        }
+        return parts
+    }
+
+    /// Where the import of `urn` keeps its lease layer (`LeaseLayer`), beside the image's record.
+    public func leaseLayerPath(for urn: String) throws(KilnError) -> String {
+        do {
+            try FileManager.default.createDirectory(atPath: importedDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw KilnError(.io, "cannot create \(importedDirectory): \(error.localizedDescription)")
+        }
+        return importedDirectory + "/" + ImageCatalog.fileName(for: urn).replacingOccurrences(of: ".json", with: ".lease-layer.qcow2")
+    }
+
+    /// Forgets an imported image (the disk file itself is left alone; its lease layer goes with the record).
     public func removeImported(urn: String) throws(KilnError) {
         let target = importedDirectory + "/" + ImageCatalog.fileName(for: urn)
         guard FileManager.default.fileExists(atPath: target) else {
             throw KilnError(.notFound, "expected an imported image \(urn), found none (kiln image list shows what exists)")
+        }
+        if let data = FileManager.default.contents(atPath: target), let record = try? JSONDecoder().decode(ImageRecord.self, from: data),
+           let layer = record.leaseLayer {
+            try? FileManager.default.removeItem(atPath: layer.path)
         }
         try? FileManager.default.removeItem(atPath: target)
     }

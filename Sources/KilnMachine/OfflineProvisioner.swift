@@ -23,25 +23,30 @@ public struct OfflineInspection: Sendable {
 /// passwordless sudo straight into the file system, or, for the Azure Linux agent, the DHCP lease that tells it
 /// where the wireserver is. One appliance launch (~25 s under TCG) does both.
 public enum OfflineProvisioner {
+    /// `writingAgentLeases`: without credentials, still write the Azure Linux agent's leases when the image needs
+    /// them (a `LeaseLayer` made at import); the disk is then opened for writing.
     public static func inspectAndProvision(disk: String, format: String, accelerator: Accelerator,
-                                           credentials: BuildCredentials?, forceOffline: Bool) async throws(KilnError) -> OfflineInspection {
+                                           credentials: BuildCredentials?, forceOffline: Bool,
+                                           writingAgentLeases: Bool = false) async throws(KilnError) -> OfflineInspection {
         try await Blocking.run { () throws(KilnError) -> OfflineInspection in
-            try run(disk: disk, format: format, accelerator: accelerator, credentials: credentials, forceOffline: forceOffline)
+            try run(disk: disk, format: format, accelerator: accelerator, credentials: credentials, forceOffline: forceOffline,
+                    writingAgentLeases: writingAgentLeases)
         }
     }
 
     static func run(disk: String, format: String, accelerator: Accelerator, credentials: BuildCredentials?,
-                    forceOffline: Bool) throws(KilnError) -> OfflineInspection {
+                    forceOffline: Bool, writingAgentLeases: Bool) throws(KilnError) -> OfflineInspection {
+        let writable = credentials != nil || writingAgentLeases
         let handle = try GuestfsHandle()
         defer { handle.close() }
         if accelerator == .tcg { try handle.setBackendSettings(["force_tcg"]) }
         try handle.setBackend("direct")
-        try handle.addDrive(disk, format: format, readOnly: credentials == nil)
+        try handle.addDrive(disk, format: format, readOnly: !writable)
         try handle.launch()
         guard let inspection = try handle.inspectOperatingSystems().first else {
             throw KilnError(.invalidArgument, "expected an operating system on \(disk), found none (libguestfs inspection)")
         }
-        try handle.mountAll(inspection, readOnly: credentials == nil)
+        try handle.mountAll(inspection, readOnly: !writable)
         let hasCloudInit: Bool
         var configuration: ProvisioningConfiguration?
         if inspection.type == "linux" {
@@ -53,8 +58,8 @@ public enum OfflineProvisioner {
         }
         var injected = false
         var leases: [String] = []
-        if let credentials, inspection.type == "linux" {
-            if forceOffline || configuration?.provisioning == .offline {
+        if writable, inspection.type == "linux" {
+            if let credentials, forceOffline || configuration?.provisioning == .offline {
                 try addLinuxUser(handle, credentials)
                 injected = true
             } else if let configuration, configuration.provisioning == .waagent {

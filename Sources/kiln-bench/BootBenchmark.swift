@@ -10,7 +10,7 @@ struct BootBenchmark {
     var runs: Int
     var size: String
 
-    static let header = "run  prepare  to-first-exec  firmware+loader  guest-kernel  guest-userspace  guest-total  overhead  sshd-listening  login-after-sshd  kiln-overhead  libguestfs-launches"
+    static let header = "run  prepare  to-first-exec  firmware+loader  guest-kernel  guest-userspace  guest-total  overhead  sshd-listening  login-after-sshd  kiln-overhead  libguestfs-launches  ready-report"
 
     struct Row {
         var toFirstExec: Double
@@ -71,9 +71,13 @@ struct BootBenchmark {
             let loginAfterSSHD = uptime - sshActiveSeconds
             let kilnOverhead = prepared.inSeconds + loginAfterSSHD
             let launches = vm.inspection == nil ? 0 : 1
-            let line = String(format: "%3d  %6.2fs  %12.1fs  %14.1fs  %11.1fs  %15.1fs  %10.1fs  %7.1fs  %17.1fs  %15.1fs  %12.1fs  %d", index,
+            // Presented as Azure: when the guest's agent reported Ready to the wireserver, in seconds after its
+            // kernel started (the agent's own provisioning, which Kiln waits for before the first login).
+            let kernelStarted = firstExec - uptime
+            let ready = vm.fabric?.readyReportedAt.map { String(format: "%11.1fs", ($0 - start).inSeconds - kernelStarted) } ?? "          -"
+            let line = String(format: "%3d  %6.2fs  %12.1fs  %14.1fs  %11.1fs  %15.1fs  %10.1fs  %7.1fs  %17.1fs  %15.1fs  %12.1fs  %18d  ", index,
                               prepared.inSeconds, firstExec, firmware, times.kernel, times.userspace, times.total, overhead,
-                              sshActiveSeconds, loginAfterSSHD, kilnOverhead, launches)
+                              sshActiveSeconds, loginAfterSSHD, kilnOverhead, launches) + ready
             await session.close()
             await vm.teardown(keepFiles: false)
             return Row(toFirstExec: firstExec, overhead: overhead, kilnOverhead: kilnOverhead, line: line)
@@ -110,11 +114,20 @@ struct ProvisioningBootBenchmark {
             image.hasCloudInit = true
             return image
         }
+        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
+        var waagent = try await recipe("debian-12-waagent", .waagent)
+        // As `kiln image import` does once per image: the agent's leases in a layer the builds boot on.
+        let clock = ContinuousClock()
+        let importStart = clock.now
+        let (_, layer) = try await LeaseLayer.inspect(source: waagent.path, format: waagent.format, path: state.path + "/waagent.lease-layer.qcow2",
+                                                      accelerator: decision.accelerator)
+        guard let layer else { throw KilnError(.invalidState, "expected the debian-12-waagent image to need the agent's leases, found it does not") }
+        waagent.leaseLayer = layer
         let variants: [(String, SourceImage)] = [("cloud-init-nocloud", reference),
                                                  ("cloud-init-azure", try await recipe("debian-12-azure", .azure)),
-                                                 ("waagent-azure", try await recipe("debian-12-waagent", .waagent))]
-        let decision = await AcceleratorProbe.decide(.auto, cacheDirectory: KilnCache.path())
+                                                 ("waagent-azure", waagent)]
         print("provisioning boot benchmark: \(size), \(decision.accelerator.rawValue), \(runs) runs each, alternated")
+        print(String(format: "waagent-azure: import's inspection with the lease layer (once per image, not per build): %.1fs", (clock.now - importStart).inSeconds))
         print("variant             " + BootBenchmark.header)
         var firstExec: [String: [Double]] = [:]
         for index in 1...runs {

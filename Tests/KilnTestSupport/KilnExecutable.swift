@@ -45,6 +45,17 @@ public enum KilnExecutable {
                       stderr: String(decoding: stderr, as: UTF8.self))
     }
 
+    /// `run` on a thread of its own, for async tests: a build takes minutes, and a call that blocked one of the
+    /// Swift concurrency pool's threads (as many as the host has cores: two on the CI machines) that long stalls
+    /// every other test that needs one, the in-process VM tests' SSH sessions and deadlines among them.
+    public static func runOnOwnThread(_ arguments: [String], environment: [String: String] = [:]) async throws -> Result {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
+            Thread {
+                continuation.resume(with: Swift.Result { try run(arguments, environment: environment) })
+            }.start()
+        }
+    }
+
     /// Starts `kiln` in the background, its stdout and stderr going to `outputPath`.
     public static func start(_ arguments: [String], environment: [String: String] = [:], outputPath: String) throws -> Background {
         let process = Process()

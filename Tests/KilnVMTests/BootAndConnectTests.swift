@@ -6,7 +6,7 @@ import KilnSupport
 import KilnTestSupport
 import Testing
 
-@Suite("Boot and connect (real VMs)", .serialized, .enabled(if: VMTestEnvironment.enabled))
+@Suite("Boot and connect (real VMs)", .serialized, .vmSlot, .enabled(if: VMTestEnvironment.enabled))
 struct BootAndConnectTests {
     /// One boot per reference image exercising exec, exit codes and signals, a 50 MB upload, a reboot with
     /// reconnect, and shutdown; afterwards nothing is left and the source is unchanged.
@@ -92,7 +92,7 @@ struct BootAndConnectTests {
     func vmExecOffline() async throws {
         let state = VMTestEnvironment.makeStateDirectory()
         defer { try? FileManager.default.removeItem(atPath: state.path) }
-        let result = try KilnExecutable.run(
+        let result = try await KilnExecutable.runOnOwnThread(
             ["vm", "exec", "Debian:debian-12:12", "--state-dir", state.path, "--inject", "offline", "--",
              "echo hello from $(id -un); sudo -n true && echo sudo-ok; test -e /dev/vdb || echo no-seed; exit 42"],
             environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])

@@ -6,7 +6,7 @@ import KilnTestSupport
 import Testing
 
 /// `kiln build` for real: one rich end-to-end build, then failures that must leave nothing behind.
-@Suite("kiln build (real VMs)", .serialized, .enabled(if: VMTestEnvironment.enabled))
+@Suite("kiln build (real VMs)", .serialized, .vmSlot, .enabled(if: VMTestEnvironment.enabled))
 struct BuildTests {
     struct Workspace {
         let state: StateDirectory
@@ -45,12 +45,12 @@ struct BuildTests {
             """)
         }
 
-        func build(_ template: String, _ extra: [String] = []) throws -> KilnExecutable.Result {
-            try kiln(["build", template, "--json"] + extra)
+        func build(_ template: String, _ extra: [String] = []) async throws -> KilnExecutable.Result {
+            try await kiln(["build", template, "--json"] + extra)
         }
 
-        func kiln(_ arguments: [String]) throws -> KilnExecutable.Result {
-            try KilnExecutable.run(arguments + ["--state-dir", state.path],
+        func kiln(_ arguments: [String]) async throws -> KilnExecutable.Result {
+            try await KilnExecutable.runOnOwnThread(arguments + ["--state-dir", state.path],
                                    environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])
         }
 
@@ -146,7 +146,7 @@ struct BuildTests {
         let blockedPath = work.state.path + "/store/images/11111111-2222-3333-4444-555555555555/images/blocked.vhd"
         try FileManager.default.createDirectory(atPath: (blockedPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try "stray".write(toFile: blockedPath, atomically: true, encoding: .utf8)
-        let result = try work.build(template)
+        let result = try await work.build(template)
         let events = work.events(result)
         let final = events.last { $0["event"] as? String == "result" }
         #expect(result.status == 1, "a partial success is not a success")
@@ -195,13 +195,13 @@ struct BuildTests {
 
         // runOutputs as az prints them; the managed image and gallery version are in the store, on the same VHD.
         let templateName = URL(fileURLWithPath: template).deletingPathExtension().lastPathComponent
-        let managedOutput = try work.kiln(["template", "output", templateName, "golden"])
+        let managedOutput = try await work.kiln(["template", "output", templateName, "golden"])
         let managedJSON = try JSONSerialization.jsonObject(with: Data(managedOutput.stdout.utf8)) as? [String: Any]
         #expect(managedJSON?["type"] as? String == "Microsoft.VirtualMachineImages/imageTemplates/runOutputs")
         #expect((managedJSON?["properties"] as? [String: Any])?["artifactId"] as? String == Self.imageID, "\(managedOutput.stdout)\(managedOutput.stderr)")
-        let galleryOutput = try work.kiln(["template", "output", templateName, "gallery"])
+        let galleryOutput = try await work.kiln(["template", "output", templateName, "gallery"])
         #expect(galleryOutput.stdout.contains(Self.galleryImage + "/versions/1.0.0"), "\(galleryOutput.stdout)\(galleryOutput.stderr)")
-        let images = try work.kiln(["image", "list"])
+        let images = try await work.kiln(["image", "list"])
         #expect(images.stdout.contains(Self.imageID) && images.stdout.contains(Self.galleryImage + "/versions/1.0.0"), "\(images.stdout)")
         #expect(images.stdout.contains("westus2x2"))
 
@@ -241,9 +241,9 @@ struct BuildTests {
         [{"type": "Shell", "name": "from-gallery", "inline": ["cat /opt/kiln/two"]},
          {"type": "Shell", "name": "long", "inline": ["echo long-step-started", "sleep 900"]}]
         """#, source: #"{"type": "SharedImageVersion", "imageVersionId": "\#(Self.galleryImage)/versions/latest"}"#)
-        let created = try work.kiln(["template", "create", "roundtrip", template])
+        let created = try await work.kiln(["template", "create", "roundtrip", template])
         #expect(created.status == 0, "\(created.stderr)")
-        let started = try work.kiln(["template", "run", "roundtrip", "--no-wait"])
+        let started = try await work.kiln(["template", "run", "roundtrip", "--no-wait"])
         #expect(started.status == 0, "\(started.stderr)")
         #expect(started.stdout.contains("in the background"))
 
@@ -252,7 +252,7 @@ struct BuildTests {
         let waitStart = clock.now
         var log = ""
         while clock.now - waitStart < .seconds(600) {
-            log = (try? work.kiln(["template", "logs", "roundtrip"]).stdout) ?? ""
+            log = (try? await work.kiln(["template", "logs", "roundtrip"]).stdout) ?? ""
             if log.contains("[long] PACKER OUT     azure-arm: long-step-started") || log.contains("runState") { break }
             try await Task.sleep(for: .seconds(3))
         }
@@ -260,30 +260,30 @@ struct BuildTests {
         #expect(log.contains("resolved to \(Self.galleryImage)/versions/1.0.0"), "\(log.prefix(3000))")
         #expect(log.contains("[long] PACKER OUT     azure-arm: long-step-started"), "\(log.suffix(3000))")
 
-        let show = try work.kiln(["template", "show", "roundtrip", "--json"])
+        let show = try await work.kiln(["template", "show", "roundtrip", "--json"])
         let status = ((try? JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])?["properties"] as? [String: Any])?["lastRunStatus"] as? [String: Any]
         #expect(status?["runState"] as? String == "Running", "\(show.stdout)")
         #expect(status?["runSubState"] as? String == "Customizing")
         let runID = try #require(status?["runId"] as? String)
 
-        let refused = try work.kiln(["template", "delete", "roundtrip"])
+        let refused = try await work.kiln(["template", "delete", "roundtrip"])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("has a run in progress"), "\(refused.stderr)")
 
         let cancelStart = clock.now
-        let cancel = try work.kiln(["template", "cancel", "roundtrip"])
+        let cancel = try await work.kiln(["template", "cancel", "roundtrip"])
         let cancelTime = clock.now - cancelStart
         #expect(cancel.status == 0, "\(cancel.stdout)\(cancel.stderr)")
         #expect(cancel.stdout.contains("Canceled"))
         #expect(cancelTime < .seconds(10), "cancel took \(cancelTime)")
         #expect(VMTestEnvironment.qemuProcesses(named: "kiln-\(runID)").isEmpty)
-        let after = try work.kiln(["template", "show", "roundtrip"])
+        let after = try await work.kiln(["template", "show", "roundtrip"])
         #expect(after.stdout.contains("lastRunStatus: Canceled"), "\(after.stdout)")
         let runDirectory = work.state.runsPath + "/" + runID
         let names = Set((try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? [])
         #expect(names.isDisjoint(with: ["disk.qcow2", "seed.iso", "id_ed25519", "downloads", "domain.xml"]), "\(names)")
 
-        let deleted = try work.kiln(["template", "delete", "roundtrip"])
+        let deleted = try await work.kiln(["template", "delete", "roundtrip"])
         #expect(deleted.status == 0, "\(deleted.stderr)")
         #expect(!FileManager.default.fileExists(atPath: runDirectory))
     }
@@ -329,12 +329,12 @@ struct BuildTests {
         }
 
         // 1. Fresh: boot and four customizers, a checkpoint after each.
-        let fresh = try work.build(original)
+        let fresh = try await work.build(original)
         let freshVHD = try vhd(fresh)
         #expect(started(fresh) == ["zero", "one", "two", "last"])
         let written = work.events(fresh).compactMap { $0["message"] as? String }.filter { $0.hasPrefix("checkpoint ") }
         #expect(written.count == 5, "\(written)")
-        let listed = try work.kiln(["cache", "list", "--json"])
+        let listed = try await work.kiln(["cache", "list", "--json"])
         let entries = try #require(try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]])
         #expect(entries.compactMap { $0["step"] as? String }.sorted() == ["after boot", "after customize[0] zero", "after customize[1] one",
                                                                              "after customize[2] two", "after customize[3] last"], "\(listed.stdout)")
@@ -345,7 +345,7 @@ struct BuildTests {
         }
 
         // 2. The same template again: nothing runs but deprovisioning; the image holds the same files and packages.
-        let again = try work.build(original)
+        let again = try await work.build(original)
         let againVHD = try vhd(again)
         #expect(started(again).isEmpty, "\(started(again))")
         #expect(reused(again) == ["zero", "one", "two", "last"])
@@ -353,18 +353,19 @@ struct BuildTests {
 
         // 3. Only the last step edited: it alone runs, on the guest as the step before left it.
         let edited = try work.template(steps(last: "second"))
-        let editedBuild = try work.build(edited)
+        let editedBuild = try await work.build(edited)
         let editedVHD = try vhd(editedBuild)
         #expect(started(editedBuild) == ["last"])
         #expect(reused(editedBuild) == ["zero", "one", "two"])
 
         // 4. That checkpoint damaged: discarded with a notice, the build resumes from the one before.
         let editedRun = try #require(work.events(editedBuild).last?["runID"] as? String)
-        let listing = try #require(try JSONSerialization.jsonObject(with: Data(try work.kiln(["cache", "list", "--json"]).stdout.utf8)) as? [[String: Any]])
+        let cacheList = try await work.kiln(["cache", "list", "--json"])
+        let listing = try #require(try JSONSerialization.jsonObject(with: Data(cacheList.stdout.utf8)) as? [[String: Any]])
         let afterLastFolder = try #require(listing.first { $0["runID"] as? String == editedRun && $0["step"] as? String == "after customize[3] last" }?["folder"] as? String)
         let afterLast = (afterLastFolder as NSString).lastPathComponent
         try Data("not a memory image".utf8).write(to: URL(fileURLWithPath: cache + "/" + afterLast + "/memory.save"))
-        let discarded = try work.build(edited)
+        let discarded = try await work.build(edited)
         _ = try vhd(discarded)
         #expect(work.events(discarded).contains { $0["event"] as? String == "warning" && ($0["message"] as? String ?? "").contains("did not resume and is discarded") },
                 "\(discarded.stdout.suffix(3000))")
@@ -373,7 +374,7 @@ struct BuildTests {
 
         // 5. The served script changed (no checksum in the template): its step and the ones after run again.
         try "#!/bin/sh\nset -e\necho script-v2 | sudo tee /opt/ck/one\n".write(toFile: served + "/one.sh", atomically: true, encoding: .utf8)
-        let changed = try work.build(original)
+        let changed = try await work.build(original)
         let changedVHD = try vhd(changed)
         #expect(started(changed) == ["one", "two", "last"])
         #expect(reused(changed) == ["zero"])
@@ -408,18 +409,18 @@ struct BuildTests {
 
         // 6. Offline: nothing fetched yet, so the build fails before boot naming the URI; after kiln fetch it runs
         // with the server gone, the script pinned by the sha256 seen when it was fetched.
-        let notFetched = try work.build(original, ["--offline"])
+        let notFetched = try await work.build(original, ["--offline"])
         let notFetchedResult = work.events(notFetched).last { $0["event"] as? String == "result" }
         #expect(notFetched.status == 1)
         let offlineMessage = notFetchedResult?["message"] as? String ?? ""
         #expect(offlineMessage.contains("properties.customize[1].scriptUri: \(server.url("one.sh"))") && offlineMessage.contains("kiln fetch"), "\(offlineMessage)")
         #expect(!work.events(notFetched).contains { $0["event"] as? String == "phase" && $0["detail"] as? String == "resolve source" })
-        let fetched = try work.kiln(["fetch", original])
+        let fetched = try await work.kiln(["fetch", original])
         #expect(fetched.status == 0, "\(fetched.stdout)\(fetched.stderr)")
         #expect(fetched.stdout.contains("properties.customize[1].scriptUri: fetched \(server.url("one.sh"))"), "\(fetched.stdout)")
         #expect(fetched.stdout.contains("no sha256Checksum: pinned"))
         server.stop()
-        let offline = try work.build(original, ["--offline"])
+        let offline = try await work.build(original, ["--offline"])
         _ = try vhd(offline)
         #expect(reused(offline) == ["zero", "one", "two", "last"], "the fetched script is the one the cached chain ran")
         let offlineRun = try #require(work.events(offline).last?["runID"] as? String)
@@ -436,38 +437,38 @@ struct BuildTests {
         let waitStart = clock.now
         var kept: [[String: Any]] = []
         while clock.now - waitStart < .seconds(300) {
-            let list = try work.kiln(["vm", "list", "--json"])
+            let list = try await work.kiln(["vm", "list", "--json"])
             kept = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]]) ?? []
             if !kept.isEmpty { break }
             try await Task.sleep(for: .seconds(2))
         }
         let keptRun = try #require(kept.first?["runID"] as? String, "\((try? String(contentsOfFile: work.files + "/keeper.log", encoding: .utf8))?.suffix(3000) ?? "")")
         #expect((kept.first?["failure"] as? String ?? "").contains("exit status 3"))
-        let table = try work.kiln(["vm", "list"])
+        let table = try await work.kiln(["vm", "list"])
         #expect(table.stdout.contains(keptRun) && table.stdout.contains("127.0.0.1:"), "\(table.stdout)")
         // Everything after -- is the guest's command line, so the state directory goes before it.
-        let inside = try KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "cat", "/opt/ck/one"])
+        let inside = try await KilnExecutable.runOnOwnThread(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "cat", "/opt/ck/one"])
         #expect(inside.status == 0 && inside.stdout == "script-v2\n", "\(inside.stdout)\(inside.stderr)")
-        let status = try KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "exit", "7"])
+        let status = try await KilnExecutable.runOnOwnThread(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "exit", "7"])
         #expect(status.status == 7, "\(status.stderr)")
-        let stopped = try work.kiln(["vm", "stop", keptRun])
+        let stopped = try await work.kiln(["vm", "stop", keptRun])
         #expect(stopped.status == 0, "\(stopped.stderr)")
         #expect(keeper.wait() == 1, "the kept run failed")
-        let afterStop = try work.kiln(["vm", "list", "--json"])
+        let afterStop = try await work.kiln(["vm", "list", "--json"])
         #expect((try? JSONSerialization.jsonObject(with: Data(afterStop.stdout.utf8)) as? [Any])?.isEmpty == true, "\(afterStop.stdout)")
         #expect(VMTestEnvironment.qemuProcesses(named: "runs/\(keptRun)/").isEmpty, "the kept VM is gone")
         let fixed = try work.template(steps(last: "fixed"))
-        let resumedRun = try work.build(fixed, ["--resume", keptRun, "--offline"])
+        let resumedRun = try await work.build(fixed, ["--resume", keptRun, "--offline"])
         _ = try vhd(resumedRun)
         #expect(started(resumedRun) == ["last"], "\(resumedRun.stdout.suffix(2000))")
         #expect(reused(resumedRun) == ["zero", "one", "two"])
 
         // Pruning: everything goes; nothing is left in the cache.
-        let pruned = try work.kiln(["cache", "prune", "--all"])
+        let pruned = try await work.kiln(["cache", "prune", "--all"])
         #expect(pruned.status == 0, "\(pruned.stderr)")
         #expect(pruned.stdout.contains("removed"), "\(pruned.stdout)")
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).isEmpty)
-        let empty = try work.kiln(["cache", "list"])
+        let empty = try await work.kiln(["cache", "list"])
         #expect(empty.stdout.contains("the build cache is empty"), "\(empty.stdout)")
     }
 
@@ -479,7 +480,7 @@ struct BuildTests {
         let actual = try SHA256Digest.hex(ofFile: script)
         let wrong = String(repeating: "ab", count: 32)
         let template = try work.template(#"[{"type": "Shell", "name": "checked", "scriptUri": "file://\#(script)", "sha256Checksum": "\#(wrong)"}]"#)
-        let result = try work.build(template)
+        let result = try await work.build(template)
         let final = work.events(result).last { $0["event"] as? String == "result" }
         #expect(result.status == 1)
         #expect(final?["runState"] as? String == "Failed")
@@ -498,7 +499,7 @@ struct BuildTests {
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
         let payload = try work.write("payload.txt", "x\n")
         let template = try work.template(#"[{"type": "File", "name": "etc", "sourceUri": "file://\#(payload)", "destination": "/etc/payload.txt"}]"#)
-        let result = try work.build(template)
+        let result = try await work.build(template)
         let final = work.events(result).last { $0["event"] as? String == "result" }
         #expect(result.status == 1)
         let message = final?["message"] as? String ?? ""
@@ -512,7 +513,7 @@ struct BuildTests {
         let work = try Workspace()
         defer { try? FileManager.default.removeItem(atPath: work.state.path) }
         let template = try work.template(#"[{"type": "Shell", "name": "ok", "inline": ["true"]}, {"type": "Shell", "name": "breaks", "inline": ["echo before", "false", "echo never"]}]"#)
-        let result = try work.build(template)
+        let result = try await work.build(template)
         let final = work.events(result).last { $0["event"] as? String == "result" }
         #expect(result.status == 1)
         let message = final?["message"] as? String ?? ""
@@ -531,7 +532,7 @@ struct BuildTests {
         let template = try work.template(#"[{"type": "Shell", "name": "slow", "inline": ["sleep 600"]}]"#, timeout: 1)
         let clock = ContinuousClock()
         let start = clock.now
-        let result = try work.build(template)
+        let result = try await work.build(template)
         let final = work.events(result).last { $0["event"] as? String == "result" }
         #expect(result.status == 1)
         #expect(final?["runState"] as? String == "Failed")

@@ -29,24 +29,36 @@ enum VMTestEnvironment {
         return await AcceleratorProbe.decide(.auto, cacheDirectory: cache).accelerator
     }
 
-    /// QEMU processes whose command line names this domain.
     /// A VHD a build wrote, opened read-only with libguestfs (one appliance launch), its file systems mounted.
     static func openVHD(_ path: String) async throws -> GuestfsHandle {
-        let handle = try GuestfsHandle()
-        do {
-            if await accelerator() == .tcg { try handle.setBackendSettings(["force_tcg"]) }
-            try handle.setBackend("direct")
-            try handle.addDrive(path, format: "vpc", readOnly: true)
-            try handle.launch()
-            let os = try #require(try handle.inspectOperatingSystems().first)
-            try handle.mountAll(os, readOnly: true)
-        } catch {
-            handle.close()
-            throw error
+        let tcg = await accelerator() == .tcg
+        // On a thread of its own: the launch takes ~25 s, too long to hold one of the concurrency pool's threads.
+        let opened = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<UncheckedBox<GuestfsHandle>, any Error>) in
+            Thread {
+                continuation.resume(with: Result {
+                    let handle = try GuestfsHandle()
+                    do {
+                        if tcg { try handle.setBackendSettings(["force_tcg"]) }
+                        try handle.setBackend("direct")
+                        try handle.addDrive(path, format: "vpc", readOnly: true)
+                        try handle.launch()
+                        let os = try #require(try handle.inspectOperatingSystems().first)
+                        try handle.mountAll(os, readOnly: true)
+                    } catch {
+                        handle.close()
+                        throw error
+                    }
+                    return UncheckedBox(value: handle)
+                })
+            }.start()
         }
-        return handle
+        return opened.value
     }
 
+    /// Carries a value that is not Sendable from the thread that made it to the test that uses it.
+    struct UncheckedBox<Value>: @unchecked Sendable { var value: Value }
+
+    /// QEMU processes whose command line names this domain.
     static func qemuProcesses(named domain: String) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.compactMap { Int32($0) }.filter { pid in
@@ -62,4 +74,55 @@ final class EventLog: @unchecked Sendable {
     private let lines = Locked<[String]>([])
     func callAsFunction(_ line: String) { lines.withLock { $0.append(line) } }
     var all: [String] { lines.current }
+}
+
+/// The VM suites run side by side (each suite in order), but never more VM tests at once than the host has cores
+/// (at least two): a TCG guest keeps a core busy, and a third guest on two cores would slow the others past their
+/// boot and login deadlines. Whichever suite asks next gets the freed core, so the suites finish together.
+struct VMSlot: TestTrait, SuiteTrait, TestScoping {
+    static let slots = AsyncSemaphore(count: max(2, ProcessInfo.processInfo.activeProcessorCount))
+
+    var isRecursive: Bool { true }
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        // The suite itself and a parameterized test as a whole take no slot; each test case does.
+        guard !test.isSuite, testCase != nil else { return try await function() }
+        await Self.slots.wait()
+        do {
+            try await function()
+        } catch {
+            await Self.slots.signal()
+            throw error
+        }
+        await Self.slots.signal()
+    }
+}
+
+extension Trait where Self == VMSlot {
+    /// Takes one of the VM slots for each test of the suite (`VMSlot`).
+    static var vmSlot: VMSlot { VMSlot() }
+}
+
+/// A counting semaphore for async code: waiters are resumed in the order they came.
+actor AsyncSemaphore {
+    private var available: Int
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    init(count: Int) { available = count }
+
+    func wait() async {
+        if available > 0 {
+            available -= 1
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func signal() {
+        if waiters.isEmpty {
+            available += 1
+        } else {
+            waiters.removeFirst().resume()
+        }
+    }
 }

@@ -28,17 +28,23 @@ struct ImageImportCommand: AsyncParsableCommand {
     func run() async throws {
         let state = machine.state
         let file = self.file, urn = self.urn, inspect = !noInspect, accel = machine.accel
+        var leaseLayer: LeaseLayer?
         do {
             let catalog = try ImageCatalog.locate(state: state)
+            try catalog.requireNewURN(urn)
             var osType: String?
             var hasCloudInit: Bool?
             var provisioning: LinuxProvisioning?
             if inspect {
-                let info = try await DiskImageProbe.inspect(file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file)
+                let path = file.hasPrefix("/") ? file : FileManager.default.currentDirectoryPath + "/" + file
+                let info = try await DiskImageProbe.inspect(path)
                 let decision = await AcceleratorProbe.decide(accel, cacheDirectory: state.path)
                 printError("kiln: inspecting \(file) with libguestfs (one appliance launch)")
-                let inspection = try await OfflineProvisioner.inspectAndProvision(disk: file, format: info.format, accelerator: decision.accelerator,
-                                                                                  credentials: nil, forceOffline: false)
+                // Through a layer, so that an image the Azure Linux agent provisions gets its leases written once,
+                // here, rather than in a launch before every build's boot.
+                let (inspection, layer) = try await LeaseLayer.inspect(source: path, format: info.format, path: try catalog.leaseLayerPath(for: urn),
+                                                                      accelerator: decision.accelerator)
+                leaseLayer = layer
                 osType = inspection.osType
                 hasCloudInit = inspection.hasCloudInit
                 provisioning = inspection.provisioning
@@ -49,12 +55,17 @@ struct ImageImportCommand: AsyncParsableCommand {
                 } else {
                     printError("kiln: \(inspection.productName) (\(inspection.osType)), cloud-init \(inspection.hasCloudInit ? "present" : "absent")")
                 }
+                if let layer {
+                    printError("kiln: the agent's DHCP leases (\(layer.leases.joined(separator: ", "))) written once into \(layer.path); builds boot on it without a libguestfs launch, and remove the leases in their final cleanup")
+                }
             }
-            let record = try await catalog.importImage(file, urn: urn, osType: osType, hasCloudInit: hasCloudInit, provisioning: provisioning)
+            let record = try await catalog.importImage(file, urn: urn, osType: osType, hasCloudInit: hasCloudInit, provisioning: provisioning,
+                                                       leaseLayer: leaseLayer)
             let format = record.format == "vpc" ? "vpc (VHD)" : record.format
             print("imported \(record.urn): \(format), \(record.firmware.rawValue), \(record.path)"
                   + (record.provisioning.map { ", provisioning \($0.rawValue)" } ?? ""))
         } catch {
+            if let leaseLayer { try? FileManager.default.removeItem(atPath: leaseLayer.path) }
             throw fail(error)
         }
     }

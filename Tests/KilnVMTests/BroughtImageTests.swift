@@ -6,8 +6,11 @@ import Testing
 
 /// Images users bring, set up as Azure's are: imported as the VHDs Azure exports, built end to end with a step that
 /// reads the instance metadata, a File step and a reboot, then opened to check the steps' work and that nothing of
-/// Kiln's is left.
-extension BuildTests {
+/// Kiln's is left. A suite of its own, so that it runs beside the other VM suites (`VMSlot`).
+@Suite("Images users bring (real VMs)", .serialized, .vmSlot, .enabled(if: VMTestEnvironment.enabled))
+struct BroughtImageTests {
+    typealias Workspace = BuildTests.Workspace
+
     struct BroughtImage {
         var recipe: String
         var urn: String
@@ -39,7 +42,7 @@ extension BuildTests {
         #expect(converted.succeeded, "\(converted.stderrText)")
         let sourceBefore = try FileManager.default.attributesOfItem(atPath: vhd)
 
-        let imported = try work.kiln(["image", "import", vhd, "--urn", image.urn])
+        let imported = try await work.kiln(["image", "import", vhd, "--urn", image.urn])
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains(raw ? ": raw, " : ": vpc (VHD), "), "the format is decided at import and shown: \(imported.stdout)")
         #expect(imported.stdout.contains("provisioning \(image.provisioning)"), "\(imported.stdout)")
@@ -81,7 +84,7 @@ extension BuildTests {
           }
         }
         """)
-        let result = try work.build(template, isolate ? ["--isolate-network"] : [])
+        let result = try await work.build(template, isolate ? ["--isolate-network"] : [])
         let events = work.events(result)
         let final = events.last { $0["event"] as? String == "result" }
         #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])\nstderr:\n\(result.stderr.suffix(3000))")
@@ -136,7 +139,7 @@ extension BuildTests {
         // kiln doctor's real checks, libguestfs's appliance launch included, pass on a machine the test command set up.
         let doctorState = VMTestEnvironment.makeStateDirectory()
         defer { try? FileManager.default.removeItem(atPath: doctorState.path) }
-        let doctor = try KilnExecutable.run(["doctor", "--state-dir", doctorState.path])
+        let doctor = try await KilnExecutable.runOnOwnThread(["doctor", "--state-dir", doctorState.path])
         #expect(doctor.status == 0, "\(doctor.stdout)")
         #expect(doctor.stdout.contains("libguestfs appliance: launched and shut down"), "\(doctor.stdout)")
 
@@ -169,6 +172,17 @@ extension BuildTests {
         #expect(messages.contains { $0.contains("for the image's Azure Linux agent") && $0.contains("/var/lib/dhcp/dhclient.azure-wireserver.leases") }, "\(messages)")
         #expect(messages.contains { $0.contains("the guest reported Ready to the wireserver") }, "the agent reported ready: \(messages)")
         #expect(!messages.contains { $0.contains("written offline") }, "\(messages)")
+        // The import wrote the leases once, into a layer the build's overlay sits on: no libguestfs launch before the boot.
+        #expect(messages.contains { $0.contains("through its lease layer") }, "\(messages)")
+        #expect(!messages.contains { $0.contains("inspecting the image with libguestfs") }, "\(messages)")
+        let importedDirectory = work.state.imagesPath + "/imported"
+        func layers() -> [String] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: importedDirectory)) ?? []).filter { $0.hasSuffix(".lease-layer.qcow2") }
+        }
+        #expect(layers().count == 1, "\(layers())")
+        let removed = try await work.kiln(["image", "remove", "Contoso:waagent-debian:12:1.0.0"])
+        #expect(removed.status == 0, "\(removed.stderr)")
+        #expect(layers().isEmpty, "kiln image remove takes the lease layer with the record")
         #expect(String(decoding: try handle.readFile("/opt/kiln/waagent-provisioned"), as: UTF8.self) == "/var/lib/waagent/provisioned\n",
                 "the agent itself provisioned the build VM")
         #expect(try handle.exists("/etc/cloud/cloud-init.disabled"), "the image's own configuration is untouched")
