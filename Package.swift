@@ -50,16 +50,24 @@ let package = Package(
                                                     .product(name: "NIOHTTP1", package: "swift-nio")]),
         // Layer 2: templates, runs, runOutputs, managed images and gallery versions in SQLite under the state dir.
         .target(name: "KilnStore", dependencies: ["KilnSupport", "KilnTemplate", .product(name: "GRDB", package: "GRDB.swift")]),
+        // Layer 2: downloads on the host (https, http, file; proxies, size limit, cancel) and the download cache.
+        .target(name: "KilnFetch", dependencies: ["KilnSupport", "KilnDigest", "CKilnShim"]),
+        // Layer 2: the customizers (Packer's provisioners), one type per AIB customizer and per deprovisioner, run
+        // against any KilnGuest session; they write to a BuildLog and report ProgressEvents they are handed.
+        .target(name: "KilnCustomizers", dependencies: ["KilnSupport", "KilnTemplate", "KilnGuest", "KilnWinRM", "KilnDigest", "KilnFetch"]),
+        // Layer 2: distribution: the fixed VHD, the local managed image and gallery version from the build's disk.
+        .target(name: "KilnDistribution", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnStore"]),
         // Layer 3
-        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM", "CKilnShim"]),
+        .target(name: "KilnBuild", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnStore", "KilnWinRM",
+                                                  "KilnFetch", "KilnCustomizers", "KilnDistribution"]),
         // CLI
         .target(name: "KilnCommands", dependencies: [
-            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM",
+            "KilnSupport", "KilnTemplate", "KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnMachine", "KilnBuild", "KilnStore", "KilnWinRM", "KilnFetch",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "kiln", dependencies: ["KilnCommands"]),
         // Benchmarks: programs that print figures (README, "Benchmarks").
-        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnMachine", "KilnGuest", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
+        .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnDistribution", "KilnMachine", "KilnGuest", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
         .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",
@@ -70,7 +78,7 @@ let package = Package(
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport", "KilnSupport"]),
         .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
-        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnGuest", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnCustomizers", "KilnDistribution", "KilnFetch", "KilnGuest", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
                                                      .product(name: "NIOHTTP1", package: "swift-nio")]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnGuest", "KilnSupport", "KilnTestSupport", "KilnMachine"]),

@@ -1,4 +1,5 @@
 import Foundation
+import KilnCustomizers
 import KilnGuest
 import KilnMachine
 import KilnSSH

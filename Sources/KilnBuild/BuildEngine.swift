@@ -1,80 +1,13 @@
 import Foundation
+import KilnCustomizers
+import KilnDistribution
+import KilnFetch
 import KilnGuest
 import KilnMachine
 import KilnSSH
 import KilnStore
 import KilnSupport
 import KilnTemplate
-
-public struct BuildRequest: Sendable {
-    public var templatePath: String
-    /// Which imageTemplates resource, when an ARM template holds several.
-    public var name: String?
-    public var parameters: [String: String]
-    public var state: StateDirectory
-    public var accelerator: AcceleratorChoice
-    public var libvirtURI: String?
-    /// Overrides errorHandling.onCustomizerError / onValidationError.
-    public var onError: ErrorAction?
-    public var sshTimeout: Duration
-    /// The created template this run belongs to (`kiln template run`); nil for a one-shot `kiln build`, whose run is
-    /// recorded under the template's own name.
-    public var createdTemplateName: String?
-    /// A run ID chosen by the caller (`template run --no-wait` prints it before the build starts).
-    public var runID: String?
-    /// Resume from the longest matching chain of checkpoints in the build cache (`--no-cache`: false).
-    public var useCache: Bool
-    /// Keep a checkpoint after boot and after each customizer (`--no-checkpoints`: false).
-    public var writeCheckpoints: Bool
-    /// The build cache's size limit, enforced after the build (least recently used checkpoints go first).
-    public var cacheLimitBytes: UInt64
-    /// `--resume RUN`: continue from the last checkpoint of that run that still matches the template.
-    public var resumeRun: String?
-    /// `--offline`: no network. Downloads come from the download cache (`kiln fetch`); a catalog image that is not
-    /// built yet is an error instead of a build.
-    public var offline: Bool
-    /// Everything the template's parameters and scope functions take: `parameters`, parameter files, the secure
-    /// parameters' environment, the subscription and resource group stand-ins.
-    public var inputs: DeploymentInputs
-    /// `--force`: a VHD target whose uri names an existing file replaces it (without it, the build refuses to start).
-    public var force: Bool
-    /// `--isolate-network`: the guest reaches nothing outside, the host's loopback included (MachineOptions).
-    public var isolateNetwork = false
-
-    public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
-                accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,
-                sshTimeout: Duration = .seconds(20 * 60), createdTemplateName: String? = nil, runID: String? = nil,
-                useCache: Bool = true, writeCheckpoints: Bool = true, cacheLimitBytes: UInt64 = CheckpointCache.defaultLimitBytes(),
-                resumeRun: String? = nil, offline: Bool = false, force: Bool = false) {
-        self.templatePath = templatePath
-        self.name = name
-        self.parameters = parameters
-        self.state = state
-        self.accelerator = accelerator
-        self.libvirtURI = libvirtURI
-        self.onError = onError
-        self.sshTimeout = sshTimeout
-        self.createdTemplateName = createdTemplateName
-        self.runID = runID
-        self.useCache = useCache
-        self.writeCheckpoints = writeCheckpoints
-        self.cacheLimitBytes = cacheLimitBytes
-        self.resumeRun = resumeRun
-        self.offline = offline
-        self.force = force
-        self.inputs = inputs ?? DeploymentInputs(parameters: parameters, environment: ProcessInfo.processInfo.environment)
-    }
-}
-
-/// What a finished build leaves: its record, and the VM if errorHandling kept it.
-public struct BuildResult: Sendable {
-    public var record: RunRecord
-    public var runDirectory: String
-    public var keptVM: KeptVM?
-}
-
-/// The AIB message for a build that ran out of time.
-public let buildTimeoutMessage = "[ERROR] Failed while waiting for packerizer: Timeout waiting for microservice to complete: 'context deadline exceeded'"
 
 /// One `kiln build`: template file → validated model → plan → overlay on the untouched source → VM → session →
 /// customizers → validation → deprovision → shutdown → distribute → run record.
@@ -94,6 +27,11 @@ public final class BuildEngine: @unchecked Sendable {
     /// Secure parameter values, masked in every event and log line once the template is loaded.
     private let secrets = SecretMask()
 
+    /// `events` for the customizers and distribution, which report progress without knowing the build's events.
+    var progress: @Sendable (ProgressEvent) -> Void {
+        { [events] in events(BuildEvent($0)) }
+    }
+
     public init(_ request: BuildRequest, events: @escaping @Sendable (BuildEvent) -> Void) {
         self.request = request
         self.events = { [secrets] event in events(secrets.mask(event)) }
@@ -104,7 +42,8 @@ public final class BuildEngine: @unchecked Sendable {
 
     public var runID: String { record.runID }
 
-    enum Outcome: Error {
+    /// How a build ended, when not with success: made from what the build threw in one place (`withDeadline`).
+    enum Ending {
         case failed(String)
         case timedOut
         case canceled
@@ -160,7 +99,7 @@ public final class BuildEngine: @unchecked Sendable {
         return await finish(outcome, template: template)
     }
 
-    private func finishEarly(_ outcome: Outcome) -> BuildResult {
+    private func finishEarly(_ outcome: Ending) -> BuildResult {
         if case .failed(let message) = outcome {
             record.runState = .failed
             record.message = message
@@ -170,8 +109,8 @@ public final class BuildEngine: @unchecked Sendable {
         return BuildResult(record: record, runDirectory: runDirectory, keptVM: nil)
     }
 
-    /// Runs `body`, cancelling it when `timeout` passes; a timeout is distinguishable from a cancel.
-    private func withDeadline(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> Void) async -> Result<Void, Outcome> {
+    /// Runs `body`, cancelling it when `timeout` passes; a timeout is distinguishable from a cancel. nil: it succeeded.
+    private func withDeadline(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> Void) async -> Ending? {
         let timedOut = Locked(false)
         let work = Task { try await body() }
         let timer = Task {
@@ -179,25 +118,25 @@ public final class BuildEngine: @unchecked Sendable {
             timedOut.withLock { $0 = true }
             work.cancel()
         }
-        let result: Result<Void, Outcome>
+        let result: Ending?
         do {
             try await withTaskCancellationHandler {
                 try await work.value
             } onCancel: {
                 work.cancel()
             }
-            result = .success(())
-        } catch let outcome as Outcome {
-            result = .failure(timedOut.current ? .timedOut : outcome)
+            result = nil
         } catch {
             if timedOut.current {
-                result = .failure(.timedOut)
+                result = .timedOut
+            } else if let failure = error as? KilnError, failure.code == .buildFailed {
+                result = .failed(failure.message)
             } else if Task.isCancelled || (error as? KilnError)?.code == .cancelled || error is CancellationError {
-                result = .failure(.canceled)
+                result = .canceled
             } else if let failure = error as? StepFailure {
-                result = .failure(.failed(failure.message))
+                result = .failed(failure.message)
             } else {
-                result = .failure(.failed("\(error)"))
+                result = .failed("\(error)")
             }
         }
         timer.cancel()
@@ -263,7 +202,7 @@ public final class BuildEngine: @unchecked Sendable {
         do {
             try await body()
         } catch let failure as StepFailure {
-            throw Outcome.failed(failure.message)
+            throw KilnError(.buildFailed, failure.message)
         }
     }
 
@@ -288,7 +227,7 @@ public final class BuildEngine: @unchecked Sendable {
             }
             if let failure {
                 guard validate?.continueDistributeOnFailure == true, !sourceOnly else {
-                    throw Outcome.failed("validation failed: \(failure)")
+                    throw KilnError(.buildFailed, "validation failed: \(failure)")
                 }
                 events(.warning("validation failed; distributing anyway (continueDistributeOnFailure): \(failure)"))
             }
@@ -329,13 +268,13 @@ public final class BuildEngine: @unchecked Sendable {
         let info = try await DiskImageProbe.inspect(machine.overlayPath, format: "qcow2", allowingBackingFile: true)
         let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,
                                         templateLocation: template.location, source: source, guestOS: guestOS, log: log, force: request.force,
-                                        protected: OutputDestination.protectedDirectories(state: request.state), events: events)
+                                        protected: OutputDestination.protectedDirectories(state: request.state), events: progress)
         let outputs = await distribution.run(template.properties.distribute, disk: machine.overlayPath, virtualSizeBytes: info.virtualSizeBytes)
         record.runOutputs = outputs
         persist()
         let failures = outputs.filter { $0.provisioningState != "Succeeded" }
         if !outputs.isEmpty, failures.count == outputs.count {
-            throw Outcome.failed("every distribution target failed: " + failures.compactMap(\.error).joined(separator: "; "))
+            throw KilnError(.buildFailed, "every distribution target failed: " + failures.compactMap(\.error).joined(separator: "; "))
         }
         if !failures.isEmpty { partiallySucceeded = true }
     }
@@ -347,26 +286,26 @@ public final class BuildEngine: @unchecked Sendable {
         return store
     }
 
-    private func finish(_ outcome: Result<Void, Outcome>, template: ImageTemplate) async -> BuildResult {
+    private func finish(_ outcome: Ending?, template: ImageTemplate) async -> BuildResult {
         endPhase()
         var kept: KeptVM?
         switch outcome {
-        case .success:
+        case nil:
             record.runState = partiallySucceeded ? .partiallySucceeded : .succeeded
             if record.message.isEmpty {
                 record.message = partiallySucceeded ? "some distribution targets failed" : "build succeeded"
             }
-        case .failure(.timedOut):
+        case .timedOut:
             record.runState = .failed
             record.message = buildTimeoutMessage + " (buildTimeoutInMinutes \(template.properties.buildTimeoutInMinutes))"
-        case .failure(.canceled):
+        case .canceled:
             record.runState = .canceled
             record.message = "the build was canceled"
-        case .failure(.failed(let message)):
+        case .failed(let message):
             record.runState = .failed
             record.message = message + "\nSee \(runDirectory)/customization.log"
         }
-        if case .failure(.failed) = outcome, keepVMOnError, let machine, await machine.isRunning() {
+        if case .failed = outcome, keepVMOnError, let machine, await machine.isRunning() {
             let vm = KeptVM(runID: record.runID, templateName: record.templateName, templatePath: request.templatePath,
                             domainName: machine.domainName, sshPort: machine.sshPort, username: machine.username,
                             privateKeyPath: machine.privateKeyPath, knownHostsPath: runDirectory + "/known_hosts",

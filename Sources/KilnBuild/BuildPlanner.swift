@@ -1,4 +1,6 @@
 import Foundation
+import KilnCustomizers
+import KilnDistribution
 import KilnMachine
 import KilnStore
 import KilnSupport

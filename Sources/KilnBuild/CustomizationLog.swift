@@ -9,7 +9,7 @@ import KilnSupport
 /// `PACKER ERR <time> [INFO] (telemetry) Starting provisioner shell` … `ending shell` around each customizer,
 /// `PACKER OUT ==> azure-arm: …` for what Packer says and a step's standard error, and
 /// `PACKER OUT     azure-arm: …` for a step's standard output.
-public final class CustomizationLog: @unchecked Sendable {
+public final class CustomizationLog: BuildLog, @unchecked Sendable {
     public let path: String
     private let handle: FileHandle?
     private let lock = NSLockLike()
@@ -35,7 +35,7 @@ public final class CustomizationLog: @unchecked Sendable {
 
     /// A line of Packer's user interface as AIB logs it: `==> azure-arm: text` (a message, or standard error)
     /// or `    azure-arm: text` (standard output).
-    public func packerUI(_ prefix: String, _ text: String, stdout: Bool = false) {
+    public func packerUI(_ prefix: String, _ text: String, stdout: Bool) {
         write(prefix, "PACKER OUT " + (stdout ? "    azure-arm: " : "==> azure-arm: ") + text)
     }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KilnBuild
+import KilnFetch
 import KilnMachine
 import KilnStore
 import KilnSupport

@@ -1,16 +1,13 @@
 import Foundation
-import KilnGuest
 import KilnLibvirt
 import KilnSSH
 import KilnSupport
-import KilnWinRM
-
-// A little over 400 lines: the VM's whole lifecycle (start, connect, stop, teardown) over the same private fields;
-// splitting it waits for those fields to become a state enum with per-state data.
 
 /// The build VM: a qcow2 overlay on the untouched source, a transient libvirt domain, an SSH port on 127.0.0.1.
 /// `boot` rolls back whatever it started when a later step fails; `teardown` is idempotent and safe whether
-/// or not boot got far.
+/// or not boot got far. What the machine holds (fabric, libvirt connection, domain) is in its `MachineState`;
+/// waiting for the guest's SSH or WinRM is in BuildMachine+Connect.swift, powering it off in BuildMachine+Power.swift,
+/// checkpoints in MachineCheckpoint.swift.
 public final class BuildMachine: @unchecked Sendable {
     public let options: MachineOptions
     public let keyPair: SSHKeyPair
@@ -21,21 +18,21 @@ public final class BuildMachine: @unchecked Sendable {
     /// The import's lease layer the overlay sits on, when the Azure Linux agent provisions the image.
     public private(set) var leaseLayer: LeaseLayer?
     let events: @Sendable (String) -> Void
+    /// Starting, started or torn down, with what the machine holds in each.
+    private let state = Locked<MachineState>(.starting(MachineState.Starting()))
     /// A Linux guest's Azure endpoints (wireserver, instance metadata), answered on the host; nil for Windows
-    /// guests and on a libvirt other than the embedded driver.
-    public private(set) var fabric: AzureFabric?
+    /// guests, on a libvirt other than the embedded driver, and once torn down.
+    public var fabric: AzureFabric? { state.current.fabric }
     /// How the guest got its build user, once decided.
     public private(set) var provisioning: LinuxProvisioning?
     /// The first login of a fresh boot waits for the Azure Linux agent's Ready report: the agent creates the user
     /// before it regenerates the SSH host keys and restarts sshd, so a login in between would pin a key the guest
     /// is about to replace.
-    private var awaitsAgentReady = false
+    var awaitsAgentReady = false
     /// What Kiln found in the image that decided it (for messages when logins keep failing).
     public private(set) var provisioningFindings: String?
-    var connection: LibvirtConnection?
-    var domain: LibvirtDomain?
-    private let lock = NSLockLike()
-    private var tornDown = false
+    var connection: LibvirtConnection? { state.current.connection }
+    var domain: LibvirtDomain? { state.current.domain }
 
     /// The writable overlay the guest runs on now; a snapshot moves the guest to a new one.
     public internal(set) var overlayPath: String
@@ -60,6 +57,29 @@ public final class BuildMachine: @unchecked Sendable {
         self.keyPair = keyPair
         self.hostKeyPin = hostKeyPin
         self.events = events
+    }
+
+    /// Changes the machine's state under its lock; a change that does not fit the state throws.
+    func transition(_ change: (inout MachineState) throws(KilnError) -> Void) throws(KilnError) {
+        let failure = state.withLock { current -> KilnError? in
+            do throws(KilnError) {
+                try change(&current)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// The started state with `domain`; a domain the machine cannot take (torn down meanwhile) is destroyed.
+    func started(with domain: LibvirtDomain) async throws(KilnError) {
+        do {
+            try transition { state throws(KilnError) in try state.start(domain) }
+        } catch {
+            await domain.destroy()
+            throw error
+        }
     }
 
     public var endpoint: SSHEndpoint {
@@ -107,7 +127,12 @@ public final class BuildMachine: @unchecked Sendable {
         let fabric = AzureFabric(socketPath: socket, metadata: metadata, vmName: domainName, vmID: uuid, username: options.username,
                                  publicKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"), log: { events($0) })
         try fabric.start()
-        self.fabric = fabric
+        do {
+            try transition { state throws(KilnError) in try state.whileStarting("start the Azure fabric") { $0.fabric = fabric } }
+        } catch {
+            fabric.stop()
+            throw error
+        }
     }
 
     /// Opens libvirt (on a process's first VM: starts the embedded driver) while `prepare` gets the disks ready.
@@ -119,17 +144,29 @@ public final class BuildMachine: @unchecked Sendable {
         do {
             value = try await prepare()
         } catch {
-            connection = try? await connecting.value
+            if let opened = try? await connecting.value { try? await hold(opened) }
             throw error
         }
+        let opened: LibvirtConnection
         do {
-            connection = try await connecting.value
+            opened = try await connecting.value
         } catch let error as KilnError {
             throw error
         } catch {
             throw KilnError(.external, "cannot open libvirt connection \(uri)", cause: error)
         }
+        try await hold(opened)
         return value
+    }
+
+    /// Keeps the libvirt connection in the starting state; one the machine cannot keep (torn down meanwhile) is closed.
+    private func hold(_ opened: LibvirtConnection) async throws(KilnError) {
+        do {
+            try transition { state throws(KilnError) in try state.whileStarting("open libvirt") { $0.connection = opened } }
+        } catch {
+            await opened.close()
+            throw error
+        }
     }
 
     /// The overlay, the build key, and the credentials: a NoCloud seed, or written offline. True when the domain
@@ -277,7 +314,7 @@ public final class BuildMachine: @unchecked Sendable {
         try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
         events("booting \(domainName): \(options.size.name) (\(spec.vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), \(options.windows == nil ? "ssh" : "winrm https") 127.0.0.1:\(sshPort)")
         do {
-            domain = try await connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil)
+            try await started(with: connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil))
             EmbeddedDriver.keepCapabilities(uri: connection.uri)
         } catch {
             if error.code == .portUnavailable {
@@ -291,84 +328,6 @@ public final class BuildMachine: @unchecked Sendable {
     public func isRunning() async -> Bool {
         guard let domain else { return false }
         return await domain.state().isActive
-    }
-
-    /// Waits for SSH (tolerating refused and reset connections while the guest boots), failing at once if the
-    /// VM stops. A guest that keeps rejecting the build key long after its agent said it was provisioned (or for
-    /// `rejectionLimit` in any case) fails early; either failure says what Kiln found in the image, what it
-    /// presented, and what the guest reported.
-    public func waitForSSH(timeout: Duration, rejectionLimit: Duration = .seconds(300)) async throws(KilnError) -> SSHSession {
-        let clock = ContinuousClock()
-        let start = clock.now
-        let reported = Locked(ContinuousClock.now)
-        let rejectedSince = Locked<ContinuousClock.Instant?>(nil)
-        let events = self.events
-        let port = sshPort
-        let fabric = self.fabric
-        if awaitsAgentReady, let fabric {
-            try await waitForAgentReady(fabric, timeout: timeout)
-            awaitsAgentReady = false
-        }
-        do {
-            return try await SSHSession.waitForConnection(endpoint, timeout: timeout - (clock.now - start), progress: { attempt, elapsed, error in
-                let rejected = error.code == .authenticationRejected
-                rejectedSince.withLock { since in
-                    if !rejected { since = nil } else if since == nil { since = .now }
-                }
-                let due = reported.withLock { last -> Bool in
-                    guard ContinuousClock.now - last >= .seconds(15) else { return false }
-                    last = .now
-                    return true
-                }
-                if due { events("waiting for SSH on 127.0.0.1:\(port): \(DurationText.format(elapsed)) of \(DurationText.format(timeout)) (\(error.message))") }
-            }, abort: { [weak self] in
-                guard let self else { return KilnError(.cancelled, "machine gone") }
-                guard await self.isRunning() else {
-                    return KilnError(.external, "the VM stopped while waiting for SSH after \(DurationText.format(clock.now - start)); last console lines:\n\(self.consoleTail(lines: 15))")
-                }
-                if let since = rejectedSince.current {
-                    let ready = fabric?.healthReports.contains { $0.state == "Ready" } == true
-                    let limit = ready ? min(rejectionLimit, .seconds(120)) : rejectionLimit
-                    if ContinuousClock.now - since >= limit {
-                        return KilnError(.external, "the guest's sshd has rejected the build key for user \(self.username) for \(DurationText.format(limit))"
-                                         + (ready ? " after its agent reported that provisioning had finished" : "")
-                                         + "; it will not accept it. " + self.provisioningDiagnosis)
-                    }
-                }
-                return nil
-            })
-        } catch {
-            guard error.code == .timeout else { throw error }
-            throw KilnError(.timeout, error.message + ". " + provisioningDiagnosis, cause: error.cause)
-        }
-    }
-
-    /// Waits until the Azure Linux agent reports Ready to the wireserver; fails at once when it reports that
-    /// provisioning failed, or when the VM stops.
-    private func waitForAgentReady(_ fabric: AzureFabric, timeout: Duration) async throws(KilnError) {
-        let clock = ContinuousClock()
-        let start = clock.now
-        var lastReported = start
-        while true {
-            let reports = fabric.healthReports
-            if reports.contains(where: { $0.state == "Ready" }) { return }
-            if let failed = reports.last(where: { $0.state != "Ready" && $0.subStatus == "ProvisioningFailed" }) {
-                throw KilnError(.external, "the guest's Azure Linux agent reported that provisioning failed: \(failed.description ?? failed.state). " + provisioningDiagnosis)
-            }
-            guard await isRunning() else {
-                throw KilnError(.external, "the VM stopped while its Azure Linux agent was provisioning, after \(DurationText.format(clock.now - start)); last console lines:\n\(consoleTail(lines: 15))")
-            }
-            let elapsed = clock.now - start
-            if elapsed >= timeout {
-                throw KilnError(.timeout, "Timeout waiting for SSH: the guest's Azure Linux agent did not report Ready within \(DurationText.format(timeout)). " + provisioningDiagnosis)
-            }
-            if clock.now - lastReported >= .seconds(15) {
-                lastReported = clock.now
-                events("waiting for the Azure Linux agent to provision the build user and report Ready: \(DurationText.format(elapsed)) of \(DurationText.format(timeout))")
-            }
-            try? await Task.sleep(for: .seconds(1))
-            if Task.isCancelled { throw KilnError(.cancelled, "cancelled while waiting for the Azure Linux agent") }
-        }
     }
 
     /// What Kiln found in the image, what it presented, what the guest reported, and what to do.
@@ -392,35 +351,9 @@ public final class BuildMachine: @unchecked Sendable {
         return parts.joined(separator: " ")
     }
 
-    /// The WinRM endpoint a Windows guest answers on (its HTTPS port forwarded to 127.0.0.1).
-    public var winRMOptions: WinRMOptions? {
-        guard let windows = options.windows else { return nil }
-        return WinRMOptions(endpoint: WinRMEndpoint(secure: true, host: "127.0.0.1", port: sshPort), username: windows.username,
-                            password: windows.password, auth: .ntlm, insecure: true)
-    }
-
-    /// Waits for WinRM over HTTPS (tolerating refusals while Windows boots and runs setup), failing at once if
-    /// the VM stops. Uploads are then served from the host for the guest to fetch through 10.0.2.2.
-    public func waitForWinRM(timeout: Duration) async throws(KilnError) -> WinRMSession {
-        guard let options = winRMOptions else { throw KilnError(.internalError, "not a Windows guest") }
-        let clock = ContinuousClock()
-        let start = clock.now
-        let events = self.events
-        let session = try await WinRMSession.waitUntilReady(options, timeout: timeout, hostAddressForGuest: "10.0.2.2", progress: { events($0) },
-                                                     abort: { [weak self] in
-            guard let self else { return KilnError(.cancelled, "machine gone") }
-            guard await self.isRunning() else {
-                return KilnError(.external, "the VM stopped while waiting for WinRM after \(DurationText.format(clock.now - start)); last console lines:\n\(self.consoleTail(lines: 15))")
-            }
-            return nil
-        })
-        winRMCertificateSHA256 = session.client.options.pinnedCertificateSHA256
-        return session
-    }
-
     /// The SHA-256 of the certificate the guest's WinRM listener presented when it first answered (pinned for the
     /// rest of the build, and in a kept VM's command line).
-    public private(set) var winRMCertificateSHA256: [UInt8]?
+    public internal(set) var winRMCertificateSHA256: [UInt8]?
 
     /// The last lines of the serial console, without terminal escapes.
     public func consoleTail(lines: Int) -> String {
@@ -431,67 +364,24 @@ public final class BuildMachine: @unchecked Sendable {
         return cleaned.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines).joined(separator: "\n")
     }
 
-    /// Waits for a guest that is powering itself off. False if it is still running after `timeout`.
-    public func waitForStop(timeout: Duration) async -> Bool {
-        guard let domain else { return true }
-        let clock = ContinuousClock()
-        let start = clock.now
-        while clock.now - start < timeout {
-            if !(await domain.state().isActive) {
-                events("the guest powered off after \(DurationText.format(clock.now - start))")
-                return true
-            }
-            try? await Task.sleep(for: .milliseconds(500))
-        }
-        return false
-    }
-
-    /// Asks the guest to power off (through `session` if given, else ACPI), waits up to `timeout`, then forces it.
-    /// Returns true when the guest stopped by itself.
-    @discardableResult
-    public func shutdown(session: (any GuestSession)?, timeout: Duration) async -> Bool {
-        guard let domain, await domain.state().isActive else { return true }
-        if let session {
-            events("asking the guest to power off")
-            _ = try? await session.exec("sudo -n systemctl poweroff || sudo -n poweroff || sudo -n shutdown -h now")
-            await session.close()
-        } else {
-            events("asking the guest to power off (ACPI)")
-            try? await domain.requestShutdown()
-        }
-        let clock = ContinuousClock()
-        let start = clock.now
-        var lastACPI = start
-        while clock.now - start < timeout {
-            if !(await domain.state().isActive) {
-                events("the guest powered off after \(DurationText.format(clock.now - start))")
-                return true
-            }
-            // ACPI may arrive before the guest listens: repeat it now and then.
-            if clock.now - lastACPI > .seconds(20) {
-                try? await domain.requestShutdown()
-                lastACPI = clock.now
-            }
-            try? await Task.sleep(for: .milliseconds(500))
-        }
-        events("the guest did not power off within \(DurationText.format(timeout)); forcing it off")
-        await domain.destroy()
-        return false
-    }
-
     /// Destroys the domain, closes libvirt and, unless kept, removes the run's files.
     /// Idempotent; runs on success, failure, timeout and cancellation.
     public func teardown(keepFiles: Bool) async {
-        let first = lock.withLock { () -> Bool in
-            defer { tornDown = true }
-            return !tornDown
+        let held = state.withLock { current -> MachineState in
+            defer { current = .tornDown }
+            return current
         }
-        guard first else { return }
-        if let domain { await domain.destroy() }
-        domain = nil
-        await connection?.close()
-        connection = nil
-        fabric?.stop()
+        switch held {
+        case .tornDown:
+            return
+        case .starting(let starting):
+            await starting.connection?.close()
+            starting.fabric?.stop()
+        case .started(let started):
+            await started.domain.destroy()
+            await started.connection.close()
+            started.fabric?.stop()
+        }
         if !keepFiles {
             for path in [overlayPath, seedPath, nvramPath, privateKeyPath, options.runDirectory + "/domain.xml"] {
                 try? FileManager.default.removeItem(atPath: path)

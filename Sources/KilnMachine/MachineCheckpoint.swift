@@ -141,7 +141,7 @@ extension BuildMachine {
         let spec = domainSpec
         try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
         do {
-            domain = try await connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name)
+            try await started(with: connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name))
         } catch {
             if error.code == .portUnavailable {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)

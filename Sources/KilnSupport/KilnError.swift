@@ -26,6 +26,10 @@ public struct KilnError: Error, CustomStringConvertible, Sendable {
         public static let hostKeyMismatch = Code("hostKeyMismatch")
         /// The guest refused the build key.
         public static let authenticationRejected = Code("authenticationRejected")
+        /// The build ends as failed with this message, whatever else happens at the same moment: a cancel that
+        /// arrives with it does not turn it into a cancelled build (a failed deprovisioning, a guest that did not
+        /// power off, every distribution target failed).
+        public static let buildFailed = Code("buildFailed")
     }
 
     public let code: Code

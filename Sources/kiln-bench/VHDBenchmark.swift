@@ -1,5 +1,5 @@
 import Foundation
-import KilnBuild
+import KilnDistribution
 import KilnSupport
 
 /// Kiln's VHD export (VHDWriter: qemu-img convert, then the footer checked as Azure checks it, then an atomic

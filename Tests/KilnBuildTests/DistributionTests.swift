@@ -1,5 +1,6 @@
 import Foundation
 @testable import KilnBuild
+@testable import KilnDistribution
 import KilnMachine
 import KilnStore
 import KilnSupport

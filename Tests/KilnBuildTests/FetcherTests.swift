@@ -1,5 +1,6 @@
 import Foundation
 @testable import KilnBuild
+@testable import KilnFetch
 import KilnMachine
 import KilnSupport
 import KilnTestSupport

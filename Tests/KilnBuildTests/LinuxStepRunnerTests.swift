@@ -4,6 +4,7 @@ import KilnSupport
 import KilnTestSupport
 import Testing
 @testable import KilnBuild
+@testable import KilnCustomizers
 @testable import KilnTemplate
 
 /// The Linux step runner against a stand-in session: what it uploads, the commands it runs (as AIB runs Packer's

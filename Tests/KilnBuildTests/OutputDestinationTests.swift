@@ -1,5 +1,6 @@
 import Foundation
 @testable import KilnBuild
+@testable import KilnDistribution
 import KilnSupport
 import Testing
 

@@ -3,6 +3,7 @@ import KilnMachine
 import KilnSupport
 import Testing
 @testable import KilnBuild
+import KilnCustomizers
 @testable import KilnTemplate
 
 /// The build's step runner (Packer's multistep): steps in order, a halt ends the build early, and every step that

@@ -3,6 +3,7 @@ import KilnGuest
 import KilnSupport
 import Testing
 @testable import KilnBuild
+@testable import KilnCustomizers
 
 /// A customizer type that exists only here: one file, conforming to `Provisioner`, runs through the same Linux
 /// runner (labels, log, events, stand-in session) as the five AIB types. A real one would add its case to the

@@ -1,5 +1,6 @@
 import Foundation
 import KilnBuild
+import KilnDistribution
 import KilnSupport
 import Testing
 

@@ -2,6 +2,7 @@ import Foundation
 import KilnWinRM
 import Testing
 @testable import KilnBuild
+@testable import KilnCustomizers
 
 #if canImport(FoundationXML)
 import FoundationXML

@@ -4,6 +4,7 @@ import KilnTestSupport
 import KilnWinRM
 import Testing
 @testable import KilnBuild
+@testable import KilnCustomizers
 @testable import KilnTemplate
 @testable import KilnMachine
 
@@ -111,7 +112,7 @@ import Testing
         let logPath = guest.root + "/customization.log"
         let log = CustomizationLog(path: logPath)
         let outputs = Locked<[String]>([])
-        let events: @Sendable (BuildEvent) -> Void = { event in
+        let events: @Sendable (ProgressEvent) -> Void = { event in
             if case .output(let customizer, _, let line) = event { outputs.withLock { $0.append("\(customizer): \(line)") } }
         }
         let client = WinRMClient(WinRMOptions(endpoint: try WinRMEndpoint(url: guest.server.url), username: "Administrator",

@@ -1,3 +1,5 @@
+import KilnCustomizers
+import KilnFetch
 import KilnGuest
 import KilnMachine
 import KilnTemplate

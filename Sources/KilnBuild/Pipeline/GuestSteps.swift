@@ -1,3 +1,4 @@
+import KilnCustomizers
 import KilnMachine
 import KilnSupport
 import KilnTemplate
@@ -75,14 +76,14 @@ struct PowerOffStep: BuildStep {
             let stopped = await machine.waitForStop(timeout: .seconds(180))
             let clean = stopped ? true : await machine.shutdown(session: nil, timeout: .seconds(120))
             guard clean else {
-                throw BuildEngine.Outcome.failed("the guest did not power off within 5m0s after deprovisioning; it was forced off and its disk may be inconsistent")
+                throw KilnError(.buildFailed, "the guest did not power off within 5m0s after deprovisioning; it was forced off and its disk may be inconsistent")
             }
         case .windows:
             state.log.write("kiln", "powering off (shutdown /s /f /t 5), then removing Kiln's WinRM setup script, firewall rule, HTTPS listener and certificate")
             _ = try? await state.session?.exec(WindowsScripts.powerOffCommand)
             await guest.close()
             guard await machine.waitForStop(timeout: .seconds(600)) else {
-                throw BuildEngine.Outcome.failed("the guest did not power off within 10m0s after deprovisioning; it was not forced off, and nothing is distributed")
+                throw KilnError(.buildFailed, "the guest did not power off within 10m0s after deprovisioning; it was not forced off, and nothing is distributed")
             }
         }
         return .proceed

@@ -1,3 +1,4 @@
+import KilnCustomizers
 import KilnGuest
 import KilnMachine
 import KilnSSH
@@ -40,7 +41,7 @@ struct LinuxBootStep: BuildStep {
         } else if Task.isCancelled {
             throw CancellationError()
         } else if let run = request.resumeRun {
-            throw BuildEngine.Outcome.failed("--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
+            throw KilnError(.buildFailed, "--resume \(run): no checkpoint of run \(run) matches \(request.templatePath) (a customizer before the one that failed changed, the source or VM profile changed, or its checkpoints were pruned); build without --resume")
         }
         options.overlayPath = build.beginCheckpoint(cache, key: keys[0])
         state.checkpoints = CheckpointChain(cache: cache, keys: keys, parent: nil, firstStep: 0, resumed: false)
@@ -66,6 +67,11 @@ struct LinuxBootStep: BuildStep {
 struct LinuxConnectStep: BuildStep {
     var name: String { "connect" }
 
+    /// What the builder's provisioning may have left in the guest for the Azure agents, for the final cleanup:
+    /// Kiln's DHCP leases and cloud-init's copy of the provisioning media's ovf-env.xml (it holds the build user and
+    /// key; the agent's deprovisioning deletes it, a template's own script may not).
+    static let provisioningFiles = DHCPLease.allPaths + ["/var/lib/waagent/ovf-env.xml"]
+
     func run(_ build: BuildEngine, _ state: BuildState) async throws -> StepAction {
         let request = build.request
         let log = state.log
@@ -78,14 +84,15 @@ struct LinuxConnectStep: BuildStep {
             return try await machine.waitForSSH(timeout: sshTimeout)
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
-        var runner = StepRunner(connection: connection, log: log, events: build.events, downloads: state.downloads, guestOS: plan.guestOS,
+        var runner = StepRunner(connection: connection, log: log, events: build.progress, downloads: state.downloads, guestOS: plan.guestOS,
                                 offline: state.offlineCache, labels: state.loaded.stepLabels)
         let errorHandling = state.template.properties.errorHandling
         runner.keepFailedScripts = (request.onError ?? errorHandling.onCustomizerError) == .abort
             || (request.onError ?? errorHandling.onValidationError) == .abort
         let customizers = runner
         state.guest = ConnectedGuest(run: { try await customizers.run($0, index: $1, path: $2) },
-                                     deprovisioner: LinuxDeprovisioner(connection: connection, username: machine.username, log: log, events: build.events),
+                                     deprovisioner: LinuxDeprovisioner(connection: connection, username: machine.username,
+                                                                       provisioningFiles: Self.provisioningFiles, log: log, events: build.progress),
                                      close: { await connection.close() })
         checkpoints.connection = connection
         if !checkpoints.resumed {

@@ -1,3 +1,5 @@
+import KilnCustomizers
+import KilnFetch
 import KilnMachine
 import KilnSupport
 
@@ -14,7 +16,7 @@ struct ResolveStep: BuildStep {
             // Every missing download at once, each with the template path that uses it, before anything else.
             let missing = DownloadCache.downloads(of: state.loaded).filter { DownloadCache.needsNetwork($0.uri) && offlineCache.lookup($0.uri) == nil }
             guard missing.isEmpty else {
-                throw BuildEngine.Outcome.failed("--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n"
+                throw KilnError(.buildFailed, "--offline: \(missing.count) download(s) are not in the download cache (kiln fetch \(request.templatePath) first):\n"
                                                  + missing.map { "  \($0.path): \($0.uri)" }.joined(separator: "\n"))
             }
             log.write("kiln", "offline: downloads come from \(offlineCache.directory)")
@@ -48,7 +50,7 @@ struct PrefetchStep: BuildStep {
             throw KilnError(.internalError, "the fetch step runs before the build is planned")
         }
         build.enterPhase(.building, "fetch")
-        let prefetcher = StepRunner(connection: nil, log: state.log, events: build.events, downloads: state.downloads, guestOS: plan.guestOS,
+        let prefetcher = StepRunner(connection: nil, log: state.log, events: build.progress, downloads: state.downloads, guestOS: plan.guestOS,
                                     offline: state.offlineCache, labels: state.loaded.stepLabels)
         var downloaded: [String?] = []
         for step in plan.customize + plan.validations {

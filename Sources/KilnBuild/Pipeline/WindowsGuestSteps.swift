@@ -1,4 +1,5 @@
 import Foundation
+import KilnCustomizers
 import KilnMachine
 import KilnSupport
 import KilnWinRM
@@ -18,10 +19,10 @@ struct WindowsBootStep: BuildStep {
         }
         if request.isolateNetwork {
             // A Windows guest fetches File uploads from Kiln's server on the host address.
-            throw BuildEngine.Outcome.failed("--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
+            throw KilnError(.buildFailed, "--isolate-network: a Windows build fetches its File uploads from the host (10.0.2.2), which isolation blocks; build without it")
         }
         if let run = request.resumeRun {
-            throw BuildEngine.Outcome.failed("--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")
+            throw KilnError(.buildFailed, "--resume \(run): Windows builds take no checkpoints, so there is nothing to resume; build without --resume")
         }
         let environment = ProcessInfo.processInfo.environment
         let givenPassword = environment["KILN_WINRM_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
@@ -64,7 +65,7 @@ struct WindowsConnectStep: BuildStep {
         let session = try await machine.waitForWinRM(timeout: build.request.sshTimeout)
         log.write("kiln", "WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman as \(access.username)")
         build.events(.message("WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman"))
-        let runner = WindowsStepRunner(session: session, log: log, events: build.events, downloads: state.downloads, fetcher: prefetcher,
+        let runner = WindowsStepRunner(session: session, log: log, events: build.progress, downloads: state.downloads, fetcher: prefetcher,
                                        administrator: (access.username, access.password))
         state.session = session
         state.guest = ConnectedGuest(run: { try await runner.run($0, index: $1, path: $2) },

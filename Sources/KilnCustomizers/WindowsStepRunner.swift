@@ -4,14 +4,14 @@ import KilnSupport
 import KilnTemplate
 import KilnWinRM
 
-/// The Windows form of the customizers (each type's own part is in Customizers/), over WinRM, as Packer's
+/// The Windows form of the customizers (each type's own part is in its own file), over WinRM, as Packer's
 /// powershell, file and windows-restart provisioners and the Windows Update plugin do: scripts go to
 /// C:\Windows\Temp, elevated ones run through a scheduled task, restarts are followed until the guest has really
 /// booted again.
-struct WindowsStepRunner {
+public struct WindowsStepRunner: Sendable {
     let session: WinRMSession
-    let log: CustomizationLog
-    let events: @Sendable (BuildEvent) -> Void
+    let log: any BuildLog
+    let events: @Sendable (ProgressEvent) -> Void
     let downloads: String
     /// Fetches and verifies downloads (the same rules as on Linux).
     let fetcher: StepRunner
@@ -22,7 +22,17 @@ struct WindowsStepRunner {
     /// How often a restart wait polls the guest.
     var pollInterval: Duration = .seconds(5)
 
-    func run(_ step: Customizer, index: Int, path: String) async throws {
+    public init(session: WinRMSession, log: any BuildLog, events: @escaping @Sendable (ProgressEvent) -> Void, downloads: String,
+                fetcher: StepRunner, administrator: (name: String, password: String)) {
+        self.session = session
+        self.log = log
+        self.events = events
+        self.downloads = downloads
+        self.fetcher = fetcher
+        self.administrator = administrator
+    }
+
+    public func run(_ step: Customizer, index: Int, path: String) async throws {
         try await run(step.provisioner, index: index, path: path)
     }
 

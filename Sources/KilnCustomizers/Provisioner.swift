@@ -61,5 +61,5 @@ extension Customizer {
 
     /// The Packer provisioner AIB runs for this customizer, as its log's `(telemetry) Starting provisioner …`
     /// lines name it.
-    var packerProvisioner: String { provisioner.packerName }
+    public var packerProvisioner: String { provisioner.packerName }
 }

@@ -1,10 +1,9 @@
 import KilnGuest
-import KilnMachine
 import KilnSupport
 
 /// The last step of a build, as AIB's hidden last customizer: it generalizes the guest (waagent on Linux,
 /// Sysprep on Windows, or the template's own script), after which the guest powers off.
-protocol Deprovisioner: Sendable {
+public protocol Deprovisioner: Sendable {
     func run() async throws
 }
 
@@ -17,13 +16,25 @@ protocol Deprovisioner: Sendable {
 /// media's `ovf-env.xml` that cloud-init's Azure datasource keeps for the agent (it holds the build user and key;
 /// the agent's deprovisioning deletes it, a template's own script may not), Kiln's DHCP leases for the agent, the
 /// scripts Kiln put in the guest too, free space is trimmed so exported disks stay small, and the guest powers off.
-struct LinuxDeprovisioner: Deprovisioner {
+public struct LinuxDeprovisioner: Deprovisioner {
     let connection: GuestConnection
     let username: String
-    let log: CustomizationLog
-    let events: @Sendable (BuildEvent) -> Void
+    /// What the builder's provisioning left in the guest for the agents (a DHCP lease, cloud-init's copy of
+    /// ovf-env.xml): the final cleanup removes it.
+    let provisioningFiles: [String]
+    let log: any BuildLog
+    let events: @Sendable (ProgressEvent) -> Void
 
-    static let scriptPath = "/tmp/DeprovisioningScript.sh"
+    public init(connection: GuestConnection, username: String, provisioningFiles: [String], log: any BuildLog,
+                events: @escaping @Sendable (ProgressEvent) -> Void) {
+        self.connection = connection
+        self.username = username
+        self.provisioningFiles = provisioningFiles
+        self.log = log
+        self.events = events
+    }
+
+    public static let scriptPath = "/tmp/DeprovisioningScript.sh"
 
     /// AIB's default, preferring waagent on PATH.
     static let defaultCommand = """
@@ -40,14 +51,14 @@ struct LinuxDeprovisioner: Deprovisioner {
     /// cleanup, detached (setsid) so that it survives the end of the SSH session it removes. It cannot be a
     /// command of its own afterwards: `waagent -deprovision+user` deletes the build user when the image was
     /// provisioned from ovf-env.xml, and sudo then refuses a user that no longer exists.
-    static func command(username: String, placedFiles: [String]) -> String {
-        let cleanup = cleanupScript(username: username, placedFiles: placedFiles)
+    static func command(username: String, placedFiles: [String], provisioningFiles: [String] = []) -> String {
+        let cleanup = cleanupScript(username: username, placedFiles: placedFiles, provisioningFiles: provisioningFiles)
         let root = "sh \(scriptPath) && setsid -f /bin/sh -c \(ShellQuote.quote(cleanup)) </dev/null >/dev/null 2>&1"
         return "cat \(scriptPath); \(StepRunner.packerEnvironment)sudo -E sh -c \(ShellQuote.quote(root))"
     }
 
     /// What the final cleanup runs as root.
-    static func cleanupScript(username: String, placedFiles: [String]) -> String {
+    static func cleanupScript(username: String, placedFiles: [String], provisioningFiles: [String] = []) -> String {
         let user = ShellQuote.quote(username)
         let files = ([scriptPath] + placedFiles).map(ShellQuote.quote).joined(separator: " ")
         return """
@@ -58,7 +69,7 @@ struct LinuxDeprovisioner: Deprovisioner {
         userdel -f -r \(user) >/dev/null 2>&1 || userdel -f \(user) >/dev/null 2>&1 || true
         rm -rf /home/\(username)
         rm -f /etc/sudoers.d/90-cloud-init-users /etc/sudoers.d/90-kiln-build-user
-        rm -f \(DHCPLease.allPaths.joined(separator: " ")) /var/lib/waagent/ovf-env.xml
+        rm -f \(provisioningFiles.map(ShellQuote.quoteIfNeeded).joined(separator: " "))
         rm -f /etc/ssh/ssh_host_*
         sync
         systemctl poweroff || poweroff
@@ -66,14 +77,14 @@ struct LinuxDeprovisioner: Deprovisioner {
     }
 
     /// Writes AIB's default script to `scriptPath`, where a customizer may replace it.
-    static func writeDefaultScript(_ session: any GuestSession) async throws {
+    public static func writeDefaultScript(_ session: any GuestSession) async throws {
         let written = try await session.exec("cat > \(scriptPath)", stdin: Array(defaultScript.utf8)) { _ in }
         guard written.succeeded else {
             throw StepFailure(message: "could not write AIB's default \(scriptPath) in the guest: \(written)")
         }
     }
 
-    func run() async throws {
+    public func run() async throws {
         let scriptPath = Self.scriptPath
         log.packerDebug("deprovision", "[INFO] (telemetry) Starting provisioner shell")
         let current = OutputCollector()
@@ -86,7 +97,7 @@ struct LinuxDeprovisioner: Deprovisioner {
         log.write("deprovision", current.stdoutText.isEmpty || current.stdoutText == Self.defaultScript
                   ? "running AIB's default deprovisioning (\(scriptPath))"
                   : "running the template's \(scriptPath)")
-        let command = Self.command(username: username, placedFiles: connection.placedFiles)
+        let command = Self.command(username: username, placedFiles: connection.placedFiles, provisioningFiles: provisioningFiles)
         log.write("deprovision", "command: cat \(scriptPath); sudo -E sh \(scriptPath), then Kiln's final cleanup")
         log.packerDebug("deprovision", "[DEBUG] starting remote command: \(command)")
         let (result, tail) = try await StepOutput.exec(command, on: connection.session, stdin: [], label: "deprovision", log: log, events: events)

@@ -1,7 +1,6 @@
 import Foundation
 import KilnDigest
 import KilnSupport
-import KilnTemplate
 
 /// Content-addressed copies of what templates download (scriptUri, sourceUri), filled by `kiln fetch` and read by
 /// `kiln build --offline`: `<state>/cache/downloads/sha256/<hex>` plus `index.json`, which maps each URI to the
@@ -95,17 +94,15 @@ public struct TemplateDownload: Sendable {
     public var path: String
     public var uri: String
     public var sha256Checksum: String?
+
+    public init(path: String, uri: String, sha256Checksum: String?) {
+        self.path = path
+        self.uri = uri
+        self.sha256Checksum = sha256Checksum
+    }
 }
 
 extension DownloadCache {
-    public static func downloads(of loaded: LoadedTemplate) -> [TemplateDownload] {
-        let customize = zip(loaded.stepPaths.customize, loaded.template.properties.customize)
-        let validations = zip(loaded.stepPaths.inVMValidations, loaded.template.properties.validate?.inVMValidations ?? [])
-        return (Array(customize) + Array(validations)).flatMap { path, step in
-            StepRunner.uris(of: step).map { TemplateDownload(path: "\(path).\($0.property)", uri: $0.uri, sha256Checksum: $0.checksum) }
-        }
-    }
-
     /// Downloads `download`, verifies its sha256Checksum when the template gives one, and keeps it.
     public func fetch(_ download: TemplateDownload) async throws(KilnError) -> Entry {
         sweepScratch()

@@ -1,22 +1,31 @@
 import Foundation
 import KilnDigest
+import KilnFetch
 import KilnGuest
 import KilnSupport
 import KilnTemplate
 
-/// A step that failed: names the customizer, its index, what happened and the last lines of its output.
+/// A customizer's verdict that its step failed, as the customizer decided it from the guest's answer (a non-zero
+/// exit is a value; the customizer turns it into this): the message is complete and final for the user (the template
+/// path, the step's label, what happened, the last lines of its output), so nothing wraps or prefixes it again.
+/// Kiln's own faults are `KilnError`s; `BuildEngine.runStep` turns those of a step into a `StepFailure` naming the
+/// step, and a failed step's `StepFailure` ends the build as failed (a cancel at the same moment wins).
 public struct StepFailure: Error, Sendable {
     public var message: String
+
+    public init(message: String) {
+        self.message = message
+    }
 }
 
 /// The guest connection a build holds, renewed when a step reboots the guest.
 public final class GuestConnection: @unchecked Sendable {
-    private(set) var session: any GuestSession
+    public private(set) var session: any GuestSession
     private let reconnect: @Sendable () async throws(KilnError) -> any GuestSession
     /// How long the guest may take to answer again after a disconnect: the build's SSH timeout.
     let reconnectTimeout: Duration
 
-    init(session: any GuestSession, reconnectTimeout: Duration,
+    public init(session: any GuestSession, reconnectTimeout: Duration,
          reconnect: @escaping @Sendable () async throws(KilnError) -> any GuestSession) {
         self.session = session
         self.reconnectTimeout = reconnectTimeout
@@ -39,17 +48,17 @@ public final class GuestConnection: @unchecked Sendable {
     public func close() async { await session.close() }
 }
 
-/// The Linux form of the customizers (each type's own part is in Customizers/): fetches what a step needs, and runs
+/// The Linux form of the customizers (each type's own part is in its own file): fetches what a step needs, and runs
 /// scripts against a guest session as AIB runs them through Packer's shell and file provisioners
 /// (docs/aib-customizers.md has the evidence): a script goes to /tmp/script_NNNN.sh, runs with Packer's environment
 /// variables and end-of-file on standard input, and is removed afterwards. Inline lines run as one `#!/bin/sh -e`
 /// script as the build user (AIB's docs: prefix commands with sudo); a scriptUri script runs as root through
 /// `sudo -E sh`, as Microsoft's quickstart scripts need.
-struct StepRunner {
+public struct StepRunner: Sendable {
     /// nil while prefetching, before the VM exists.
     let connection: GuestConnection?
-    let log: CustomizationLog
-    let events: @Sendable (BuildEvent) -> Void
+    let log: any BuildLog
+    let events: @Sendable (ProgressEvent) -> Void
     let downloads: String
     let guestOS: OSType
     /// `--offline`: what a step downloads comes from this cache (file:// URIs are read where they are).
@@ -57,8 +66,19 @@ struct StepRunner {
     /// Step labels by template path (LoadedTemplate.stepLabels).
     var labels: [String: String] = [:]
 
+    public init(connection: GuestConnection?, log: any BuildLog, events: @escaping @Sendable (ProgressEvent) -> Void, downloads: String,
+                guestOS: OSType, offline: DownloadCache? = nil, labels: [String: String] = [:]) {
+        self.connection = connection
+        self.log = log
+        self.events = events
+        self.downloads = downloads
+        self.guestOS = guestOS
+        self.offline = offline
+        self.labels = labels
+    }
+
     /// The URIs a step downloads, with the property that names each and the step's sha256Checksum.
-    static func uris(of step: Customizer) -> [(uri: String, property: String, checksum: String?)] {
+    public static func uris(of step: Customizer) -> [(uri: String, property: String, checksum: String?)] {
         step.provisioner.downloads.map { ($0.uri, $0.property, $0.checksum) }
     }
 
@@ -86,15 +106,15 @@ struct StepRunner {
     }
 
     /// A kept VM (errorHandling abort) keeps a failed step's script for inspection; otherwise it is removed.
-    var keepFailedScripts = false
+    public var keepFailedScripts = false
 
     /// The label used in logs: the template's label for the step at `path` (LoadedTemplate.stepLabels: its name, or
     /// `customize[2] Shell` for an unnamed, empty or repeated one), else the same rule without the other steps.
-    static func label(_ step: Customizer, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
+    public static func label(_ step: Customizer, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
         label(name: step.name, typeName: step.typeName, index: index, list: list, path: path, labels: labels)
     }
 
-    static func label(name: String?, typeName: String, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
+    public static func label(name: String?, typeName: String, index: Int, list: String = "customize", path: String? = nil, labels: [String: String] = [:]) -> String {
         if let path, let label = labels[path] { return label }
         if let name, !name.isEmpty { return name }
         return "\(list)[\(index)] \(typeName)"
@@ -102,7 +122,7 @@ struct StepRunner {
 
     /// Downloads and verifies what a step needs, before anything boots. Returns the sha256 of what it downloaded.
     @discardableResult
-    func prefetch(_ step: Customizer, index: Int, path: String) async throws -> String? {
+    public func prefetch(_ step: Customizer, index: Int, path: String) async throws -> String? {
         try await prefetch(step.provisioner, index: index, path: path)
     }
 
@@ -119,7 +139,7 @@ struct StepRunner {
         }
     }
 
-    func run(_ step: Customizer, index: Int, path: String) async throws {
+    public func run(_ step: Customizer, index: Int, path: String) async throws {
         try await run(step.provisioner, index: index, path: path)
     }
 

@@ -7,26 +7,40 @@ import KilnTemplate
 /// Writes every distribute target from the build's final disk. The disk is converted once to a fixed VHD; each
 /// target then gets that file under its own name (a hard link, or a sparse copy across file systems), so three
 /// targets cost one conversion. Stored images are read-only files: builds boot overlays on them.
-struct Distribution {
+public struct Distribution {
     let store: StateStore
     let runID: String
     let runDirectory: String
     let templateLocation: String
     let source: SourceImage
     let guestOS: OSType
-    let log: CustomizationLog
+    let log: any BuildLog
     /// `--force`: a VHD target may replace an existing file.
     let force: Bool
     /// Where no VHD target may go (OutputDestination).
     let protected: [String]
-    let events: @Sendable (BuildEvent) -> Void
+    let events: @Sendable (ProgressEvent) -> Void
+
+    public init(store: StateStore, runID: String, runDirectory: String, templateLocation: String, source: SourceImage, guestOS: OSType,
+                log: any BuildLog, force: Bool, protected: [String], events: @escaping @Sendable (ProgressEvent) -> Void) {
+        self.store = store
+        self.runID = runID
+        self.runDirectory = runDirectory
+        self.templateLocation = templateLocation
+        self.source = source
+        self.guestOS = guestOS
+        self.log = log
+        self.force = force
+        self.protected = protected
+        self.events = events
+    }
 
     /// The one conversion's file. Its name cannot be a VHD target's default name (`<runOutputName>.vhd`), whatever
     /// the runOutputName: a target named `.image` once got the scratch file's name, and the scratch file's removal
     /// took the output with it.
     static let scratchName = "distribution.vhd.partial"
 
-    func run(_ targets: [Distributor], disk: String, virtualSizeBytes: UInt64) async -> [RunOutput] {
+    public func run(_ targets: [Distributor], disk: String, virtualSizeBytes: UInt64) async -> [RunOutput] {
         let artifact = runDirectory + "/" + Self.scratchName
         ProcessWatchdog.shared?.removeOnDeath(artifact)
         defer { try? FileManager.default.removeItem(atPath: artifact) }
@@ -129,7 +143,7 @@ struct Distribution {
     }
 
     /// The local file a VHD target's `uri` names (an absolute path or a file:// URI); nil for none or a blob URL.
-    static func localPath(_ uri: String?) -> String? {
+    public static func localPath(_ uri: String?) -> String? {
         guard let uri else { return nil }
         if uri.hasPrefix("/") { return uri }
         if uri.lowercased().hasPrefix("file://"), let url = URL(string: uri) { return url.path }
@@ -165,17 +179,5 @@ struct Distribution {
             let reason = errno == EEXIST ? "a file is already there" : String(cString: strerror(errno))
             throw KilnError(.io, "cannot store the image at \(destination): \(reason)")
         }
-    }
-}
-
-extension SourceImage {
-    /// A stored managed image or gallery version as a build source. Its disk must still be there.
-    init(stored disk: StoredDisk, reference: String, version: String?, path: String) throws(KilnError) {
-        guard FileManager.default.fileExists(atPath: disk.path) else {
-            throw KilnError(.notFound, "\(path): the local store records \(reference), but its disk \(disk.path) is missing")
-        }
-        self.init(path: disk.path, format: disk.format, virtualSizeBytes: disk.virtualSizeBytes,
-                  firmware: Firmware(rawValue: disk.firmware) ?? .bios, osType: disk.osType, hasCloudInit: disk.hasCloudInit,
-                  urn: nil, version: version, reference: reference)
     }
 }
