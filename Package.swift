@@ -75,6 +75,9 @@ let package = Package(
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnGuest", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
         .testTarget(name: "KilnSupportTests", dependencies: ["KilnSupport"]),
+        .testTarget(name: "KilnSSHTests", dependencies: ["KilnSSH", "KilnSupport",
+                                                   .product(name: "NIOCore", package: "swift-nio"),
+                                                   .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport", "KilnTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
