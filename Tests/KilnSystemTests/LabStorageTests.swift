@@ -61,6 +61,7 @@ struct LabStorageTests {
         try await withConnection { read = try await $0.hostFacts() }
         let facts = try #require(read)
         #expect(facts.hypervisor == "QEMU")
+        #expect(facts.hostname.hasPrefix("kiln-lab"), "the lab host's own name, not this machine's")
         #expect(facts.libvirtVersion == (try Libvirt.libraryVersion()), "the same Debian packages on both sides")
         let qemu = try await Subprocess.check("qemu-system-x86_64", ["--version"]).stdoutText
         #expect(qemu.contains("version \(facts.hypervisorVersion)"), "\(qemu) against \(facts.hypervisorVersion)")

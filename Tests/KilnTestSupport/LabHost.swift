@@ -26,7 +26,8 @@ public struct LabHost: Sendable {
     /// Network numbers this process has taken; another process's lab hosts show as namespaces.
     private static let taken = Locked<Set<Int>>([])
 
-    public static func start() async throws -> LabHost {
+    /// `poolSize`: the pool tmpfs's size limit (tmpfs's `size=`), default 4g.
+    public static func start(poolSize: String? = nil) async throws -> LabHost {
         let net = try taken.withLock { taken -> Int in
             guard let free = (0...254).first(where: { !taken.contains($0) && !FileManager.default.fileExists(atPath: "/run/netns/kiln-lab\($0)") }) else {
                 throw KilnError(.invalidState, "no free lab network number")
@@ -35,7 +36,9 @@ public struct LabHost: Sendable {
             return free
         }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-lab-\(UUID().uuidString.prefix(8))").path
-        let result = try await Subprocess.run(script, ["start", directory], timeout: .seconds(90), environment: ["KILN_LAB_NET": String(net)])
+        var environment = ["KILN_LAB_NET": String(net)]
+        if let poolSize { environment["KILN_LAB_POOL_SIZE"] = poolSize }
+        let result = try await Subprocess.run(script, ["start", directory], timeout: .seconds(90), environment: environment)
         guard result.succeeded else {
             _ = try? await Subprocess.run(script, ["stop", directory], timeout: .seconds(30))
             try? FileManager.default.removeItem(atPath: directory)
@@ -53,8 +56,8 @@ public struct LabHost: Sendable {
     }
 
     /// Runs `body` with a lab host started for it and stopped afterwards, whatever `body` did.
-    public static func with(_ body: (LabHost) async throws -> Void) async throws {
-        let host = try await start()
+    public static func with(poolSize: String? = nil, _ body: (LabHost) async throws -> Void) async throws {
+        let host = try await start(poolSize: poolSize)
         do {
             try await $current.withValue(host) { try await body(host) }
         } catch {
@@ -67,12 +70,17 @@ public struct LabHost: Sendable {
 
 /// Starts a lab host before the suite's tests and stops it after them; the tests find it in `LabHost.current`.
 public struct LabHostTrait: SuiteTrait, TestScoping {
+    var poolSize: String?
+
     public func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
-        try await LabHost.with { _ in try await function() }
+        try await LabHost.with(poolSize: poolSize) { _ in try await function() }
     }
 }
 
 extension Trait where Self == LabHostTrait {
     /// A lab host for the suite (KILN_LAB_TESTS=1 only: combine with `.enabled(if: LabHost.enabled)`).
     public static var labHost: Self { LabHostTrait() }
+
+    /// A lab host whose pool tmpfs may grow to `poolSize` (`16g`).
+    public static func labHost(poolSize: String) -> Self { LabHostTrait(poolSize: poolSize) }
 }
