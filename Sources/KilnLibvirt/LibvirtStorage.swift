@@ -36,7 +36,7 @@ public struct StorageVolumeSpec: Sendable, Equatable {
         self.backingFormat = backingFormat
     }
 
-    /// A qcow2 overlay on `backing` with the backing volume's capacity.
+    /// A qcow2 overlay of `capacityBytes` (at least the backing volume's virtual size) on `backing`.
     public static func overlay(name: String, on backing: LibvirtStorageVolume, backingFormat: Format, capacityBytes: UInt64) -> StorageVolumeSpec {
         StorageVolumeSpec(name: name, capacityBytes: capacityBytes, format: .qcow2, backingPath: backing.path, backingFormat: backingFormat)
     }

@@ -107,6 +107,8 @@ struct LabStorageTests {
             let after = try await pool.space()
             #expect(after.allocationBytes >= before.allocationBytes + sourceBytes / 2)
 
+            // Refreshed, the pool still knows the volume (libvirt reads the directory again on the lab host).
+            try await pool.refresh()
             let found = try await pool.volume(named: "base.qcow2")
             let back = scratch + "/back.qcow2"
             try await found.download(to: back)
