@@ -70,7 +70,7 @@ let package = Package(
         .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnDistribution", "KilnMachine", "KilnGuest", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
-        .target(name: "KilnTestSupport", dependencies: ["KilnWinRM",
+        .target(name: "KilnTestSupport", dependencies: ["KilnWinRM", "KilnSupport",
                                                         .product(name: "NIOCore", package: "swift-nio"),
                                                         .product(name: "NIOPosix", package: "swift-nio"),
                                                         .product(name: "NIOHTTP1", package: "swift-nio")],
@@ -83,7 +83,10 @@ let package = Package(
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnGuest", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
         .testTarget(name: "KilnSupportTests", dependencies: ["KilnSupport"]),
-        .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport"]),
+        .testTarget(name: "KilnSSHTests", dependencies: ["KilnSSH", "KilnSupport",
+                                                   .product(name: "NIOCore", package: "swift-nio"),
+                                                   .product(name: "NIOPosix", package: "swift-nio")]),
+        .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport", "KilnTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

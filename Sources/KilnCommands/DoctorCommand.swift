@@ -19,6 +19,14 @@ struct DoctorCommand: AsyncParsableCommand {
     @Flag(help: "Skip the libguestfs appliance launch (~25 s under TCG).")
     var skipGuestfs = false
 
+    @Option(help: "With --connect: the storage pool whose free space is checked on that host.")
+    var pool = "kiln"
+
+    /// A build VM takes 2 GiB unless its template's vmSize says more.
+    static let minimumFreeMemoryBytes: UInt64 = 2 << 30
+    /// As for the state directory on this machine: room for an overlay and a VHD output.
+    static let minimumPoolBytes: UInt64 = 10 << 30
+
     struct Check {
         var name: String
         var ok: Bool
@@ -41,13 +49,22 @@ struct DoctorCommand: AsyncParsableCommand {
         } catch {
             add(Check(name: "libvirt", ok: false, detail: error.message, fix: "scripts/install-deps (libvirt-daemon-driver-qemu, libvirt-dev)"))
         }
-        do {
+        do throws(KilnError) {
             let uri: String
             if let explicit = machine.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
             let connection = try await LibvirtConnection.open(uri)
-            _ = try await connection.runningDomainNames()
-            await connection.close()
+            do throws(KilnError) {
+                _ = try await connection.runningDomainNames()
+            } catch {
+                await connection.close()
+                throw error
+            }
             add(Check(name: "libvirt connection", ok: true, detail: machine.libvirtURI == nil ? "embedded QEMU driver opens (no daemon)" : "\(uri) opens"))
+            // The host behind --connect (for qemu+ssh://, another machine), through the same connection.
+            if machine.libvirtURI != nil {
+                for check in await hostChecks(connection, uri: uri) { add(check) }
+            }
+            await connection.close()
         } catch {
             add(Check(name: "libvirt connection", ok: false, detail: error.message,
                       fix: "scripts/install-deps (it also creates the libvirt-qemu account the embedded driver looks up)"))
@@ -66,7 +83,9 @@ struct DoctorCommand: AsyncParsableCommand {
 
         if reprobe { try? FileManager.default.removeItem(atPath: state.path + "/accelerator.json") }
         let decision = await AcceleratorProbe.decide(machine.accel, cacheDirectory: state.path)
-        add(Check(name: "accelerator", ok: true, detail: "\(decision.accelerator.rawValue): \(decision.evidence)"))
+        // The probe boots on this machine's embedded driver; a host behind --connect is not probed (yet).
+        add(Check(name: machine.libvirtURI == nil ? "accelerator" : "accelerator (this machine)", ok: true,
+                  detail: "\(decision.accelerator.rawValue): \(decision.evidence)"))
 
         let kernel = AcceleratorProbe.hostKernel()
         add(Check(name: "kernel under /boot", ok: kernel != nil && access(kernel ?? "", R_OK) == 0, detail: kernel ?? "none",
@@ -119,5 +138,33 @@ struct DoctorCommand: AsyncParsableCommand {
         let failures = checks.filter { !$0.ok }.count
         print(failures == 0 ? "all \(checks.count) checks passed" : "\(failures) of \(checks.count) checks failed")
         if failures > 0 { throw ExitCode.failure }
+    }
+
+    /// What the host behind `--connect` says of itself: its QEMU, free memory and the pool's free space.
+    func hostChecks(_ connection: LibvirtConnection, uri: String) async -> [Check] {
+        var checks: [Check] = []
+        do {
+            let facts = try await connection.hostFacts()
+            checks.append(Check(name: "host", ok: true, detail: "\(facts.hostname): libvirt \(facts.libvirtVersion), \(facts.hypervisor) \(facts.hypervisorVersion)"))
+            checks.append(Check(name: "host memory", ok: facts.freeMemoryBytes >= Self.minimumFreeMemoryBytes,
+                                detail: String(format: "%.1f GiB free", Double(facts.freeMemoryBytes) / Double(1 << 30)),
+                                fix: "a build VM needs at least 2 GiB: free memory on the host or build elsewhere"))
+        } catch {
+            checks.append(Check(name: "host", ok: false, detail: error.message, fix: "check that libvirt's QEMU driver runs on the host"))
+        }
+        do {
+            let space = try await connection.storagePool(named: pool).space()
+            checks.append(Check(name: "pool \(pool)", ok: space.availableBytes >= Self.minimumPoolBytes,
+                                detail: String(format: "%.1f GiB free of %.1f GiB", Double(space.availableBytes) / Double(1 << 30),
+                                               Double(space.capacityBytes) / Double(1 << 30)),
+                                fix: "builds need about 10 GiB there: free space in the pool's directory on the host, or name another pool with --pool"))
+        } catch {
+            let virsh = "virsh -c \(ShellQuote.quote(uri))", name = ShellQuote.quote(pool)
+            checks.append(Check(name: "pool \(pool)", ok: false, detail: error.message,
+                                fix: error.code == .notFound
+                                    ? "\(virsh) pool-define-as \(name) dir --target /var/lib/libvirt/kiln && \(virsh) pool-build \(name) && \(virsh) pool-start \(name) && \(virsh) pool-autostart \(name)"
+                                    : nil))
+        }
+        return checks
     }
 }

@@ -9,17 +9,27 @@ public enum Libvirt {
         guard virGetVersion(&version, nil, nil) == 0 else {
             throw KilnError(.external, "libvirt version query failed: \(lastErrorMessage())")
         }
-        return "\(version / 1_000_000).\((version / 1000) % 1000).\(version % 1000)"
+        return versionText(version)
+    }
+
+    /// libvirt's version numbers (library, daemon, hypervisor) as text: 9000000 is "9.0.0".
+    static func versionText(_ version: UInt) -> String {
+        "\(version / 1_000_000).\((version / 1000) % 1000).\(version % 1000)"
     }
 
     /// The last libvirt error on this thread as a KilnError: its code says what callers tell apart (a domain that
-    /// exists already, a host forwarding rule QEMU could not set up); libvirt's text stays in the message.
+    /// exists already, a host forwarding rule QEMU could not set up, a storage pool or volume that does not exist);
+    /// libvirt's text stays in the message.
     public static func lastError(_ what: String) -> KilnError {
         let message = lastErrorMessage()
-        let domainExists = virGetLastError().map { $0.pointee.code == Int32(VIR_ERR_DOM_EXIST.rawValue) } ?? false
+        let errorCode = virGetLastError().map { UInt32(bitPattern: $0.pointee.code) }
+        let domainExists = errorCode == VIR_ERR_DOM_EXIST.rawValue
+        let missing = [VIR_ERR_NO_STORAGE_POOL.rawValue, VIR_ERR_NO_STORAGE_VOL.rawValue].contains(errorCode)
         let code: KilnError.Code
         if domainExists || message.contains("already exists") || message.contains("already defined") {
             code = .alreadyExists
+        } else if missing {
+            code = .notFound
         } else if message.contains("host forwarding") || message.contains("hostfwd") {
             code = .portUnavailable
         } else {

@@ -9,7 +9,8 @@ import NIOSSH
 /// An SSH connection to a guest, on swift-nio-ssh.
 public final class SSHSession: GuestSession, @unchecked Sendable {
     public let endpoint: SSHEndpoint
-    private let channel: Channel
+    /// The TCP connection with the SSH handler; `SSHPortForwarder` opens its channels on it.
+    let channel: Channel
     private let lastActivity = Locked<ContinuousClock.Instant>(.now)
     private var keepalive: Task<Void, Never>?
 
