@@ -30,8 +30,9 @@ let package = Package(
         .target(name: "KilnDigest", dependencies: ["KilnSupport", "COpenSSL", "CKilnShim"]),
         .target(name: "KilnLibvirt", dependencies: ["KilnSupport", "CLibvirt"]),
         .target(name: "KilnGuestfs", dependencies: ["KilnSupport", "CGuestfs", "CKilnShim"]),
-        // The communicator protocol: a session that runs commands and uploads files, with no transport.
-        .target(name: "KilnGuest", dependencies: ["KilnSupport"]),
+        // The communicator protocol: an endpoint and its credentials, a communicator that waits for a login, a session
+        // that runs commands and uploads files; no transport.
+        .target(name: "KilnGuest", dependencies: ["KilnSupport", .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2: the two communicators, each implementing KilnGuest's protocol; neither imports the other.
         .target(name: "KilnSSH", dependencies: [
             "KilnSupport", "KilnGuest",
@@ -44,7 +45,7 @@ let package = Package(
         .target(name: "KilnWinRM", dependencies: ["KilnSupport", "KilnGuest", "KilnDigest", "CKilnShim",
                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // Layer 2
-        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnSSH", "KilnDigest", "KilnWinRM",
+        .target(name: "KilnMachine", dependencies: ["KilnSupport", "KilnTemplate", "KilnLibvirt", "KilnGuestfs", "KilnGuest", "KilnDigest",
                                                     .product(name: "NIOCore", package: "swift-nio"),
                                                     .product(name: "NIOPosix", package: "swift-nio"),
                                                     .product(name: "NIOHTTP1", package: "swift-nio")]),
@@ -54,7 +55,7 @@ let package = Package(
         .target(name: "KilnFetch", dependencies: ["KilnSupport", "KilnDigest", "CKilnShim"]),
         // Layer 2: the customizers (Packer's provisioners), one type per AIB customizer and per deprovisioner, run
         // against any KilnGuest session; they write to a BuildLog and report ProgressEvents they are handed.
-        .target(name: "KilnCustomizers", dependencies: ["KilnSupport", "KilnTemplate", "KilnGuest", "KilnWinRM", "KilnDigest", "KilnFetch"]),
+        .target(name: "KilnCustomizers", dependencies: ["KilnSupport", "KilnTemplate", "KilnGuest", "KilnDigest", "KilnFetch"]),
         // Layer 2: distribution: the fixed VHD, the local managed image and gallery version from the build's disk.
         .target(name: "KilnDistribution", dependencies: ["KilnSupport", "KilnTemplate", "KilnMachine", "KilnStore"]),
         // Layer 3
@@ -76,14 +77,14 @@ let package = Package(
                                                         .product(name: "NIOHTTP1", package: "swift-nio")],
                 path: "Tests/KilnTestSupport"),
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport", "KilnSupport"]),
-        .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
+        .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnBuild", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
         .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnCustomizers", "KilnDistribution", "KilnFetch", "KilnGuest", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
                                                      .product(name: "NIOHTTP1", package: "swift-nio")]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnGuest", "KilnSupport", "KilnTestSupport", "KilnMachine"]),
         .testTarget(name: "KilnSupportTests", dependencies: ["KilnSupport"]),
-        .testTarget(name: "KilnSSHTests", dependencies: ["KilnSSH", "KilnSupport",
+        .testTarget(name: "KilnSSHTests", dependencies: ["KilnSSH", "KilnGuest", "KilnSupport",
                                                    .product(name: "NIOCore", package: "swift-nio"),
                                                    .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport", "KilnTestSupport"]),

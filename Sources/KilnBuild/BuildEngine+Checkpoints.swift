@@ -2,7 +2,6 @@ import Foundation
 import KilnCustomizers
 import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnStore
 import KilnSupport
 
@@ -12,7 +11,7 @@ extension BuildEngine {
     /// Resumes the longest chain of checkpoints the cache holds for `keys`. A checkpoint that does not resume is
     /// removed with a notice and the one before is tried. nil: nothing to resume, boot.
     func resumeFromCache(_ cache: CheckpointCache, keys: [String], within: Set<String>?, options: MachineOptions, steps: [BuildPlan.PlannedStep],
-                         log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: SSHSession)? {
+                         log: CustomizationLog) async -> (position: Int, entry: CheckpointEntry, machine: BuildMachine, session: any GuestSession)? {
         var position = keys.count - 1
         while position >= 0 {
             defer { position -= 1 }
@@ -32,10 +31,10 @@ extension BuildEngine {
                     events(.message(message))
                 }
                 self.machine = machine
-                let session: SSHSession
+                let session: any GuestSession
                 do {
                     // The guest's sshd is already running: it answers at once, or the checkpoint is no good.
-                    session = try await machine.waitForSSH(timeout: .seconds(120))
+                    session = try await machine.waitForGuest(timeout: .seconds(120))
                     try await setGuestClock(session)
                 } catch {
                     self.machine = nil

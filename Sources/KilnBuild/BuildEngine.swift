@@ -4,7 +4,6 @@ import KilnDistribution
 import KilnFetch
 import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnStore
 import KilnSupport
 import KilnTemplate
@@ -311,7 +310,7 @@ public final class BuildEngine: @unchecked Sendable {
                             privateKeyPath: machine.privateKeyPath, knownHostsPath: runDirectory + "/known_hosts",
                             hostKey: machine.hostKeyPin.pinnedKey ?? "", owner: ProcessIdentity.current.description,
                             keptAt: Date(), failure: record.message,
-                            winrmURL: machine.winRMOptions.map { $0.endpoint.description },
+                            winrmURL: machine.options.windows == nil ? nil : machine.endpoint.url,
                             winrmPasswordPath: machine.options.windows.map { _ in KeptVM.passwordPath(runDirectory: runDirectory) },
                             winrmCertificateSHA256: machine.winRMCertificateSHA256.map { $0.map { String(format: "%02x", $0) }.joined() })
             do {

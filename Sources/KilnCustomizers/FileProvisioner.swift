@@ -1,7 +1,6 @@
 import Foundation
 import KilnSupport
 import KilnTemplate
-import KilnWinRM
 
 /// AIB's File customizer, as Packer's file provisioner runs it: the file is fetched (and its checksum checked)
 /// before the boot, then uploaded to a directory that must exist in the guest (AIB does not create it). On Linux

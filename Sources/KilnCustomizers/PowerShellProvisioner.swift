@@ -2,7 +2,6 @@ import Foundation
 import KilnGuest
 import KilnSupport
 import KilnTemplate
-import KilnWinRM
 
 /// AIB's PowerShell customizer, as Packer's powershell provisioner runs it: on Windows the script goes to
 /// C:\Windows\Temp and runs with `-ExecutionPolicy Bypass`, elevated ones through a scheduled task; on Linux it runs

@@ -1,7 +1,6 @@
 import Foundation
 import KilnSupport
 import KilnTemplate
-import KilnWinRM
 
 /// The PowerShell Kiln generates for Windows guests: every value enters as a single-quoted literal
 /// (`PowerShell.quote`), and scripts travel as -EncodedCommand, so no quote, `$` or non-ASCII character in a

@@ -2,14 +2,13 @@ import Foundation
 import KilnGuest
 import KilnSupport
 import KilnTemplate
-import KilnWinRM
 
-/// The Windows form of the customizers (each type's own part is in its own file), over WinRM, as Packer's
+/// The Windows form of the customizers (each type's own part is in its own file), over a WinRM session, as Packer's
 /// powershell, file and windows-restart provisioners and the Windows Update plugin do: scripts go to
 /// C:\Windows\Temp, elevated ones run through a scheduled task, restarts are followed until the guest has really
 /// booted again.
 public struct WindowsStepRunner: Sendable {
-    let session: WinRMSession
+    let session: any GuestSession
     let log: any BuildLog
     let events: @Sendable (ProgressEvent) -> Void
     let downloads: String
@@ -22,7 +21,7 @@ public struct WindowsStepRunner: Sendable {
     /// How often a restart wait polls the guest.
     var pollInterval: Duration = .seconds(5)
 
-    public init(session: WinRMSession, log: any BuildLog, events: @escaping @Sendable (ProgressEvent) -> Void, downloads: String,
+    public init(session: any GuestSession, log: any BuildLog, events: @escaping @Sendable (ProgressEvent) -> Void, downloads: String,
                 fetcher: StepRunner, administrator: (name: String, password: String)) {
         self.session = session
         self.log = log

@@ -1,23 +1,28 @@
 import Foundation
+import KilnGuest
 import KilnLibvirt
-import KilnSSH
 import KilnSupport
 
-/// The build VM: a qcow2 overlay on the untouched source, a transient libvirt domain, an SSH port on 127.0.0.1.
-/// `boot` rolls back whatever it started when a later step fails; `teardown` is idempotent and safe whether
-/// or not boot got far. What the machine holds (fabric, libvirt connection, domain) is in its `MachineState`;
-/// waiting for the guest's SSH or WinRM is in BuildMachine+Connect.swift, powering it off in BuildMachine+Power.swift,
-/// checkpoints in MachineCheckpoint.swift.
+/// The build VM: a qcow2 overlay on the untouched source, a transient libvirt domain, and the guest's SSH or
+/// WinRM port forwarded to 127.0.0.1. It hands out an `endpoint` and a state, never a session: a communicator
+/// (KilnSSH, KilnWinRM) turns the endpoint into one. `boot` rolls back whatever it started when a later step fails;
+/// `teardown` is idempotent and safe whether or not boot got far. What the machine holds (fabric, libvirt
+/// connection, domain) is in its `MachineState`; waiting for the image's agent to provision the guest is in
+/// BuildMachine+Provisioning.swift, powering it off in BuildMachine+Power.swift, checkpoints in MachineCheckpoint.swift.
 public final class BuildMachine: @unchecked Sendable {
     public let options: MachineOptions
     public let keyPair: SSHKeyPair
     public let hostKeyPin: HostKeyPin
+    /// The certificate a Windows guest's WinRM listener presented when it first answered.
+    public let certificatePin = CertificatePin()
+    /// The host port forwarded to the guest's SSH (22) or WinRM HTTPS (5986) port.
     public internal(set) var sshPort: Int = 0
     public private(set) var inspection: OfflineInspection?
     public private(set) var credentialsInjectedOffline = false
     /// The import's lease layer the overlay sits on, when the Azure Linux agent provisions the image.
     public private(set) var leaseLayer: LeaseLayer?
-    let events: @Sendable (String) -> Void
+    /// Where the machine's progress goes (the build's log).
+    public let events: @Sendable (String) -> Void
     /// Starting, started or torn down, with what the machine holds in each.
     private let state = Locked<MachineState>(.starting(MachineState.Starting()))
     /// A Linux guest's Azure endpoints (wireserver, instance metadata), answered on the host; nil for Windows
@@ -82,8 +87,14 @@ public final class BuildMachine: @unchecked Sendable {
         }
     }
 
-    public var endpoint: SSHEndpoint {
-        SSHEndpoint(port: sshPort, username: options.username, keyPair: keyPair, hostKeyPin: hostKeyPin)
+    /// Where a communicator reaches the guest: its SSH port with the build key, or (Windows) its WinRM HTTPS port
+    /// with the build's administrator, whose uploads the guest fetches from the host's loopback at 10.0.2.2.
+    public var endpoint: GuestEndpoint {
+        if let windows = options.windows {
+            return GuestEndpoint(port: sshPort, username: windows.username,
+                                 access: .winRM(password: windows.password, certificate: certificatePin, hostAddressForGuest: "10.0.2.2"))
+        }
+        return GuestEndpoint(port: sshPort, username: options.username, access: .ssh(key: keyPair, hostKey: hostKeyPin))
     }
 
     /// Creates the overlay, gives the guest its credentials and starts the domain.
@@ -353,7 +364,7 @@ public final class BuildMachine: @unchecked Sendable {
 
     /// The SHA-256 of the certificate the guest's WinRM listener presented when it first answered (pinned for the
     /// rest of the build, and in a kept VM's command line).
-    public internal(set) var winRMCertificateSHA256: [UInt8]?
+    public var winRMCertificateSHA256: [UInt8]? { certificatePin.sha256 }
 
     /// The last lines of the serial console, without terminal escapes.
     public func consoleTail(lines: Int) -> String {

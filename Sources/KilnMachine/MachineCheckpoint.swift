@@ -1,7 +1,6 @@
 import Foundation
 import KilnGuest
 import KilnLibvirt
-import KilnSSH
 import KilnSupport
 
 /// A running build VM frozen to files: its memory and device state (a libvirt memory image), its disk as a
@@ -76,7 +75,7 @@ extension BuildMachine {
             // The UEFI variables change only when the guest writes them (boot entries): a copy taken now matches.
             if uefi { try fileManager.copyItem(atPath: nvramPath, toPath: checkpoint.nvramPath) }
             if root == nil {
-                try SecretFile.write(Data(keyPair.privateKey.rawRepresentation), to: checkpoint.keyPath)
+                try SecretFile.write(Data(keyPair.rawRepresentation), to: checkpoint.keyPath)
                 if let attachedSeedPath { try fileManager.copyItem(atPath: attachedSeedPath, toPath: checkpoint.seedPath) }
             }
         } catch let error as KilnError {

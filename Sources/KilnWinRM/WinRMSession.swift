@@ -71,6 +71,7 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
     /// with progress every 30 s.
     public static func waitUntilReady(_ options: WinRMOptions, timeout: Duration, hostAddressForGuest: String? = nil,
                                       progress: @escaping @Sendable (String) -> Void = { _ in },
+                                      attemptFailed: @escaping @Sendable (KilnError) -> Void = { _ in },
                                       abort: @escaping @Sendable () async -> KilnError? = { nil }) async throws(KilnError) -> WinRMSession {
         let clock = ContinuousClock()
         let start = clock.now
@@ -91,10 +92,12 @@ public final class WinRMSession: GuestSession, @unchecked Sendable {
                     return WinRMSession(client: WinRMClient(pinned), hostAddressForGuest: hostAddressForGuest)
                 }
                 lastError = "`echo` ended with \(result)"
+                attemptFailed(KilnError(.external, lastError))
             } catch where error.code == .cancelled {
                 throw error
             } catch {
                 lastError = error.message
+                attemptFailed(error)
             }
             client.close()
             if clock.now - lastReport >= .seconds(30) {

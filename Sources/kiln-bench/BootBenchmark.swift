@@ -1,4 +1,5 @@
 import Foundation
+import KilnBuild
 import KilnGuest
 import KilnMachine
 import KilnSupport
@@ -49,7 +50,7 @@ struct BootBenchmark {
         let vm = try await BuildMachine.boot(options) { _ in }
         let prepared = clock.now - start
         do throws(KilnError) {
-            let session = try await vm.waitForSSH(timeout: .seconds(1200))
+            let session = try await vm.waitForGuest(timeout: .seconds(1200))
             // The first command reads the guest's uptime: how long ago its kernel started.
             let uptimeText = try await session.run("cat /proc/uptime")
             let toFirstExec = clock.now - start

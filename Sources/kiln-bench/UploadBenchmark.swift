@@ -1,5 +1,6 @@
 import Foundation
 import KilnDigest
+import KilnBuild
 import KilnGuest
 import KilnMachine
 import KilnSupport
@@ -30,7 +31,7 @@ struct UploadBenchmark {
                                      runDirectory: state.runsPath + "/" + runID, stateDirectory: state)
         let vm = try await BuildMachine.boot(options) { _ in }
         do throws(KilnError) {
-            let session = try await vm.waitForSSH(timeout: .seconds(1200))
+            let session = try await vm.waitForGuest(timeout: .seconds(1200))
             print("round  seconds  MiB/s  sha256")
             var times: [Double] = []
             for round in 1...rounds {

@@ -1,4 +1,5 @@
 import Foundation
+import KilnSupport
 import KilnWinRM
 import Testing
 @testable import KilnBuild

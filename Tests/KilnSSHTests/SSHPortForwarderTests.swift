@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuest
 import KilnSupport
 import NIOCore
 import NIOPosix

@@ -1,4 +1,5 @@
 import Foundation
+import KilnBuild
 import KilnDigest
 import KilnGuest
 import KilnMachine
@@ -23,7 +24,7 @@ struct BootAndConnectTests {
                                      stateDirectory: state)
         let vm = try await BuildMachine.boot(options) { events($0) }
         do {
-            let session = try await vm.waitForSSH(timeout: .seconds(600))
+            let session = try await vm.waitForGuest(timeout: .seconds(600))
 
             // exec: streamed output, exit status, stderr, sudo, the grown disk.
             let collector = OutputCollector()
@@ -59,13 +60,13 @@ struct BootAndConnectTests {
             await session.close()
             // A login can still reach the old boot's sshd while the guest goes down: retry until the boot ID changes,
             // as the build does after a step that reboots.
-            var again = try await vm.waitForSSH(timeout: .seconds(600))
+            var again = try await vm.waitForGuest(timeout: .seconds(600))
             var bootAfter = (try? await again.run("cat /proc/sys/kernel/random/boot_id")) ?? bootBefore
             let deadline = ContinuousClock.now + .seconds(600)
             while bootAfter == bootBefore && ContinuousClock.now < deadline {
                 await again.close()
                 try await Task.sleep(for: .seconds(2))
-                again = try await vm.waitForSSH(timeout: .seconds(600))
+                again = try await vm.waitForGuest(timeout: .seconds(600))
                 bootAfter = (try? await again.run("cat /proc/sys/kernel/random/boot_id")) ?? bootBefore
             }
             #expect(bootAfter != bootBefore)
@@ -127,7 +128,7 @@ struct BootAndConnectTests {
         let clock = ContinuousClock()
         let start = clock.now
         do {
-            _ = try await vm.waitForSSH(timeout: .seconds(20))
+            _ = try await vm.waitForGuest(timeout: .seconds(20))
             Issue.record("expected the SSH wait to fail")
         } catch {
             #expect(error.code == .timeout)

@@ -1,7 +1,6 @@
 import KilnCustomizers
 import KilnGuest
 import KilnMachine
-import KilnSSH
 import KilnStore
 import KilnSupport
 
@@ -51,7 +50,7 @@ struct LinuxBootStep: BuildStep {
             events(.message(message))
         }
         build.machine = machine
-        state.session = try await machine.waitForSSH(timeout: request.sshTimeout)
+        state.session = try await machine.waitForGuest(timeout: request.sshTimeout)
         return .proceed
     }
 
@@ -81,7 +80,7 @@ struct LinuxConnectStep: BuildStep {
         let sshTimeout = request.sshTimeout
         let connection = GuestConnection(session: session, reconnectTimeout: sshTimeout) { [weak machine] () async throws(KilnError) -> any GuestSession in
             guard let machine else { throw KilnError(.cancelled, "the build VM is gone") }
-            return try await machine.waitForSSH(timeout: sshTimeout)
+            return try await machine.waitForGuest(timeout: sshTimeout)
         }
         log.write("kiln", "SSH ready on 127.0.0.1:\(machine.sshPort) as \(machine.username)")
         var runner = StepRunner(connection: connection, log: log, events: build.progress, downloads: state.downloads, guestOS: plan.guestOS,

@@ -2,7 +2,6 @@ import Foundation
 import KilnCustomizers
 import KilnMachine
 import KilnSupport
-import KilnWinRM
 
 /// Boots a Windows guest: the image prepared offline (answer file with a per-build Administrator password, WinRM
 /// over HTTPS). Windows guests take no checkpoints (the plan says why): the build cache is Linux-only for now.
@@ -62,7 +61,7 @@ struct WindowsConnectStep: BuildStep {
         guard let machine = build.machine, let access = machine.options.windows, let prefetcher = state.prefetcher else {
             throw KilnError(.internalError, "the connect step runs before the Windows guest booted")
         }
-        let session = try await machine.waitForWinRM(timeout: build.request.sshTimeout)
+        let session = try await machine.waitForGuest(timeout: build.request.sshTimeout)
         log.write("kiln", "WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman as \(access.username)")
         build.events(.message("WinRM ready on https://127.0.0.1:\(machine.sshPort)/wsman"))
         let runner = WindowsStepRunner(session: session, log: log, events: build.progress, downloads: state.downloads, fetcher: prefetcher,

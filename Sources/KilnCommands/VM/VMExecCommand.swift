@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnBuild
 import KilnGuest
 import KilnMachine
 import KilnSupport
@@ -69,7 +70,7 @@ struct VMExecCommand: AsyncParsableCommand {
                 let vm = try await BuildMachine.boot(options) { events($0) }
                 defer { try? FileManager.default.removeItem(atPath: runDirectory) }
                 do throws(KilnError) {
-                    let session = try await vm.waitForSSH(timeout: timeout)
+                    let session = try await vm.waitForGuest(timeout: timeout)
                     events("SSH ready as \(vm.username); running: \(commandLine)")
                     let result = try await session.exec(commandLine) { chunk in
                         let handle = chunk.stream == .stdout ? FileHandle.standardOutput : FileHandle.standardError

@@ -1,0 +1,58 @@
+import Foundation
+import KilnSupport
+
+/// Waiting for the image's own agent to provision the guest, and what to say when a guest will not let the build
+/// in. The machine never opens a session: a communicator does, with `endpoint`.
+extension BuildMachine {
+    /// On the first login of a fresh boot of an image the Azure Linux agent provisions, waits until the agent reports
+    /// Ready to the wireserver (it creates the user before it regenerates the SSH host keys and restarts sshd, so a
+    /// login in between would pin a key the guest is about to replace). Returns at once otherwise. Fails at once when
+    /// the agent reports that provisioning failed, or when the VM stops.
+    public func waitUntilProvisioned(timeout: Duration) async throws(KilnError) {
+        guard awaitsAgentReady, let fabric else { return }
+        let clock = ContinuousClock()
+        let start = clock.now
+        var lastReported = start
+        while true {
+            let reports = fabric.healthReports
+            if reports.contains(where: { $0.state == "Ready" }) {
+                awaitsAgentReady = false
+                return
+            }
+            if let failed = reports.last(where: { $0.state != "Ready" && $0.subStatus == "ProvisioningFailed" }) {
+                throw KilnError(.external, "the guest's Azure Linux agent reported that provisioning failed: \(failed.description ?? failed.state). " + provisioningDiagnosis)
+            }
+            guard await isRunning() else {
+                throw KilnError(.external, "the VM stopped while its Azure Linux agent was provisioning, after \(DurationText.format(clock.now - start)); last console lines:\n\(consoleTail(lines: 15))")
+            }
+            let elapsed = clock.now - start
+            if elapsed >= timeout {
+                throw KilnError(.timeout, "Timeout waiting for SSH: the guest's Azure Linux agent did not report Ready within \(DurationText.format(timeout)). " + provisioningDiagnosis)
+            }
+            if clock.now - lastReported >= .seconds(15) {
+                lastReported = clock.now
+                events("waiting for the Azure Linux agent to provision the build user and report Ready: \(DurationText.format(elapsed)) of \(DurationText.format(timeout))")
+            }
+            try? await Task.sleep(for: .seconds(1))
+            if Task.isCancelled { throw KilnError(.cancelled, "cancelled while waiting for the Azure Linux agent") }
+        }
+    }
+
+    /// Why a wait for the guest's communicator cannot go on, or nil while it can: the VM stopped, or the guest has
+    /// rejected the build's credentials since `rejectedSince` for longer than `rejectionLimit` (two minutes once its
+    /// agent has reported that provisioning finished). Each error says what Kiln found and presented.
+    public func verdictWhileWaiting(for what: String, after elapsed: Duration, rejectedSince: ContinuousClock.Instant?,
+                                    rejectionLimit: Duration) async -> KilnError? {
+        guard await isRunning() else {
+            return KilnError(.external, "the VM stopped while waiting for \(what) after \(DurationText.format(elapsed)); last console lines:\n\(consoleTail(lines: 15))")
+        }
+        guard let rejectedSince else { return nil }
+        let ready = fabric?.healthReports.contains { $0.state == "Ready" } == true
+        let limit = ready ? min(rejectionLimit, .seconds(120)) : rejectionLimit
+        guard ContinuousClock.now - rejectedSince >= limit else { return nil }
+        let rejected = options.windows == nil ? "sshd has rejected the build key" : "WinRM service has rejected the build's password"
+        return KilnError(.external, "the guest's \(rejected) for user \(endpoint.username) for \(DurationText.format(limit))"
+                         + (ready ? " after its agent reported that provisioning had finished" : "")
+                         + "; it will not accept it. " + provisioningDiagnosis)
+    }
+}
