@@ -341,39 +341,9 @@ public final class BuildMachine: @unchecked Sendable {
         return await domain.state().isActive
     }
 
-    /// What Kiln found in the image, what it presented, what the guest reported, and what to do.
-    public var provisioningDiagnosis: String {
-        var parts: [String] = []
-        if let provisioningFindings { parts.append("The image: \(provisioningFindings).") }
-        switch provisioning {
-        case .noCloud?:
-            parts.append("Kiln attached a cloud-init NoCloud seed for user \(username); if the image's cloud-init does not read NoCloud, import it with `kiln image import` (which inspects its datasource list) or pass --inject offline.")
-        case .azure?, .waagent?:
-            let reports = fabric?.healthReports ?? []
-            let said = reports.last.map { "the guest last reported \($0.state)" + ($0.description.map { " (\($0))" } ?? "") } ?? "the guest never reported to the wireserver"
-            let agent = provisioning == .azure ? "The console log (\(consolePath)) shows cloud-init's Azure datasource at work."
-                : "Kiln wrote the wireserver's address as a DHCP lease (\(writtenLeases.joined(separator: ", "))); the agent writes its log to /var/log/waagent.log in the guest, and the console log (\(consolePath)) shows the boot."
-            parts.append("Kiln presented the VM as Azure (asset tag, ovf-env.xml for user \(username), wireserver, instance metadata; \(fabric?.requests ?? 0) requests answered); \(said). \(agent)")
-        case .offline?:
-            parts.append("Kiln wrote user \(username) and its key into the image offline; check that the image's sshd allows public-key logins.")
-        case nil:
-            break
-        }
-        return parts.joined(separator: " ")
-    }
-
     /// The SHA-256 of the certificate the guest's WinRM listener presented when it first answered (pinned for the
     /// rest of the build, and in a kept VM's command line).
     public var winRMCertificateSHA256: [UInt8]? { certificatePin.sha256 }
-
-    /// The last lines of the serial console, without terminal escapes.
-    public func consoleTail(lines: Int) -> String {
-        guard let data = FileManager.default.contents(atPath: consolePath) else { return "(no console output)" }
-        let text = String(decoding: data.suffix(64 * 1024), as: UTF8.self)
-        let cleaned = text.replacingOccurrences(of: "\u{1B}\\[[0-9;?]*[A-Za-z]", with: "", options: .regularExpression)
-            .replacingOccurrences(of: "\r", with: "")
-        return cleaned.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines).joined(separator: "\n")
-    }
 
     /// Destroys the domain, closes libvirt and, unless kept, removes the run's files.
     /// Idempotent; runs on success, failure, timeout and cancellation.
