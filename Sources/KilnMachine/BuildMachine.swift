@@ -149,6 +149,9 @@ public final class BuildMachine: @unchecked Sendable {
     /// Opens libvirt (on a process's first VM: starts the embedded driver) while `prepare` gets the disks ready.
     func connectLibvirt<T>(while prepare: () async throws(KilnError) -> T) async throws(KilnError) -> T {
         let uri: String
+        if let explicit = options.libvirtURI, let host = LibvirtURI.remoteHost(explicit) {
+            throw KilnError(.unsupported, "--connect \(explicit): a build on a remote libvirt host (\(host)) is not supported yet: the overlay, seed and console are files on this machine, which QEMU on \(host) cannot open. Use qemu:///system or the embedded driver (no --connect); `kiln doctor --connect` checks a remote host")
+        }
         if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
         let connecting = Task { () async throws -> LibvirtConnection in try await LibvirtConnection.open(uri) }
         let value: T
@@ -230,7 +233,7 @@ public final class BuildMachine: @unchecked Sendable {
         case .azure, .waagent:
             let agent = chosen == .azure ? "cloud-init reads only the Azure datasource" : "Azure Linux agent provisions it"
             guard fabric != nil else {
-                throw KilnError(.unsupported, "the image's \(agent) (\(provisioningFindings ?? chosen.summary)); Kiln presents the build VM as Azure does only on its embedded libvirt driver, not on \(options.libvirtURI ?? "?")")
+                throw KilnError(.unsupported, "the image's \(agent) (\(provisioningFindings ?? chosen.summary)); Kiln presents the build VM as Azure does only on its embedded libvirt driver, not on \(options.libvirtURI ?? "?") (a libvirtd starts QEMU under a seccomp sandbox that kills it when it starts the socat joining the guest to Kiln's wireserver). Build without --connect")
             }
             try await ISOImage.write(to: seedPath, volumeID: "OVF_ENV",
                                      files: ["ovf-env.xml": OVFEnvironment.xml(username: credentials.username, hostname: domainName,
@@ -314,6 +317,9 @@ public final class BuildMachine: @unchecked Sendable {
         }
         if options.isolateNetwork {
             spec.userNetworkOptions.append("restrict=on")
+        }
+        if let uri = options.libvirtURI, LibvirtURI.isLocalSystem(uri) {
+            spec.processOwner = .current
         }
         return spec
     }

@@ -1,7 +1,9 @@
+import Foundation
 import KilnSupport
 
 /// A typed description of the build VM, rendered to libvirt domain XML.
 public struct DomainSpec: Sendable, Equatable {
+
     public struct Disk: Sendable, Equatable {
         public var path: String
         public var format: String
@@ -46,6 +48,22 @@ public struct DomainSpec: Sendable, Equatable {
     /// A Windows guest: inbox drivers only (SATA disk, e1000e NIC), the RTC in UTC as Azure keeps it, Hyper-V
     /// enlightenments under KVM.
     public var windowsHardware = false
+    /// A system libvirtd's QEMU runs as this user and group (`uid`, `gid`) instead of its own (Debian's
+    /// libvirt-qemu), and libvirt relabels nothing: QEMU opens the run's private files with the rights of the user
+    /// who runs Kiln, as the embedded driver's QEMU does, and the source's owner is never changed.
+    public var processOwner: ProcessOwner? = nil
+
+    public struct ProcessOwner: Sendable, Equatable {
+        public var uid: UInt32
+        public var gid: UInt32
+        public init(uid: UInt32, gid: UInt32) {
+            self.uid = uid
+            self.gid = gid
+        }
+
+        /// The user and group running Kiln.
+        public static var current: ProcessOwner { ProcessOwner(uid: getuid(), gid: getgid()) }
+    }
 
     public static let ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
     public static let ovmfVarsTemplate = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -112,6 +130,9 @@ public struct DomainSpec: Sendable, Equatable {
         lines.append("    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>")
         lines.append("    <memballoon model='none'/>")
         lines.append("  </devices>")
+        if let owner = processOwner {
+            lines.append("  <seclabel type='static' model='dac' relabel='no'><label>+\(owner.uid):+\(owner.gid)</label></seclabel>")
+        }
         // libvirt 9.0 has no port forwarding for user-mode networking (passt is rejected), so the NIC is given to
         // QEMU directly. The explicit PCI address keeps it from colliding with libvirt's own devices.
         let options = ["user", "id=kilnnet0"] + userNetworkOptions

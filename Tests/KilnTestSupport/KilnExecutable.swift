@@ -20,10 +20,11 @@ public enum KilnExecutable {
         public var stderr: String
     }
 
-    public static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
+    /// `through`: a command prefix that runs kiln (`nsenter … --`), its first element an absolute path.
+    public static func run(_ arguments: [String], environment: [String: String] = [:], through prefix: [String] = []) throws -> Result {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        process.executableURL = URL(fileURLWithPath: prefix.first ?? path)
+        process.arguments = prefix.isEmpty ? arguments : Array(prefix.dropFirst()) + [path] + arguments
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         }
@@ -48,10 +49,10 @@ public enum KilnExecutable {
     /// `run` on a thread of its own, for async tests: a build takes minutes, and a call that blocked one of the
     /// Swift concurrency pool's threads (as many as the host has cores: two on the CI machines) that long stalls
     /// every other test that needs one, the in-process VM tests' SSH sessions and deadlines among them.
-    public static func runOnOwnThread(_ arguments: [String], environment: [String: String] = [:]) async throws -> Result {
+    public static func runOnOwnThread(_ arguments: [String], environment: [String: String] = [:], through prefix: [String] = []) async throws -> Result {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
             Thread {
-                continuation.resume(with: Swift.Result { try run(arguments, environment: environment) })
+                continuation.resume(with: Swift.Result { try run(arguments, environment: environment, through: prefix) })
             }.start()
         }
     }

@@ -26,8 +26,21 @@ public struct LabHost: Sendable {
     /// Network numbers this process has taken; another process's lab hosts show as namespaces.
     private static let taken = Locked<Set<Int>>([])
 
-    /// `poolSize`: the pool tmpfs's size limit (tmpfs's `size=`), default 4g.
-    public static func start(poolSize: String? = nil) async throws -> LabHost {
+    /// The command prefix that runs a program on the lab host itself (`nsenter` into its mount, network and UTS
+    /// namespaces, as the lab's libvirtd): there `qemu:///system` is the lab's libvirtd, and 127.0.0.1 its loopback.
+    public var enter: [String] {
+        get throws {
+            let pids = try String(contentsOfFile: directory + "/daemons.pid", encoding: .utf8)
+            guard let daemon = pids.split(separator: " ").first.map({ $0.trimmingCharacters(in: .whitespacesAndNewlines) }), !daemon.isEmpty else {
+                throw KilnError(.invalidState, "the lab host \(directory) names no daemon")
+            }
+            return ["/usr/bin/nsenter", "--target", daemon, "--mount", "--net", "--uts", "--"]
+        }
+    }
+
+    /// `poolSize`: the pool tmpfs's size limit (tmpfs's `size=`), default 4g. `qemu`: "debian" for Debian's QEMU
+    /// defaults (as user libvirt-qemu, disks relabelled, the seccomp sandbox on) instead of QEMU as root.
+    public static func start(poolSize: String? = nil, qemu: String? = nil) async throws -> LabHost {
         let net = try taken.withLock { taken -> Int in
             guard let free = (0...254).first(where: { !taken.contains($0) && !FileManager.default.fileExists(atPath: "/run/netns/kiln-lab\($0)") }) else {
                 throw KilnError(.invalidState, "no free lab network number")
@@ -38,6 +51,7 @@ public struct LabHost: Sendable {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-lab-\(UUID().uuidString.prefix(8))").path
         var environment = ["KILN_LAB_NET": String(net)]
         if let poolSize { environment["KILN_LAB_POOL_SIZE"] = poolSize }
+        if let qemu { environment["KILN_LAB_QEMU"] = qemu }
         let result = try await Subprocess.run(script, ["start", directory], timeout: .seconds(90), environment: environment)
         guard result.succeeded else {
             _ = try? await Subprocess.run(script, ["stop", directory], timeout: .seconds(30))
@@ -56,8 +70,8 @@ public struct LabHost: Sendable {
     }
 
     /// Runs `body` with a lab host started for it and stopped afterwards, whatever `body` did.
-    public static func with(poolSize: String? = nil, _ body: (LabHost) async throws -> Void) async throws {
-        let host = try await start(poolSize: poolSize)
+    public static func with(poolSize: String? = nil, qemu: String? = nil, _ body: (LabHost) async throws -> Void) async throws {
+        let host = try await start(poolSize: poolSize, qemu: qemu)
         do {
             try await $current.withValue(host) { try await body(host) }
         } catch {
