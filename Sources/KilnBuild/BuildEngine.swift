@@ -329,6 +329,8 @@ public final class BuildEngine: @unchecked Sendable {
         log?.close()
         try? FileManager.default.removeItem(atPath: runDirectory + "/downloads")
         if kept == nil {
+            // Everything the run started has stopped: a tool the user now runs on its outputs is not Kiln's to kill.
+            ProcessWatchdog.shared?.forgetProcesses(naming: runDirectory)
             holds.removeAll()
             let pruned = CheckpointCache(state: request.state).prune(maxBytes: request.cacheLimitBytes)
             if !pruned.removed.isEmpty {
@@ -345,5 +347,6 @@ public final class BuildEngine: @unchecked Sendable {
         await machine?.teardown(keepFiles: false)
         abandonPending()
         KeptVM.remove(runDirectory: runDirectory)
+        ProcessWatchdog.shared?.forgetProcesses(naming: runDirectory)
     }
 }

@@ -10,7 +10,9 @@ import Foundation
 /// (`k PATH`: the embedded driver's root, a run directory; QEMU's and qemu-img's command lines name them) and
 /// which files to remove (`r PATH`: a partial output). When the pipe reaches end of file — this process is gone,
 /// however it ended — the watchdog kills every process whose command line names a marked path, then removes the
-/// files. A normal exit has already stopped and removed everything, so then it finds nothing to do.
+/// files. A normal end has already stopped and removed everything, and says so (`f PATH`: forget the path), so
+/// that a process started afterwards on the run's outputs (`qemu-img info run/out.vhd`, libguestfs) is not killed
+/// when this process exits.
 public final class ProcessWatchdog: @unchecked Sendable {
     /// The process's watchdog, started on first use; nil if it could not start (a warning, not an error: builds
     /// still work, only a killed Kiln's leftovers wait for the next Kiln's sweep).
@@ -28,6 +30,12 @@ public final class ProcessWatchdog: @unchecked Sendable {
     while IFS= read -r line; do
       case "$line" in
         'k /'?*) kill_paths="$kill_paths${line#k }$nl" ;;
+        'f /'?*)
+          kept=''
+          IFS=$nl
+          for path in $kill_paths; do [ "$path" = "${line#f }" ] || kept="$kept$path$nl"; done
+          unset IFS
+          kill_paths=$kept ;;
         'r /'?*) remove_paths="$remove_paths${line#r }$nl" ;;
         'c '?*' /'?*) unfinished="$unfinished${line#c }$nl" ;;
       esac
@@ -83,6 +91,10 @@ public final class ProcessWatchdog: @unchecked Sendable {
     /// Kill every process whose command line names something inside the directory `path` when this process dies.
     /// (Matched with a trailing slash, so `/tmp/root-12` never matches another process's `/tmp/root-123/…`.)
     public func killProcesses(naming path: String) { send("k", path.hasSuffix("/") ? path : path + "/") }
+
+    /// Stop watching `path` (given to `killProcesses(naming:)`): what ran there has ended, and processes that name it
+    /// from now on (a user's tool opening an output) are none of Kiln's.
+    public func forgetProcesses(naming path: String) { send("f", path.hasSuffix("/") ? path : path + "/") }
 
     /// Remove `path` (a file or a directory tree) when this process dies. Harmless once it is gone or renamed.
     public func removeOnDeath(_ path: String) { send("r", path) }

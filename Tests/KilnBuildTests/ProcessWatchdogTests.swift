@@ -49,6 +49,29 @@ struct ProcessWatchdogTests {
         #expect(kill(watchdog.pid, 0) != 0, "the watchdog ends and is reaped")
     }
 
+    @Test("a directory forgotten after a normal end is not swept: a process opening a run's output after Kiln exits lives on")
+    func forgottenDirectoryIsLeftAlone() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-watchdog-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory + "/run", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: directory + "/other", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watchdog = try ProcessWatchdog()
+        watchdog.killProcesses(naming: directory + "/other")
+        watchdog.killProcesses(naming: directory + "/run")
+        watchdog.forgetProcesses(naming: directory + "/run")
+        // What a user (or a test) starts on the finished run's output, and a process of a run still watched.
+        let reader = try StandInProcess(naming: directory + "/run/out.vhd")
+        let watched = try StandInProcess(naming: directory + "/other/disk.qcow2")
+        watchdog.trigger()
+        let start = ContinuousClock.now
+        while kill(watchdog.pid, 0) == 0 && ContinuousClock.now - start < .seconds(10) {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(kill(watchdog.pid, 0) != 0, "the watchdog has acted and ended")
+        #expect(!watched.isAlive, "a directory still watched is swept")
+        #expect(reader.isAlive, "the forgotten run directory is not")
+    }
+
     @Test("the watchdog is in its own session, so a terminal's SIGHUP or Ctrl-C to Kiln's group does not reach it")
     func ownSession() throws {
         let watchdog = try ProcessWatchdog()
