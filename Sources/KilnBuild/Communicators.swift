@@ -48,7 +48,7 @@ extension BuildMachine {
                 }
             }, abort: { [weak self] in
                 guard let self else { return KilnError(.cancelled, "machine gone") }
-                return await self.verdictWhileWaiting(for: what, after: clock.now - start, rejectedSince: rejectedSince.current,
+                return await self.verdictWhileWaiting(after: clock.now - start, rejectedSince: rejectedSince.current,
                                                       rejectionLimit: rejectionLimit)
             })
         } catch {

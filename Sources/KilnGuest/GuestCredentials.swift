@@ -112,11 +112,13 @@ public final class HostKeyPin: @unchecked Sendable {
         "the guest presented host key \(presented), not the key \(pinned) pinned when the build first connected"
     }
 
-    /// `type base64` of an OpenSSH public key line (a comment dropped); nil unless it has that shape.
+    /// `type base64` of an OpenSSH public key line (a comment dropped); nil unless the base64 is a key blob of that
+    /// type (RFC 4253, 6.6: the blob begins with the algorithm's name as an SSH string).
     private static func canonical(_ text: String) -> String? {
         let fields = text.split(separator: " ", omittingEmptySubsequences: true)
-        guard fields.count >= 2, !fields[0].isEmpty, fields[0].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "@" || $0 == "." }),
-              Data(base64Encoded: String(fields[1])) != nil else { return nil }
+        guard fields.count >= 2, let blob = Data(base64Encoded: String(fields[1])).map(Array.init), blob.count > 4 else { return nil }
+        let length = Int(blob[0]) << 24 | Int(blob[1]) << 16 | Int(blob[2]) << 8 | Int(blob[3])
+        guard length > 0, blob.count > 4 + length, blob[4..<(4 + length)].elementsEqual(fields[0].utf8) else { return nil }
         return "\(fields[0]) \(fields[1])"
     }
 }

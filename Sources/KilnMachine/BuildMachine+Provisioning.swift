@@ -1,4 +1,5 @@
 import Foundation
+import KilnGuest
 import KilnSupport
 
 /// Waiting for the image's own agent to provision the guest, and what to say when a guest will not let the build
@@ -41,8 +42,10 @@ extension BuildMachine {
     /// Why a wait for the guest's communicator cannot go on, or nil while it can: the VM stopped, or the guest has
     /// rejected the build's credentials since `rejectedSince` for longer than `rejectionLimit` (two minutes once its
     /// agent has reported that provisioning finished). Each error says what Kiln found and presented.
-    public func verdictWhileWaiting(for what: String, after elapsed: Duration, rejectedSince: ContinuousClock.Instant?,
+    public func verdictWhileWaiting(after elapsed: Duration, rejectedSince: ContinuousClock.Instant?,
                                     rejectionLimit: Duration) async -> KilnError? {
+        let endpoint = self.endpoint
+        let what = endpoint.protocolName
         guard await isRunning() else {
             return KilnError(.external, "the VM stopped while waiting for \(what) after \(DurationText.format(elapsed)); last console lines:\n\(consoleTail(lines: 15))")
         }
@@ -50,7 +53,11 @@ extension BuildMachine {
         let ready = fabric?.healthReports.contains { $0.state == "Ready" } == true
         let limit = ready ? min(rejectionLimit, .seconds(120)) : rejectionLimit
         guard ContinuousClock.now - rejectedSince >= limit else { return nil }
-        let rejected = options.windows == nil ? "sshd has rejected the build key" : "WinRM service has rejected the build's password"
+        let rejected: String
+        switch endpoint.access {
+        case .ssh: rejected = "sshd has rejected the build key"
+        case .winRM: rejected = "WinRM service has rejected the build's password"
+        }
         return KilnError(.external, "the guest's \(rejected) for user \(endpoint.username) for \(DurationText.format(limit))"
                          + (ready ? " after its agent reported that provisioning had finished" : "")
                          + "; it will not accept it. " + provisioningDiagnosis)

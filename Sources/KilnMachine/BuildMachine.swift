@@ -149,10 +149,14 @@ public final class BuildMachine: @unchecked Sendable {
     /// Opens libvirt (on a process's first VM: starts the embedded driver) while `prepare` gets the disks ready.
     func connectLibvirt<T>(while prepare: () async throws(KilnError) -> T) async throws(KilnError) -> T {
         let uri: String
-        if let explicit = options.libvirtURI, let host = LibvirtURI.remoteHost(explicit) {
-            throw KilnError(.unsupported, "--connect \(explicit): a build on a remote libvirt host (\(host)) is not supported yet: the overlay, seed and console are files on this machine, which QEMU on \(host) cannot open. Use qemu:///system or the embedded driver (no --connect); `kiln doctor --connect` checks a remote host")
+        if let explicit = options.libvirtURI {
+            if let host = LibvirtURI.remoteHost(explicit) {
+                throw KilnError(.unsupported, "--connect \(explicit): a build on a remote libvirt host (\(host)) is not supported yet: the overlay, seed and console are files on this machine, which QEMU on \(host) cannot open. Use qemu:///system or the embedded driver (no --connect); `kiln doctor --connect` checks a remote host")
+            }
+            uri = explicit
+        } else {
+            uri = try EmbeddedDriver.processURI()
         }
-        if let explicit = options.libvirtURI { uri = explicit } else { uri = try EmbeddedDriver.processURI() }
         let connecting = Task { () async throws -> LibvirtConnection in try await LibvirtConnection.open(uri) }
         let value: T
         do {

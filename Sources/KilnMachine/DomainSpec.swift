@@ -3,7 +3,6 @@ import KilnSupport
 
 /// A typed description of the build VM, rendered to libvirt domain XML.
 public struct DomainSpec: Sendable, Equatable {
-
     public struct Disk: Sendable, Equatable {
         public var path: String
         public var format: String

@@ -49,9 +49,11 @@ struct BuildTests {
             try await kiln(["build", template, "--json"] + extra)
         }
 
-        func kiln(_ arguments: [String]) async throws -> KilnExecutable.Result {
+        /// `through`: a command prefix that runs kiln elsewhere (`nsenter` into a lab host's namespaces).
+        func kiln(_ arguments: [String], through prefix: [String] = []) async throws -> KilnExecutable.Result {
             try await KilnExecutable.runOnOwnThread(arguments + ["--state-dir", state.path],
-                                   environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])
+                                   environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
+                                   through: prefix)
         }
 
         /// The JSON events a `--json` build printed.

@@ -45,6 +45,16 @@ struct SSHKeyTests {
         #expect(pin.admits(provisioned) == nil)
     }
 
+    @Test("a pin carried over (a checkpoint's host key) must be an OpenSSH public key whose blob names its type")
+    func pinnedKeyIsChecked() throws {
+        let key = String(openSSHPublicKey: NIOSSHPrivateKey(ed25519Key: .init()).publicKey)
+        #expect(try HostKeyPin(pinned: key + " root@guest").pinnedKey == key, "the comment is dropped")
+        let blob = String(key.split(separator: " ")[1])
+        for bad in ["", "ssh-ed25519", "ssh-ed25519 not-base64!", "ssh-rsa " + blob, "ssh-ed25519 " + Data("x".utf8).base64EncodedString()] {
+            #expect(throws: KilnError.self, "\(bad)") { try HostKeyPin(pinned: bad) }
+        }
+    }
+
     @Test("shell quoting survives quotes, dollars and spaces")
     func quoting() async throws {
         let tricky = "it's a $HOME `x` \"y\" path"

@@ -21,9 +21,7 @@ struct SystemDaemonTests {
             let template = try work.template(#"[{"type": "Shell", "name": "mark", "inline": ["echo system-daemon | sudo tee /etc/kiln-system-daemon"]}]"#)
             let enter = try lab.enter
             func build() async throws -> (result: KilnExecutable.Result, runID: String) {
-                let result = try await KilnExecutable.runOnOwnThread(["build", template, "--json", "--connect", "qemu:///system", "--state-dir", work.state.path],
-                                                                     environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
-                                                                     through: enter)
+                let result = try await work.kiln(["build", template, "--json", "--connect", "qemu:///system"], through: enter)
                 let final = work.events(result).last { $0["event"] as? String == "result" }
                 #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])\n\(result.stderr.suffix(3000))")
                 work.expectNothingLeftBehind(final)
