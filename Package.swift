@@ -71,7 +71,7 @@ let package = Package(
         .executableTarget(name: "kiln-bench", dependencies: ["KilnBuild", "KilnDistribution", "KilnMachine", "KilnGuest", "KilnSSH", "KilnSupport", "KilnLibvirt", "KilnWinRM", "KilnDigest", "KilnTemplate"]),
 
         .testTarget(name: "KilnTemplateTests", dependencies: ["KilnTemplate", "KilnSupport"]),
-        .target(name: "KilnTestSupport", dependencies: ["KilnWinRM", "KilnSupport",
+        .target(name: "KilnTestSupport", dependencies: ["KilnWinRM", "KilnSupport", "KilnMachine",
                                                         .product(name: "NIOCore", package: "swift-nio"),
                                                         .product(name: "NIOPosix", package: "swift-nio"),
                                                         .product(name: "NIOHTTP1", package: "swift-nio")],

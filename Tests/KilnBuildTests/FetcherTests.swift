@@ -223,7 +223,7 @@ struct FetcherTests {
             }
         }
         defer { backend.stop() }
-        let tls = try LoopbackTLS(forwardingTo: backend.port)
+        let tls = try await LoopbackTLS.start(forwardingTo: backend.port)
         defer { tls.stop() }
         let folder = try Folder()
         defer { folder.remove() }
@@ -279,7 +279,7 @@ struct FetcherTests {
             connection.send("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nsecure\n")
         }
         defer { backend.stop() }
-        let tls = try LoopbackTLS(forwardingTo: backend.port)
+        let tls = try await LoopbackTLS.start(forwardingTo: backend.port)
         defer { tls.stop() }
         let tlsPort = tls.port
         let seen = ScriptedHTTPServer.Log()
@@ -317,62 +317,4 @@ struct FetcherTests {
         #expect(throws: KilnError.self) { try HTTPProxy.forTarget(host: "a.example", secure: true, environment: ["https_proxy": "socks5://p:1080"]) }
     }
 
-}
-
-/// socat terminating TLS on a free port of 127.0.0.1, with a self-signed certificate for IP 127.0.0.1 made now,
-/// in front of a plain port.
-final class LoopbackTLS {
-    private(set) var port = 0
-    let certificatePath: String
-    private let directory: String
-    private var process = Process()
-
-    init(forwardingTo target: Int) throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-fetch-tls-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        certificatePath = directory + "/cert.pem"
-        let openssl = Process()
-        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                             "-days", "1", "-keyout", directory + "/key.pem", "-out", certificatePath]
-        openssl.standardOutput = FileHandle.nullDevice
-        openssl.standardError = FileHandle.nullDevice
-        try openssl.run()
-        openssl.waitUntilExit()
-        for _ in 0..<5 {
-            port = try PortAllocator.reserve(nil)
-            process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
-            process.arguments = ["OPENSSL-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork,cert=\(certificatePath),key=\(directory)/key.pem,verify=0",
-                                 "TCP:127.0.0.1:\(target)"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let deadline = Date().addingTimeInterval(30)
-            while process.isRunning && Date() < deadline {
-                if Self.isListening(port) { return }
-                Thread.sleep(forTimeInterval: 0.1)
-            }
-            if process.isRunning { break }
-        }
-        stop()
-        throw KilnError(.timeout, "socat did not listen on 127.0.0.1:\(port)")
-    }
-
-    static func isListening(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
-
-    func stop() {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
 }

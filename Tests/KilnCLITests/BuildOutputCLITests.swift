@@ -16,7 +16,7 @@ struct BuildOutputCLITests {
     }
 
     @Test("an existing file at a VHD uri, or a uri in the state directory, stops the build before anything is created")
-    func refusedBeforeBoot() throws {
+    func refusedBeforeBoot() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-build-out-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -26,7 +26,7 @@ struct BuildOutputCLITests {
 
         let path = try template(uri: "file://" + existing)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let result = try KilnExecutable.run(["build", path, "--state-dir", state])
+        let result = try await KilnExecutable.run(["build", path, "--state-dir", state])
         #expect(result.status != 0)
         #expect((result.stdout + result.stderr).contains("\(path): properties.distribute[1].uri: expected no file at \(existing), found one (8 bytes); pass --force to replace it"), "\(result.stderr)")
         #expect(FileManager.default.contents(atPath: existing) == Data("precious".utf8))
@@ -34,7 +34,7 @@ struct BuildOutputCLITests {
 
         let inState = try template(uri: state + "/kiln.sqlite")
         defer { try? FileManager.default.removeItem(atPath: inState) }
-        let refused = try KilnExecutable.run(["build", inState, "--state-dir", state, "--force"])
+        let refused = try await KilnExecutable.run(["build", inState, "--state-dir", state, "--force"])
         #expect(refused.status != 0)
         #expect((refused.stdout + refused.stderr).contains("properties.distribute[1].uri: expected a path outside Kiln's state and cache directory \(state)"), "\(refused.stderr)")
     }

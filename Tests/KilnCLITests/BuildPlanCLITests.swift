@@ -6,18 +6,18 @@ import Testing
 /// and checkpoint keys) printed without booting, fetching or building anything.
 @Suite("kiln build --plan")
 struct BuildPlanCLITests {
-    @Test func printsThePlanWithoutBooting() throws {
+    @Test func printsThePlanWithoutBooting() async throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-plan-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let raw = folder + "/disk.raw"
         #expect(FileManager.default.createFile(atPath: raw, contents: Data(count: 8 << 20)))
-        let partitioned = try ImageImportCLITests.tool("sh", ["-c", "echo 'start=2048, type=83' | /usr/sbin/sfdisk -q '\(raw)'"])
+        let partitioned = try await ImageImportCLITests.tool("sh", ["-c", "echo 'start=2048, type=83' | /usr/sbin/sfdisk -q '\(raw)'"])
         #expect(partitioned.status == 0, "\(partitioned.output)")
         let environment = ["KILN_STATE_DIR": folder + "/state",
                            "KILN_CATALOG": URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
                                .deletingLastPathComponent().appendingPathComponent("images/catalog.json").path]
-        let imported = try KilnExecutable.run(["image", "import", raw, "--urn", "Contoso:lab:disk:1.0", "--no-inspect"], environment: environment)
+        let imported = try await KilnExecutable.run(["image", "import", raw, "--urn", "Contoso:lab:disk:1.0", "--no-inspect"], environment: environment)
         #expect(imported.status == 0, "\(imported.stderr)")
         let checksum = String(repeating: "ab", count: 32)
         let template = try TemplateFiles.write("""
@@ -33,7 +33,7 @@ struct BuildPlanCLITests {
            "distribute": [{"type": "VHD", "runOutputName": "disk", "uri": "\(folder)/out.vhd"}]}}
         """)
         defer { try? FileManager.default.removeItem(atPath: template) }
-        let result = try KilnExecutable.run(["build", template, "--plan", "--accel", "tcg"], environment: environment)
+        let result = try await KilnExecutable.run(["build", template, "--plan", "--accel", "tcg"], environment: environment)
         #expect(result.status == 0, "\(result.stderr)")
         let lines = result.stdout.split(separator: "\n").map(String.init)
         #expect(lines.contains { $0.hasPrefix("source: Contoso:lab:disk:1.0 (\(raw), raw, bios)") }, "\(result.stdout)")
@@ -52,7 +52,7 @@ struct BuildPlanCLITests {
         #expect(runs.isEmpty, "no run was started: \(runs)")
     }
 
-    @Test func aSourceMissingFromTheLocalStoreFailsThePlan() throws {
+    @Test func aSourceMissingFromTheLocalStoreFailsThePlan() async throws {
         let template = try TemplateFiles.write("""
         {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-02-14", "location": "westeurope",
          "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
@@ -64,7 +64,7 @@ struct BuildPlanCLITests {
         defer { try? FileManager.default.removeItem(atPath: template) }
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-plan-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: state) }
-        let result = try KilnExecutable.run(["build", template, "--plan", "--accel", "tcg"], environment: ["KILN_STATE_DIR": state])
+        let result = try await KilnExecutable.run(["build", template, "--plan", "--accel", "tcg"], environment: ["KILN_STATE_DIR": state])
         #expect(result.status != 0)
         #expect(result.stderr.contains("properties.source.imageId: expected a managed image"), "\(result.stderr)")
     }

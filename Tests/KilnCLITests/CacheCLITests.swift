@@ -17,8 +17,8 @@ struct CacheCLITests {
 
         deinit { try? FileManager.default.removeItem(atPath: path) }
 
-        func kiln(_ arguments: [String]) throws -> KilnExecutable.Result {
-            try KilnExecutable.run(arguments, environment: ["KILN_STATE_DIR": path + "/state"])
+        func kiln(_ arguments: [String]) async throws -> KilnExecutable.Result {
+            try await KilnExecutable.run(arguments, environment: ["KILN_STATE_DIR": path + "/state"])
         }
 
         func write(_ name: String, _ text: String) throws -> String {
@@ -40,7 +40,7 @@ struct CacheCLITests {
     }
 
     @Test("Ctrl-C during kiln fetch ends the download at once and leaves nothing behind; a dead fetch's leftovers are swept")
-    func interruptedFetchLeavesNothing() throws {
+    func interruptedFetchLeavesNothing() async throws {
         let work = try Workspace()
         // A server that trickles a large file for ever.
         let server = try ScriptedHTTPServer { _, connection in
@@ -62,11 +62,11 @@ struct CacheCLITests {
         let fetch = try KilnExecutable.start(["fetch", template], environment: ["KILN_STATE_DIR": work.path + "/state"], outputPath: output)
         // Wait until the download is under way.
         let deadline = Date().addingTimeInterval(30)
-        while server.requests == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
-        Thread.sleep(forTimeInterval: 0.5)
+        while server.requests == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        try await Task.sleep(for: .milliseconds(500))
         let interruptedAt = Date()
         kill(fetch.pid, SIGINT)
-        let status = fetch.wait()
+        let status = try await fetch.wait()
         #expect(Date().timeIntervalSince(interruptedAt) < 5, "the download ends at once (the process exit included; room for a loaded CI machine)")
         #expect(status == 1)
         let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
@@ -78,7 +78,7 @@ struct CacheCLITests {
     }
 
     @Test("fetch keeps verified downloads, pins those without a checksum, refuses a mismatch and names a missing source; --offline then lists only what is missing, before anything starts")
-    func fetchAndOffline() throws {
+    func fetchAndOffline() async throws {
         let work = try Workspace()
         try "#!/bin/sh\necho a\n".write(toFile: work.served + "/a.sh", atomically: true, encoding: .utf8)
         try "payload\n".write(toFile: work.served + "/b.txt", atomically: true, encoding: .utf8)
@@ -93,7 +93,7 @@ struct CacheCLITests {
          {"type": "Shell", "name": "c", "scriptUri": "\(server.url("c.sh"))", "sha256Checksum": "\(String(repeating: "0", count: 64))"},
          {"type": "Shell", "name": "local", "scriptUri": "file://\(local)"}]
         """))
-        let fetched = try work.kiln(["fetch", template])
+        let fetched = try await work.kiln(["fetch", template])
         #expect(fetched.status == 1, "a mismatch and a missing source fail the fetch")
         #expect(fetched.stdout.contains("properties.customize[0].scriptUri: fetched \(server.url("a.sh"))") && fetched.stdout.contains("sha256Checksum verified"), "\(fetched.stdout)")
         #expect(fetched.stdout.contains("properties.customize[1].sourceUri: fetched \(server.url("b.txt"))") && fetched.stdout.contains("no sha256Checksum: pinned"), "\(fetched.stdout)")
@@ -106,7 +106,7 @@ struct CacheCLITests {
 
         // The server is gone: offline, only c.sh is missing, and nothing is resolved or booted.
         server.stop()
-        let offline = try work.kiln(["build", template, "--offline", "--json"])
+        let offline = try await work.kiln(["build", template, "--offline", "--json"])
         #expect(offline.status == 1)
         let events = offline.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
         let message = events.last?["message"] as? String ?? ""
@@ -134,36 +134,36 @@ struct CacheCLITests {
         let first = try StandInProcess(naming: work.path + "/state/runs/deadbee1/disk.qcow2")
         let second = try StandInProcess(naming: work.path + "/state/runs/deadbee2/disk.qcow2")
 
-        let stop = try work.kiln(["vm", "stop", "deadbee1"])
+        let stop = try await work.kiln(["vm", "stop", "deadbee1"])
         #expect(stop.status == 0 && stop.stdout.contains("stopped the build VM of run deadbee1 (the process keeping it had died)"), "\(stop.stdout)\(stop.stderr)")
         // vm stop surveys every kept VM: the other dead keeper's VM goes too.
         try await Task.sleep(for: .milliseconds(200))
         #expect(!first.isAlive && !second.isAlive)
         #expect(!FileManager.default.fileExists(atPath: work.path + "/state/runs/deadbee1/kept.json"))
-        let list = try work.kiln(["vm", "list"])
+        let list = try await work.kiln(["vm", "list"])
         #expect(list.status == 0 && list.stdout.contains("no kept build VMs"), "\(list.stdout)")
     }
 
     @Test("cache and kept-VM commands on empty state; bad arguments are usage errors")
-    func emptyState() throws {
+    func emptyState() async throws {
         let work = try Workspace()
-        let list = try work.kiln(["cache", "list"])
+        let list = try await work.kiln(["cache", "list"])
         #expect(list.status == 0 && list.stdout.contains("the build cache is empty"), "\(list.stdout)\(list.stderr)")
-        let prune = try work.kiln(["cache", "prune"])
+        let prune = try await work.kiln(["cache", "prune"])
         #expect(prune.status == 0 && prune.stdout.contains("removed 0 checkpoint(s)"), "\(prune.stdout)")
-        let badAge = try work.kiln(["cache", "prune", "--older-than", "soon"])
+        let badAge = try await work.kiln(["cache", "prune", "--older-than", "soon"])
         #expect(badAge.status == 64 && badAge.stderr.contains("--older-than expects an age"), "\(badAge.stderr)")
-        let badSize = try work.kiln(["cache", "prune", "--max-size", "lots"])
+        let badSize = try await work.kiln(["cache", "prune", "--max-size", "lots"])
         #expect(badSize.status == 64 && badSize.stderr.contains("--max-size expects a size"))
-        let vms = try work.kiln(["vm", "list"])
+        let vms = try await work.kiln(["vm", "list"])
         #expect(vms.status == 0 && vms.stdout.contains("no kept build VMs"), "\(vms.stdout)")
         for command in [["vm", "ssh", "nope"], ["vm", "stop", "nope"]] {
-            let result = try work.kiln(command)
+            let result = try await work.kiln(command)
             #expect(result.status == 1 && result.stderr.contains("expected a kept build VM for run nope, found none"), "\(result.stderr)")
         }
-        let resume = try work.kiln(["build", "--resume", "nope"])
+        let resume = try await work.kiln(["build", "--resume", "nope"])
         #expect(resume.status == 1 && resume.stderr.contains("--resume: expected a run nope"), "\(resume.stderr)")
-        let neither = try work.kiln(["build"])
+        let neither = try await work.kiln(["build"])
         #expect(neither.status == 64 && neither.stderr.contains("expected a template file, or --resume RUN"), "\(neither.stderr)")
     }
 

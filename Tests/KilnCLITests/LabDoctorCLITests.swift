@@ -10,16 +10,16 @@ struct LabDoctorCLITests {
         get throws { try #require(LabHost.current) }
     }
 
-    func doctor(_ arguments: [String]) throws -> KilnExecutable.Result {
+    func doctor(_ arguments: [String]) async throws -> KilnExecutable.Result {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-doctor-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: state) }
-        return try KilnExecutable.run(["doctor", "--skip-guestfs", "--accel", "tcg", "--state-dir", state] + arguments)
+        return try await KilnExecutable.run(["doctor", "--skip-guestfs", "--accel", "tcg", "--state-dir", state] + arguments)
     }
 
     @Test("the host's QEMU, free memory and pool space come from the lab host; a missing pool is a failure with the commands that make it")
     func remoteHost() async throws {
         let lab = try lab
-        let missing = try doctor(["--connect", lab.uri, "--pool", "kiln"])
+        let missing = try await doctor(["--connect", lab.uri, "--pool", "kiln"])
         #expect(missing.status == 1)
         #expect(missing.stdout.contains("[ok  ] libvirt connection: \(lab.uri) opens"), "\(missing.stdout)")
         #expect(missing.stdout.contains("[FAIL] pool kiln:"), "\(missing.stdout)")
@@ -27,7 +27,7 @@ struct LabDoctorCLITests {
 
         try await Subprocess.check("virsh", ["-c", lab.uri, "pool-define-as", "kiln", "dir", "--target", lab.poolDirectory])
         try await Subprocess.check("virsh", ["-c", lab.uri, "pool-start", "kiln"])
-        let result = try doctor(["--connect", lab.uri])
+        let result = try await doctor(["--connect", lab.uri])
         let qemu = try await Subprocess.check("qemu-system-x86_64", ["--version"]).stdoutText
         let qemuVersion = try #require(qemu.split(separator: " ").drop { $0 != "version" }.dropFirst().first)
         // scripts/lab-host names the lab host after its namespace; this machine keeps its own name.
@@ -40,13 +40,13 @@ struct LabDoctorCLITests {
     }
 
     @Test("a host nobody answers at is a failed connection, not a hang")
-    func unreachableHost() throws {
+    func unreachableHost() async throws {
         let lab = try lab
         // The next address on the lab's veth: no host has it.
         let nobody = lab.uri.replacingOccurrences(of: "@\(lab.address)/", with: "@\(lab.address.dropLast())3/")
         let clock = ContinuousClock()
         let start = clock.now
-        let result = try doctor(["--connect", nobody])
+        let result = try await doctor(["--connect", nobody])
         #expect(result.status == 1)
         #expect(result.stdout.contains("[FAIL] libvirt connection: cannot open libvirt connection"), "\(result.stdout)")
         #expect(clock.now - start < .seconds(30))

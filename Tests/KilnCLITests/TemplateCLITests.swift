@@ -9,8 +9,8 @@ struct TemplateCLITests {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-cli-state-\(UUID().uuidString)").path
         deinit { try? FileManager.default.removeItem(atPath: path) }
 
-        func kiln(_ arguments: [String]) throws -> KilnExecutable.Result {
-            try KilnExecutable.run(arguments, environment: ["KILN_STATE_DIR": path])
+        func kiln(_ arguments: [String]) async throws -> KilnExecutable.Result {
+            try await KilnExecutable.run(arguments, environment: ["KILN_STATE_DIR": path])
         }
     }
 
@@ -25,7 +25,7 @@ struct TemplateCLITests {
     """
 
     @Test("a securestring given in a parameter file is not stored by template create; on the command line it is refused")
-    func secureParametersAreNotStored() throws {
+    func secureParametersAreNotStored() async throws {
         let state = State()
         let file = try TemplateFiles.write(ValidateParameterCLITests.template)
         let secret = "hunter2-never-stored"
@@ -34,7 +34,7 @@ struct TemplateCLITests {
             try? FileManager.default.removeItem(atPath: file)
             try? FileManager.default.removeItem(atPath: parameters)
         }
-        let created = try state.kiln(["template", "create", "secure", file, "--parameters", parameters])
+        let created = try await state.kiln(["template", "create", "secure", file, "--parameters", parameters])
         #expect(created.status == 0, "\(created.stderr)")
         #expect(created.stdout.contains("KILN_PARAMETER_token"), "the user is told where the value comes from at run time: \(created.stdout)")
         var stored = Data()
@@ -44,31 +44,31 @@ struct TemplateCLITests {
         #expect(stored.range(of: Data(secret.utf8)) == nil, "the secret is nowhere in the state directory")
         #expect(stored.range(of: Data("plain-word".utf8)) != nil, "ordinary parameters are kept")
 
-        let onCommandLine = try state.kiln(["template", "create", "secure2", file, "--parameter", "word=w", "--parameter", "token=\(secret)"])
+        let onCommandLine = try await state.kiln(["template", "create", "secure2", file, "--parameter", "word=w", "--parameter", "token=\(secret)"])
         #expect(onCommandLine.status == 1)
         #expect(onCommandLine.stderr.contains("found it on the command line (--parameter)"), "\(onCommandLine.stderr)")
         #expect(!onCommandLine.stderr.contains(secret))
     }
 
     @Test("create, list, show (text and az-shaped JSON), delete; names compare without case; the stored copy is independent of the file")
-    func lifecycle() throws {
+    func lifecycle() async throws {
         let state = State()
         let file = try TemplateFiles.write(Self.template)
         defer { try? FileManager.default.removeItem(atPath: file) }
 
-        let created = try state.kiln(["template", "create", "Golden", file])
+        let created = try await state.kiln(["template", "create", "Golden", file])
         #expect(created.status == 0, "\(created.stderr)")
-        let again = try state.kiln(["template", "create", "golden", file])
+        let again = try await state.kiln(["template", "create", "golden", file])
         #expect(again.status == 1)
         #expect(again.stderr.contains("found an existing template Golden"))
 
         // Editing the file after create changes nothing: AIB keeps the template as created.
         try "not json".write(toFile: file, atomically: true, encoding: .utf8)
 
-        let list = try state.kiln(["template", "list"])
+        let list = try await state.kiln(["template", "list"])
         #expect(list.stdout.contains("Golden") && list.stdout.contains("northeurope"), "\(list.stdout)")
 
-        let show = try state.kiln(["template", "show", "GOLDEN", "--json"])
+        let show = try await state.kiln(["template", "show", "GOLDEN", "--json"])
         #expect(show.status == 0, "\(show.stderr)")
         let resource = try #require(try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as? [String: Any])
         #expect(resource["id"] as? String == "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/kiln/providers/Microsoft.VirtualMachineImages/imageTemplates/Golden")
@@ -81,44 +81,44 @@ struct TemplateCLITests {
         #expect(properties["lastRunStatus"] == nil, "never run")
 
         // Nothing ran, so there is nothing to cancel, log or report.
-        let cancel = try state.kiln(["template", "cancel", "Golden"])
+        let cancel = try await state.kiln(["template", "cancel", "Golden"])
         #expect(cancel.status == 1 && cancel.stderr.contains("has no run in progress"), "\(cancel.stderr)")
-        let logs = try state.kiln(["template", "logs", "Golden"])
+        let logs = try await state.kiln(["template", "logs", "Golden"])
         #expect(logs.status == 1 && logs.stderr.contains("has not run yet"))
-        let output = try state.kiln(["template", "output", "Golden", "v"])
+        let output = try await state.kiln(["template", "output", "Golden", "v"])
         #expect(output.status == 1 && output.stderr.contains("expected runs of a template named Golden"))
 
-        let deleted = try state.kiln(["template", "delete", "golden"])
+        let deleted = try await state.kiln(["template", "delete", "golden"])
         #expect(deleted.status == 0, "\(deleted.stderr)")
         #expect(deleted.stdout.contains("deleted template Golden"))
-        let missing = try state.kiln(["template", "show", "Golden"])
+        let missing = try await state.kiln(["template", "show", "Golden"])
         #expect(missing.status == 1 && missing.stderr.contains("expected an image template named Golden, found none"))
         let templates = (try? FileManager.default.contentsOfDirectory(atPath: state.path + "/templates")) ?? []
         #expect(templates.isEmpty, "the stored copy is removed: \(templates)")
     }
 
     @Test("an invalid template is rejected by create and leaves nothing")
-    func invalidCreate() throws {
+    func invalidCreate() async throws {
         let state = State()
         let file = try TemplateFiles.write(Self.template.replacingOccurrences(of: "\"runOutputName\": \"v\"", with: "\"runOutputName\": \"bad name!\""))
         defer { try? FileManager.default.removeItem(atPath: file) }
-        let result = try state.kiln(["template", "create", "broken", file])
+        let result = try await state.kiln(["template", "create", "broken", file])
         #expect(result.status == 1)
         #expect(result.stderr.contains("properties.distribute[0].runOutputName"), "\(result.stderr)")
         #expect(result.stderr.contains("nothing was created"))
-        let list = try state.kiln(["template", "list"])
+        let list = try await state.kiln(["template", "list"])
         #expect(!list.stdout.contains("broken"))
     }
 
     @Test("a corrupt state database stops every command with a clear error and stays byte for byte as it was")
-    func corruptState() throws {
+    func corruptState() async throws {
         let state = State()
         try FileManager.default.createDirectory(atPath: state.path, withIntermediateDirectories: true)
         let database = state.path + "/kiln.sqlite"
         let junk = Data("SQLite format 3\u{0}".utf8) + Data((0..<4080).map { UInt8(truncatingIfNeeded: $0 &* 31) })
         try junk.write(to: URL(fileURLWithPath: database))
         for arguments in [["template", "list"], ["image", "list"], ["template", "show", "x"]] {
-            let result = try state.kiln(arguments)
+            let result = try await state.kiln(arguments)
             #expect(result.status == 1, "\(arguments)")
             #expect(result.stderr.contains("the state database \(database) is not a healthy SQLite database"), "\(result.stderr)")
         }
@@ -126,10 +126,10 @@ struct TemplateCLITests {
     }
 
     @Test("image remove: a resource ID that is not in the store is a clear error")
-    func removeMissing() throws {
+    func removeMissing() async throws {
         let state = State()
         let id = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg/providers/Microsoft.Compute/images/nope"
-        let result = try state.kiln(["image", "remove", id])
+        let result = try await state.kiln(["image", "remove", id])
         #expect(result.status == 1)
         #expect(result.stderr.contains("expected a managed image or gallery image version \(id) in the local store, found none"), "\(result.stderr)")
     }

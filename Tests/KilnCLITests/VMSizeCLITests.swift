@@ -19,13 +19,13 @@ struct VMSizeCLITests {
     }
 
     @Test("build fails before anything is created, naming the path, the size and the closest known sizes; validate warns with the same")
-    func unknownSize() throws {
+    func unknownSize() async throws {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-size-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: state) }
         let path = try template(size: "Standard_D4s_v9")
         defer { try? FileManager.default.removeItem(atPath: path) }
 
-        let build = try KilnExecutable.run(["build", path, "--state-dir", state])
+        let build = try await KilnExecutable.run(["build", path, "--state-dir", state])
         #expect(build.status != 0)
         let output = build.stdout + build.stderr
         #expect(output.contains("\(path): resources[0].properties.vmProfile.vmSize: expected an Azure VM size Kiln knows"), "\(output)")
@@ -33,7 +33,7 @@ struct VMSizeCLITests {
         #expect(output.contains("the closest known: Standard_D4s_v3, Standard_D4s_v4, Standard_D4s_v5"), "\(output)")
         #expect(!FileManager.default.fileExists(atPath: state + "/runs"), "a refused build leaves no run directory")
 
-        let validate = try KilnExecutable.run(["validate", path])
+        let validate = try await KilnExecutable.run(["validate", path])
         #expect(validate.status == 0)
         #expect(validate.stderr.contains("resources[0].properties.vmProfile.vmSize"), "\(validate.stderr)")
         #expect(validate.stderr.contains("the closest known: Standard_D4s_v3, Standard_D4s_v4, Standard_D4s_v5"), "\(validate.stderr)")

@@ -16,15 +16,15 @@ enum TemplateFiles {
 @Suite("kiln validate")
 struct ValidateCLITests {
     @Test("a valid template exits 0 and names its templates")
-    func valid() throws {
+    func valid() async throws {
         let file = TemplateFiles.fixtures.appendingPathComponent("valid/user-linux-debian-vhd.json").path
-        let result = try KilnExecutable.run(["validate", file])
+        let result = try await KilnExecutable.run(["validate", file])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("valid"))
     }
 
     @Test("--print shows the effective template with defaults")
-    func printEffective() throws {
+    func printEffective() async throws {
         let path = try TemplateFiles.write("""
         {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2020-02-14", "location": "westus2", "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourcegroups/id/providers/Microsoft.ManagedIdentity/userAssignedIdentities/builder": {}}},
          "properties": {"buildTimeoutInMinutes": 0,
@@ -33,7 +33,7 @@ struct ValidateCLITests {
            "distribute": [{"type": "VHD", "runOutputName": "v"}]}}
         """)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let result = try KilnExecutable.run(["validate", path, "--print"])
+        let result = try await KilnExecutable.run(["validate", path, "--print"])
         #expect(result.status == 0, "\(result.stderr)")
         let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
         let properties = try #require(json?["properties"] as? [String: Any])
@@ -46,9 +46,9 @@ struct ValidateCLITests {
     }
 
     @Test("an invalid template exits 1 with one line per problem, each naming its path")
-    func invalid() throws {
+    func invalid() async throws {
         let file = TemplateFiles.fixtures.appendingPathComponent("invalid/69-several-problems.json").path
-        let result = try KilnExecutable.run(["validate", file])
+        let result = try await KilnExecutable.run(["validate", file])
         #expect(result.status == 1)
         let lines = result.stderr.split(separator: "\n").filter { $0.contains(": error: ") }
         #expect(lines.count >= 3)
@@ -56,24 +56,24 @@ struct ValidateCLITests {
     }
 
     @Test("malformed JSON names line and column")
-    func malformed() throws {
+    func malformed() async throws {
         let path = try TemplateFiles.write("{\n  \"type\": \"x\"\n  \"apiVersion\": \"2020-02-14\"\n}")
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let result = try KilnExecutable.run(["validate", path])
+        let result = try await KilnExecutable.run(["validate", path])
         #expect(result.status == 1)
         #expect(result.stderr.contains("\(path):3:3: error: malformed JSON"), "\(result.stderr)")
     }
 
     @Test("a missing file and a bad --parameter are clear errors")
-    func usage() throws {
-        let missing = try KilnExecutable.run(["validate", "/nonexistent/template.json"])
+    func usage() async throws {
+        let missing = try await KilnExecutable.run(["validate", "/nonexistent/template.json"])
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("no such file"))
         let file = TemplateFiles.fixtures.appendingPathComponent("valid/arm-parameters.json").path
-        let bad = try KilnExecutable.run(["validate", file, "--parameter", "novalue"])
+        let bad = try await KilnExecutable.run(["validate", file, "--parameter", "novalue"])
         #expect(bad.status != 0)
         #expect(bad.stderr.contains("key=value"))
-        let override = try KilnExecutable.run(["validate", file, "--parameter", "imageTemplateName=fromCLI", "--print"])
+        let override = try await KilnExecutable.run(["validate", file, "--parameter", "imageTemplateName=fromCLI", "--print"])
         #expect(override.status == 0, "\(override.stderr)")
         #expect(override.stdout.contains("\"fromCLI\""))
     }
@@ -99,7 +99,7 @@ struct ValidateParameterCLITests {
     """
 
     @Test("--parameters FILE and --parameter @FILE read az-style parameter files; secure values print as ***")
-    func parameterFile() throws {
+    func parameterFile() async throws {
         let path = try TemplateFiles.write(Self.template)
         let parameters = try TemplateFiles.write(#"{"parameters": {"word": {"value": "fromfile"}, "token": {"value": "hunter2-secret"}}}"#)
         defer {
@@ -107,16 +107,16 @@ struct ValidateParameterCLITests {
             try? FileManager.default.removeItem(atPath: parameters)
         }
         for flags in [["--parameters", parameters], ["--parameter", "@" + parameters]] {
-            let result = try KilnExecutable.run(["validate", path, "--print", "--resource-group-location", "northeurope",
+            let result = try await KilnExecutable.run(["validate", path, "--print", "--resource-group-location", "northeurope",
                                                  "--subscription-id", "11111111-2222-3333-4444-555555555555"] + flags)
             #expect(result.status == 0, "\(result.stderr)")
             #expect(result.stdout.contains("echo fromfile *** 11111111-2222-3333-4444-555555555555"), "\(result.stdout)")
             #expect(result.stdout.contains("\"northeurope\""))
             #expect(!result.stdout.contains("hunter2-secret"))
         }
-        let environment = try KilnExecutable.run(["validate", path, "--parameter", "word=w"], environment: ["KILN_PARAMETER_token": "from-env"])
+        let environment = try await KilnExecutable.run(["validate", path, "--parameter", "word=w"], environment: ["KILN_PARAMETER_token": "from-env"])
         #expect(environment.status == 0, "\(environment.stderr)")
-        let missing = try KilnExecutable.run(["validate", path, "--parameters", "/nonexistent/p.json"])
+        let missing = try await KilnExecutable.run(["validate", path, "--parameters", "/nonexistent/p.json"])
         #expect(missing.status != 0)
         #expect(missing.stderr.contains("/nonexistent/p.json"))
     }
@@ -125,20 +125,23 @@ struct ValidateParameterCLITests {
 @Suite("scripts/validate-corpus")
 struct ValidateCorpusTests {
     @Test("prints a row per template and accepted N of M")
-    func corpus() throws {
+    func corpus() async throws {
         let root = TemplateFiles.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let valid = TemplateFiles.fixtures.appendingPathComponent("valid")
         let templates = try FileManager.default.contentsOfDirectory(atPath: valid.path).filter { $0.hasSuffix(".json") && $0 != "manifest.json" }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [root.appendingPathComponent("scripts/validate-corpus").path, valid.path]
-        process.environment = ProcessInfo.processInfo.environment.merging(["KILN": KilnExecutable.path]) { _, new in new }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let (status, output) = try await OwnThread.run {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = [root.appendingPathComponent("scripts/validate-corpus").path, valid.path]
+            process.environment = ProcessInfo.processInfo.environment.merging(["KILN": KilnExecutable.path]) { _, new in new }
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return (process.terminationStatus, output)
+        }
+        #expect(status == 0)
         let lines = output.split(separator: "\n")
         #expect(lines.count == templates.count + 2, "\(output)")
         // arm-parameter-no-default.json needs a --parameter, which the corpus run does not give.
@@ -150,10 +153,10 @@ struct ValidateCorpusTests {
 @Suite("kiln doctor and image list")
 struct DoctorCLITests {
     @Test("doctor runs every check and says what it found")
-    func doctor() throws {
+    func doctor() async throws {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-doctor-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: state) }
-        let result = try KilnExecutable.run(["doctor", "--skip-guestfs", "--state-dir", state])
+        let result = try await KilnExecutable.run(["doctor", "--skip-guestfs", "--state-dir", state])
         for check in ["libvirt:", "libvirt connection:", "qemu:", "accelerator:", "OVMF", "disk space:"] {
             #expect(result.stdout.contains(check), "\(result.stdout)")
         }
@@ -162,10 +165,10 @@ struct DoctorCLITests {
     }
 
     @Test("image list shows the catalog's URNs")
-    func imageList() throws {
+    func imageList() async throws {
         let catalog = TemplateFiles.fixtures.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("images/catalog.json").path
-        let result = try KilnExecutable.run(["image", "list"], environment: ["KILN_CATALOG": catalog])
+        let result = try await KilnExecutable.run(["image", "list"], environment: ["KILN_CATALOG": catalog])
         #expect(result.status == 0, "\(result.stderr)")
         #expect(result.stdout.contains("Debian:debian-12:12:"))
         #expect(result.stdout.contains("Debian:debian-12:12-gen2:"))

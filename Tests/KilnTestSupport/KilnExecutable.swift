@@ -20,8 +20,13 @@ public enum KilnExecutable {
         public var stderr: String
     }
 
-    /// `through`: a command prefix that runs kiln (`nsenter … --`), its first element an absolute path.
-    public static func run(_ arguments: [String], environment: [String: String] = [:], through prefix: [String] = []) throws -> Result {
+    /// Runs kiln to its end. `through`: a command prefix that runs kiln (`nsenter … --`), its first element an
+    /// absolute path. The wait happens on a thread of its own (`OwnThread`): a run takes seconds to minutes.
+    public static func run(_ arguments: [String], environment: [String: String] = [:], through prefix: [String] = []) async throws -> Result {
+        try await OwnThread.run { try runBlocking(arguments, environment: environment, through: prefix) }
+    }
+
+    static func runBlocking(_ arguments: [String], environment: [String: String], through prefix: [String]) throws -> Result {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: prefix.first ?? path)
         process.arguments = prefix.isEmpty ? arguments : Array(prefix.dropFirst()) + [path] + arguments
@@ -46,17 +51,6 @@ public enum KilnExecutable {
                       stderr: String(decoding: stderr, as: UTF8.self))
     }
 
-    /// `run` on a thread of its own, for async tests: a build takes minutes, and a call that blocked one of the
-    /// Swift concurrency pool's threads (as many as the host has cores: two on the CI machines) that long stalls
-    /// every other test that needs one, the in-process VM tests' SSH sessions and deadlines among them.
-    public static func runOnOwnThread(_ arguments: [String], environment: [String: String] = [:], through prefix: [String] = []) async throws -> Result {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Result, any Error>) in
-            Thread {
-                continuation.resume(with: Swift.Result { try run(arguments, environment: environment, through: prefix) })
-            }.start()
-        }
-    }
-
     /// Starts `kiln` in the background, its stdout and stderr going to `outputPath`.
     public static func start(_ arguments: [String], environment: [String: String] = [:], outputPath: String) throws -> Background {
         let process = Process()
@@ -75,8 +69,10 @@ public enum KilnExecutable {
         let process: Process
         init(process: Process) { self.process = process }
         public var pid: Int32 { process.processIdentifier }
-        /// Waits for the exit and returns the status.
-        public func wait() -> Int32 { KilnExecutable.reap(process) }
+        /// Waits (on a thread of its own) for the exit and returns the status.
+        public func wait() async throws -> Int32 {
+            try await OwnThread.run { [process] in KilnExecutable.reap(process) }
+        }
     }
 
     /// The exit status (128 + signal when killed). Reaps the child with waitpid(2) itself: Foundation's own

@@ -93,7 +93,7 @@ struct BootAndConnectTests {
     func vmExecOffline() async throws {
         let state = VMTestEnvironment.makeStateDirectory()
         defer { try? FileManager.default.removeItem(atPath: state.path) }
-        let result = try await KilnExecutable.runOnOwnThread(
+        let result = try await KilnExecutable.run(
             ["vm", "exec", "Debian:debian-12:12", "--state-dir", state.path, "--inject", "offline", "--",
              "echo hello from $(id -un); sudo -n true && echo sudo-ok; test -e /dev/vdb || echo no-seed; exit 42"],
             environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path])
@@ -155,7 +155,7 @@ struct BootAndConnectTests {
         }
         #expect(!VMTestEnvironment.qemuProcesses(named: state.path).isEmpty, "the VM started")
         kill(kiln.pid, SIGHUP)
-        let status = kiln.wait()
+        let status = try await kiln.wait()
         let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
         #expect(status != 0)
         #expect(text.contains("hung up; tearing down"), "\(text)")

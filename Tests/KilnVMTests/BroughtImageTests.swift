@@ -139,7 +139,7 @@ struct BroughtImageTests {
         // kiln doctor's real checks, libguestfs's appliance launch included, pass on a machine the test command set up.
         let doctorState = VMTestEnvironment.makeStateDirectory()
         defer { try? FileManager.default.removeItem(atPath: doctorState.path) }
-        let doctor = try await KilnExecutable.runOnOwnThread(["doctor", "--state-dir", doctorState.path])
+        let doctor = try await KilnExecutable.run(["doctor", "--state-dir", doctorState.path])
         #expect(doctor.status == 0, "\(doctor.stdout)")
         #expect(doctor.stdout.contains("libguestfs appliance: launched and shut down"), "\(doctor.stdout)")
 

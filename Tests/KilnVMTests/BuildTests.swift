@@ -51,7 +51,7 @@ struct BuildTests {
 
         /// `through`: a command prefix that runs kiln elsewhere (`nsenter` into a lab host's namespaces).
         func kiln(_ arguments: [String], through prefix: [String] = []) async throws -> KilnExecutable.Result {
-            try await KilnExecutable.runOnOwnThread(arguments + ["--state-dir", state.path],
+            try await KilnExecutable.run(arguments + ["--state-dir", state.path],
                                    environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
                                    through: prefix)
         }
@@ -388,7 +388,8 @@ struct BuildTests {
         try handle.setBackend("direct")
         let images = [freshVHD, againVHD, editedVHD, changedVHD]
         for image in images { try handle.addDrive(image, format: "vpc", readOnly: true) }
-        try handle.launch()
+        let launching = VMTestEnvironment.UncheckedBox(value: handle)
+        try await OwnThread.run { try launching.value.launch() }
         for (index, device) in ["a", "b", "c", "d"].enumerated() {
             try handle.makeMountPoint("/\(device)")
             try handle.mountReadOnly("/dev/sd\(device)1", at: "/\(device)")
@@ -449,13 +450,13 @@ struct BuildTests {
         let table = try await work.kiln(["vm", "list"])
         #expect(table.stdout.contains(keptRun) && table.stdout.contains("127.0.0.1:"), "\(table.stdout)")
         // Everything after -- is the guest's command line, so the state directory goes before it.
-        let inside = try await KilnExecutable.runOnOwnThread(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "cat", "/opt/ck/one"])
+        let inside = try await KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "cat", "/opt/ck/one"])
         #expect(inside.status == 0 && inside.stdout == "script-v2\n", "\(inside.stdout)\(inside.stderr)")
-        let status = try await KilnExecutable.runOnOwnThread(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "exit", "7"])
+        let status = try await KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "exit", "7"])
         #expect(status.status == 7, "\(status.stderr)")
         let stopped = try await work.kiln(["vm", "stop", keptRun])
         #expect(stopped.status == 0, "\(stopped.stderr)")
-        #expect(keeper.wait() == 1, "the kept run failed")
+        #expect(try await keeper.wait() == 1, "the kept run failed")
         let afterStop = try await work.kiln(["vm", "list", "--json"])
         #expect((try? JSONSerialization.jsonObject(with: Data(afterStop.stdout.utf8)) as? [Any])?.isEmpty == true, "\(afterStop.stdout)")
         #expect(VMTestEnvironment.qemuProcesses(named: "runs/\(keptRun)/").isEmpty, "the kept VM is gone")

@@ -2,6 +2,7 @@ import Foundation
 import KilnGuestfs
 import KilnMachine
 import KilnSupport
+import KilnTestSupport
 import Testing
 
 /// VM tests boot the reference images for real. scripts/test builds the images and sets KILN_VM_TESTS=1;
@@ -32,25 +33,21 @@ enum VMTestEnvironment {
     /// A VHD a build wrote, opened read-only with libguestfs (one appliance launch), its file systems mounted.
     static func openVHD(_ path: String) async throws -> GuestfsHandle {
         let tcg = await accelerator() == .tcg
-        // On a thread of its own: the launch takes ~25 s, too long to hold one of the concurrency pool's threads.
-        let opened = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<UncheckedBox<GuestfsHandle>, any Error>) in
-            Thread {
-                continuation.resume(with: Result {
-                    let handle = try GuestfsHandle()
-                    do {
-                        if tcg { try handle.setBackendSettings(["force_tcg"]) }
-                        try handle.setBackend("direct")
-                        try handle.addDrive(path, format: "vpc", readOnly: true)
-                        try handle.launch()
-                        let os = try #require(try handle.inspectOperatingSystems().first)
-                        try handle.mountAll(os, readOnly: true)
-                    } catch {
-                        handle.close()
-                        throw error
-                    }
-                    return UncheckedBox(value: handle)
-                })
-            }.start()
+        // On a thread of its own: the launch takes ~25 s.
+        let opened = try await OwnThread.run {
+            let handle = try GuestfsHandle()
+            do {
+                if tcg { try handle.setBackendSettings(["force_tcg"]) }
+                try handle.setBackend("direct")
+                try handle.addDrive(path, format: "vpc", readOnly: true)
+                try handle.launch()
+                let os = try #require(try handle.inspectOperatingSystems().first)
+                try handle.mountAll(os, readOnly: true)
+            } catch {
+                handle.close()
+                throw error
+            }
+            return UncheckedBox(value: handle)
         }
         return opened.value
     }

@@ -78,7 +78,12 @@ struct InteropTests {
 
     struct InteropFailure: Error, CustomStringConvertible { let description: String }
 
-    @Test func kilnsNTLMAgainstPyspnegosAcceptor() throws {
+    @Test func kilnsNTLMAgainstPyspnegosAcceptor() async throws {
+        try await OwnThread.run { try Self.kilnsNTLMAgainstPyspnegosAcceptor() }
+    }
+
+    /// The tests talk to Python through blocking pipes: on a thread of their own (`OwnThread`).
+    static func kilnsNTLMAgainstPyspnegosAcceptor() throws {
         let python = try Self.requirePython()
         let users = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-ntlm-users-\(UUID().uuidString)").path
         let password = "S3cret$'\"ü-✓"
@@ -114,7 +119,11 @@ struct InteropTests {
         #expect(conversation.finish() == 0)
     }
 
-    @Test func wrongPasswordIsRefusedByPyspnego() throws {
+    @Test func wrongPasswordIsRefusedByPyspnego() async throws {
+        try await OwnThread.run { try Self.wrongPasswordIsRefusedByPyspnego() }
+    }
+
+    static func wrongPasswordIsRefusedByPyspnego() throws {
         let python = try Self.requirePython()
         let users = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-ntlm-users-\(UUID().uuidString)").path
         try "KILN:Administrator:right\n".write(toFile: users, atomically: true, encoding: .utf8)
@@ -141,7 +150,11 @@ struct InteropTests {
     }
 
     @Test(arguments: ["ntlm", "basic"])
-    func pywinrmAgainstTheTestServer(transport: String) throws {
+    func pywinrmAgainstTheTestServer(transport: String) async throws {
+        try await OwnThread.run { try Self.pywinrmAgainstTheTestServer(transport: transport) }
+    }
+
+    static func pywinrmAgainstTheTestServer(transport: String) throws {
         let python = try Self.requirePython()
         // requests encodes a Basic password as Latin-1, Kiln as UTF-8: an ASCII password for Basic, a non-ASCII one
         // for NTLM (UTF-16 on both sides).

@@ -187,7 +187,7 @@ import Testing
         let server = try WinRMTestServer(auth: .ntlm)
         server.behindTLS = true
         defer { server.stop() }
-        let tls = try TLSTerminator(forwardingTo: server.port)
+        let tls = try await LoopbackTLS.start(forwardingTo: server.port)
         defer { tls.stop() }
         let url = "https://127.0.0.1:\(tls.port)/wsman"
         let client = WinRMClient(WinRMOptions(endpoint: try WinRMEndpoint(url: url), username: server.username, password: server.password,
@@ -233,11 +233,11 @@ import Testing
         let seen = try #require(client.peerCertificateSHA256).map { String(format: "%02x", $0) }.joined()
         let base = ["winrm", "exec", "--url", url, "--username", server.username]
         let environment = ["KILN_WINRM_PASSWORD": server.password]
-        let pinned = try KilnExecutable.run(base + ["--pin-sha256", seen, "--", "echo pinned by the CLI"], environment: environment)
+        let pinned = try await KilnExecutable.run(base + ["--pin-sha256", seen, "--", "echo pinned by the CLI"], environment: environment)
         #expect(pinned.status == 0 && pinned.stdout == "pinned by the CLI\n", "\(pinned.stderr)")
-        let other = try KilnExecutable.run(base + ["--pin-sha256", String(repeating: "ab", count: 32), "--", "echo never"], environment: environment)
+        let other = try await KilnExecutable.run(base + ["--pin-sha256", String(repeating: "ab", count: 32), "--", "echo never"], environment: environment)
         #expect(other.status == 1 && other.stderr.contains("other than the one pinned"), "\(other.stderr)")
-        let malformed = try KilnExecutable.run(base + ["--pin-sha256", "xyz", "--", "echo never"], environment: environment)
+        let malformed = try await KilnExecutable.run(base + ["--pin-sha256", "xyz", "--", "echo never"], environment: environment)
         #expect(malformed.status == 64 && malformed.stderr.contains("--pin-sha256 expects 64 hex digits"), "\(malformed.stderr)")
     }
 
@@ -273,65 +273,5 @@ import Testing
         <r xmlns:rsp="x"><rsp:CommandState State="\(WSMan.commandDone)"><rsp:ExitCode>3221225786</rsp:ExitCode></rsp:CommandState></r>
         """.utf8))
         #expect(ReceiveResult(receive).exitCode == Int32(bitPattern: 3_221_225_786))
-    }
-}
-
-/// socat in front of a plain HTTP port, with a fresh self-signed certificate.
-final class TLSTerminator {
-    private(set) var port = 0
-    private var process = Process()
-    private let directory: String
-
-    /// Starts socat on a port the kernel reports free and waits until it accepts connections. A socat that exits
-    /// (the port was taken in between) is started again on another port; one that never listens fails the test.
-    init(forwardingTo target: Int) throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-tls-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let openssl = Process()
-        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        openssl.arguments = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
-                             "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem"]
-        openssl.standardOutput = FileHandle.nullDevice
-        openssl.standardError = FileHandle.nullDevice
-        try openssl.run()
-        openssl.waitUntilExit()
-        for _ in 0..<5 {
-            port = try PortAllocator.reserve(nil)
-            process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/socat")
-            process.arguments = ["OPENSSL-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork,cert=\(directory)/cert.pem,key=\(directory)/key.pem,verify=0",
-                                 "TCP:127.0.0.1:\(target)"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            // Generous: the VM tests load the machine while this runs.
-            let deadline = Date().addingTimeInterval(30)
-            while process.isRunning && Date() < deadline {
-                if HTTPProbe.isListening(port: port) { return }
-                Thread.sleep(forTimeInterval: 0.1)
-            }
-            if process.isRunning { break }
-        }
-        stop()
-        throw KilnError(.timeout, "socat did not listen on 127.0.0.1:\(port)")
-    }
-
-    func stop() {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-}
-
-enum HTTPProbe {
-    static func isListening(port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
     }
 }
