@@ -263,6 +263,8 @@ public final class BuildEngine: @unchecked Sendable {
 
     func distribute(_ template: ImageTemplate, machine: BuildMachine, source: SourceImage, guestOS: OSType,
                             log: CustomizationLog) async throws {
+        // On a remote host the guest's overlay comes here first (only the build's changes travel).
+        try await machine.fetchDiskIfRemote()
         // Kiln's own overlay: qcow2 on the source, its backing file by design.
         let info = try await DiskImageProbe.inspect(machine.overlayPath, format: "qcow2", allowingBackingFile: true)
         let distribution = Distribution(store: try storeOrFail(), runID: record.runID, runDirectory: runDirectory,

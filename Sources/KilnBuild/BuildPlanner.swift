@@ -100,6 +100,8 @@ public enum BuildPlanner {
         var noCheckpoints: String?
         if guestOS == .windows {
             noCheckpoints = "the build cache does not cover Windows guests: no checkpoints are read or written"
+        } else if let remote = request.remote {
+            noCheckpoints = "a build on a remote host (\(remote.host)) reads and writes no checkpoints: the build cache is on this machine"
         } else if !request.useCache && !request.writeCheckpoints && request.resumeRun == nil {
             noCheckpoints = "--no-cache and --no-checkpoints"
         }

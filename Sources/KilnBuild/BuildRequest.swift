@@ -39,6 +39,8 @@ public struct BuildRequest: Sendable {
     public var force: Bool
     /// `--isolate-network`: the guest reaches nothing outside, the host's loopback included (MachineOptions).
     public var isolateNetwork = false
+    /// A remote libvirt host (`--connect qemu+ssh://…`, `--pool`): the VM runs there, Kiln's state stays here.
+    public var remote: RemoteHost?
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,

@@ -60,6 +60,7 @@ struct BuildCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
                                    writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
+        do { request.remote = try machine.remoteHost() } catch { throw fail(error) }
         if plan {
             do {
                 Swift.print(try await BuildPlanner.plan(request).text)

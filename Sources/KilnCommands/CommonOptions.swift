@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnLibvirt
 import KilnMachine
 import KilnSupport
 
@@ -14,8 +15,17 @@ struct MachineFlags: ParsableArguments {
     @Option(help: "Accelerator: auto probes KVM by booting a kernel and falls back to TCG.")
     var accel: AcceleratorChoice = .auto
 
-    @Option(name: .customLong("connect"), help: "A libvirt URI (qemu:///system, qemu:///session). Default: the embedded QEMU driver, no daemon.")
+    @Option(name: .customLong("connect"), help: "A libvirt URI (qemu:///system, qemu+ssh://user@host/system). Default: the embedded QEMU driver, no daemon.")
     var libvirtURI: String?
+
+    @Option(help: "With a remote --connect: the storage pool on that host that keeps the sources and the builds' disks.")
+    var pool = "kiln"
+
+    /// The remote host `--connect` names, with `--pool`; nil for a libvirt on this machine.
+    func remoteHost() throws(KilnError) -> RemoteHost? {
+        guard let uri = libvirtURI, LibvirtURI.remoteHost(uri) != nil else { return nil }
+        return try RemoteHost(uri: uri, pool: pool)
+    }
 
     var state: StateDirectory { StateDirectory(explicit: stateDir) }
 }

@@ -19,9 +19,6 @@ struct DoctorCommand: AsyncParsableCommand {
     @Flag(help: "Skip the libguestfs appliance launch (~25 s under TCG).")
     var skipGuestfs = false
 
-    @Option(help: "With --connect: the storage pool whose free space is checked on that host.")
-    var pool = "kiln"
-
     /// A build VM takes 2 GiB unless its template's vmSize says more.
     static let minimumFreeMemoryBytes: UInt64 = 2 << 30
     /// As for the state directory on this machine: room for an overlay and a VHD output.
@@ -149,18 +146,22 @@ struct DoctorCommand: AsyncParsableCommand {
             checks.append(Check(name: "host memory", ok: facts.freeMemoryBytes >= Self.minimumFreeMemoryBytes,
                                 detail: String(format: "%.1f GiB free", Double(facts.freeMemoryBytes) / Double(1 << 30)),
                                 fix: "a build VM needs at least 2 GiB: free memory on the host or build elsewhere"))
+            // What a build there decides with --accel auto (RemoteHost.acceleratorDecision): the host's libvirt's word.
+            let kvm = await connection.offersKVM()
+            checks.append(Check(name: "host accelerator", ok: true,
+                                detail: kvm ? "kvm: its libvirt offers KVM domains (--accel tcg if its guests hang)" : "tcg: its libvirt offers no KVM domains"))
         } catch {
             checks.append(Check(name: "host", ok: false, detail: error.message, fix: "check that libvirt's QEMU driver runs on the host"))
         }
         do {
-            let space = try await connection.storagePool(named: pool).space()
-            checks.append(Check(name: "pool \(pool)", ok: space.availableBytes >= Self.minimumPoolBytes,
+            let space = try await connection.storagePool(named: machine.pool).space()
+            checks.append(Check(name: "pool \(machine.pool)", ok: space.availableBytes >= Self.minimumPoolBytes,
                                 detail: String(format: "%.1f GiB free of %.1f GiB", Double(space.availableBytes) / Double(1 << 30),
                                                Double(space.capacityBytes) / Double(1 << 30)),
                                 fix: "builds need about 10 GiB there: free space in the pool's directory on the host, or name another pool with --pool"))
         } catch {
-            let virsh = "virsh -c \(ShellQuote.quote(uri))", name = ShellQuote.quote(pool)
-            checks.append(Check(name: "pool \(pool)", ok: false, detail: error.message,
+            let virsh = "virsh -c \(ShellQuote.quote(uri))", name = ShellQuote.quote(machine.pool)
+            checks.append(Check(name: "pool \(machine.pool)", ok: false, detail: error.message,
                                 fix: error.code == .notFound
                                     ? "\(virsh) pool-define-as \(name) dir --target /var/lib/libvirt/kiln && \(virsh) pool-build \(name) && \(virsh) pool-start \(name) && \(virsh) pool-autostart \(name)"
                                     : nil))

@@ -37,3 +37,18 @@ extension LibvirtConnection {
         }
     }
 }
+
+extension LibvirtConnection {
+    /// Whether the host's QEMU driver offers KVM domains for x86_64 (virConnectGetDomainCapabilities with virt type
+    /// kvm succeeds only where /dev/kvm is usable by it). The remote host's answer for `qemu+ssh://`.
+    public func offersKVM() async -> Bool {
+        (try? await call("domain capabilities (kvm)") { connection -> Bool? in
+            guard let xml = virConnectGetDomainCapabilities(connection.pointer, nil, "x86_64", nil, "kvm", 0) else {
+                virResetLastError()
+                return false
+            }
+            free(xml)
+            return true
+        }) ?? false
+    }
+}

@@ -14,7 +14,8 @@ public struct StoragePoolSpace: Sendable, Equatable {
 /// (qcow2 by `qemu-img create` there).
 public struct StorageVolumeSpec: Sendable, Equatable {
     public enum Format: String, Sendable {
-        case raw, qcow2
+        /// vpc: a VHD, as an overlay's backing file.
+        case raw, qcow2, vpc
     }
 
     public var name: String

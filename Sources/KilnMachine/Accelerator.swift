@@ -16,6 +16,13 @@ public struct AcceleratorDecision: Sendable, Codable, Equatable {
     public var evidence: String
     public var bootID: String
     public var decidedAt: Date
+
+    public init(accelerator: Accelerator, evidence: String, bootID: String, decidedAt: Date) {
+        self.accelerator = accelerator
+        self.evidence = evidence
+        self.bootID = bootID
+        self.decidedAt = decidedAt
+    }
 }
 
 /// Decides between KVM and TCG by booting something: a /dev/kvm node proves nothing (on some hosts KVM guests

@@ -8,19 +8,26 @@ import KilnSupport
 /// (KilnSSH, KilnWinRM) turns the endpoint into one. `boot` rolls back whatever it started when a later step fails;
 /// `teardown` is idempotent and safe whether or not boot got far. What the machine holds (fabric, libvirt
 /// connection, domain) is in its `MachineState`; waiting for the image's agent to provision the guest is in
-/// BuildMachine+Provisioning.swift, powering it off in BuildMachine+Power.swift, checkpoints in MachineCheckpoint.swift.
+/// BuildMachine+Provisioning.swift, powering it off in BuildMachine+Power.swift, checkpoints in MachineCheckpoint.swift,
+/// the disks and credentials in BuildMachine+Disks.swift, a VM on a remote libvirt host in BuildMachine+Remote.swift.
 public final class BuildMachine: @unchecked Sendable {
     public let options: MachineOptions
     public let keyPair: SSHKeyPair
     public let hostKeyPin: HostKeyPin
     /// The certificate a Windows guest's WinRM listener presented when it first answered.
     public let certificatePin = CertificatePin()
-    /// The host port forwarded to the guest's SSH (22) or WinRM HTTPS (5986) port.
+    /// The port on this machine's 127.0.0.1 that reaches the guest's SSH (22) or WinRM HTTPS (5986) port: QEMU's
+    /// forward, or on a remote host the SSH tunnel to QEMU's forward there.
     public internal(set) var sshPort: Int = 0
-    public private(set) var inspection: OfflineInspection?
-    public private(set) var credentialsInjectedOffline = false
+    /// The port QEMU forwards to the guest on its host's 127.0.0.1 (`sshPort`, unless the host is remote).
+    var forwardedPort: Int = 0
+    /// On a remote host: the build's volumes in its pool, and the tunnel to the guest's port.
+    var remoteDisks: RemoteDisks?
+    var tunnel: SSHTunnel?
+    public internal(set) var inspection: OfflineInspection?
+    public internal(set) var credentialsInjectedOffline = false
     /// The import's lease layer the overlay sits on, when the Azure Linux agent provisions the image.
-    public private(set) var leaseLayer: LeaseLayer?
+    public internal(set) var leaseLayer: LeaseLayer?
     /// Where the machine's progress goes (the build's log).
     public let events: @Sendable (String) -> Void
     /// Starting, started or torn down, with what the machine holds in each.
@@ -29,13 +36,13 @@ public final class BuildMachine: @unchecked Sendable {
     /// guests, on a libvirt other than the embedded driver, and once torn down.
     public var fabric: AzureFabric? { state.current.fabric }
     /// How the guest got its build user, once decided.
-    public private(set) var provisioning: LinuxProvisioning?
+    public internal(set) var provisioning: LinuxProvisioning?
     /// The first login of a fresh boot waits for the Azure Linux agent's Ready report: the agent creates the user
     /// before it regenerates the SSH host keys and restarts sshd, so a login in between would pin a key the guest
     /// is about to replace.
     var awaitsAgentReady = false
     /// What Kiln found in the image that decided it (for messages when logins keep failing).
-    public private(set) var provisioningFindings: String?
+    public internal(set) var provisioningFindings: String?
     var connection: LibvirtConnection? { state.current.connection }
     var domain: LibvirtDomain? { state.current.domain }
 
@@ -112,8 +119,13 @@ public final class BuildMachine: @unchecked Sendable {
     private func start() async throws(KilnError) {
         // Mode 0700: the build key, the disks and the console log inside are the user's alone.
         try PrivateDirectory.createPath(options.runDirectory)
-        sshPort = try PortAllocator.reserve(options.sshPort)
         if domainUUID == nil { domainUUID = UUID().uuidString.lowercased() }
+        if let remote = options.remote {
+            try await startRemote(remote)
+            return
+        }
+        sshPort = try PortAllocator.reserve(options.sshPort)
+        forwardedPort = sshPort
         try startFabric()
         let useSeed = try await connectLibvirt { () async throws(KilnError) -> Bool in try await prepareDisks() }
         try await startDomain(withSeed: useSeed)
@@ -150,8 +162,8 @@ public final class BuildMachine: @unchecked Sendable {
     func connectLibvirt<T>(while prepare: () async throws(KilnError) -> T) async throws(KilnError) -> T {
         let uri: String
         if let explicit = options.libvirtURI {
-            if let host = LibvirtURI.remoteHost(explicit) {
-                throw KilnError(.unsupported, "--connect \(explicit): a build on a remote libvirt host (\(host)) is not supported yet: the overlay, seed and console are files on this machine, which QEMU on \(host) cannot open. Use qemu:///system or the embedded driver (no --connect); `kiln doctor --connect` checks a remote host")
+            if let host = LibvirtURI.remoteHost(explicit), options.remote == nil {
+                throw KilnError(.unsupported, "--connect \(explicit): a VM on \(host) is run only by a build (kiln build, kiln template run), which keeps its disks in the host's storage pool; `kiln doctor --connect` checks the host")
             }
             uri = explicit
         } else {
@@ -187,122 +199,12 @@ public final class BuildMachine: @unchecked Sendable {
         }
     }
 
-    /// The overlay, the build key, and the credentials: a NoCloud seed, or written offline. True when the domain
-    /// needs the seed attached.
-    private func prepareDisks() async throws(KilnError) -> Bool {
-        try await createOverlay()
-        if let windows = options.windows {
-            events("preparing the Windows image with libguestfs (one appliance launch)")
-            let prepared = try await OfflineProvisioner.prepareWindows(disk: overlayPath, format: "qcow2", accelerator: options.accelerator,
-                                                                       answerFile: windows.answerFile, setupScript: windows.setupScript)
-            events("image: \(prepared.productName), ImageState \(prepared.imageState)"
-                   + (prepared.answerFileWritten ? "; answer file written (Administrator password, WinRM over HTTPS)" : ""))
-            if !prepared.answerFileWritten && windows.passwordFromAnswerFile {
-                throw KilnError(.invalidArgument, "the image's ImageState is \(prepared.imageState), not IMAGE_STATE_GENERALIZE_RESEAL_TO_OOBE: it is not generalized, so its first boot reads no answer file and Kiln cannot set a password. Generalize it (Sysprep /generalize /oobe), or name an account that has WinRM over HTTPS enabled with KILN_WINRM_USERNAME and KILN_WINRM_PASSWORD")
-            }
-            return false
-        }
-        try writePrivateKey()
-        let credentials = BuildCredentials(username: options.username, authorizedKey: keyPair.openSSHPublicKey(comment: "kiln-\(options.runID)"))
-        var chosen: LinuxProvisioning
-        switch options.injection {
-        case .cloudInit:
-            chosen = .noCloud
-        case .offline:
-            try await provisionOffline(credentials, force: true)
-            chosen = .offline
-        case .auto:
-            if let known = options.source.provisioning ?? (options.source.hasCloudInit == true ? .noCloud : nil) {
-                chosen = known
-                if known == .offline { try await provisionOffline(credentials, force: true) }
-                if known == .waagent, leaseLayer == nil {
-                    // No lease layer from the import: the agent's lease is written in the overlay, in one libguestfs
-                    // launch, which also checks the image again.
-                    try await provisionOffline(credentials, force: false)
-                    chosen = credentialsInjectedOffline ? .offline : (inspection?.provisioning ?? .offline)
-                }
-            } else {
-                // Unknown: one libguestfs launch inspects and, if the image needs it, writes the user offline.
-                try await provisionOffline(credentials, force: false)
-                chosen = credentialsInjectedOffline ? .offline : (inspection?.provisioning ?? .noCloud)
-            }
-        }
-        provisioning = chosen
-        awaitsAgentReady = chosen == .waagent
-        switch chosen {
-        case .noCloud:
-            try await CloudInitSeed.write(to: seedPath, credentials: credentials, instanceID: "kiln-\(options.runID)", hostname: "kiln-\(options.runID)")
-            events("build user \(credentials.username): cloud-init NoCloud seed")
-            return true
-        case .azure, .waagent:
-            let agent = chosen == .azure ? "cloud-init reads only the Azure datasource" : "Azure Linux agent provisions it"
-            guard fabric != nil else {
-                throw KilnError(.unsupported, "the image's \(agent) (\(provisioningFindings ?? chosen.summary)); Kiln presents the build VM as Azure does only on its embedded libvirt driver, not on \(options.libvirtURI ?? "?") (a libvirtd starts QEMU under a seccomp sandbox that kills it when it starts the socat joining the guest to Kiln's wireserver). Build without --connect")
-            }
-            try await ISOImage.write(to: seedPath, volumeID: "OVF_ENV",
-                                     files: ["ovf-env.xml": OVFEnvironment.xml(username: credentials.username, hostname: domainName,
-                                                                               publicKey: credentials.authorizedKey)])
-            if chosen == .azure {
-                events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's cloud-init Azure datasource")
-            } else {
-                events("build user \(credentials.username): presented as Azure (ovf-env.xml, wireserver, instance metadata) for the image's Azure Linux agent; the wireserver's address, which QEMU's DHCP server cannot send, written as a cached DHCP lease (\(writtenLeases.joined(separator: ", "))\(leaseLayer.map { ", in the lease layer made at import, \($0.path)" } ?? ""))")
-            }
-            return true
-        case .offline:
-            return false
-        }
-    }
-
-    /// The DHCP leases Kiln wrote for the Azure Linux agent: in the lease layer, or in this build's overlay.
-    var writtenLeases: [String] { leaseLayer?.leases ?? inspection?.writtenLeases ?? [] }
-
-    private func createOverlay() async throws(KilnError) {
-        let source = options.source
-        var arguments = ["create", "-q", "-f", "qcow2", "-F", source.format, "-b", source.path, overlayPath]
-        // An image the Azure Linux agent provisions boots on the lease layer its import made (`LeaseLayer`).
-        if options.windows == nil, options.injection == .auto, source.provisioning == .waagent, let layer = source.leaseLayer {
-            if layer.isUsable(over: source) {
-                leaseLayer = layer
-                arguments = ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", layer.path, overlayPath]
-            } else {
-                events("note: the lease layer \(layer.path) is missing or older than \(source.path); the leases are written for this build instead (kiln image remove and import again to make a new layer)")
-            }
-        }
-        if options.osDiskSizeGB > 0 {
-            let requested = UInt64(options.osDiskSizeGB) << 30
-            guard requested >= source.virtualSizeBytes else {
-                let sourceGiB = Double(source.virtualSizeBytes) / Double(1 << 30)
-                throw KilnError(.invalidArgument, "expected osDiskSizeGB of at least the source's size (\(String(format: "%.1f", sourceGiB)) GiB), found \(options.osDiskSizeGB): a disk can only grow")
-            }
-            if requested > source.virtualSizeBytes { arguments.append(String(requested)) }
-        }
-        events("overlay \(overlayPath) on \(source.displayName)" + (leaseLayer.map { " through its lease layer \($0.path)" } ?? "") + " (the source is opened read-only)")
-        try await Subprocess.check("qemu-img", arguments, timeout: .seconds(120))
-    }
-
-    func writePrivateKey() throws(KilnError) {
-        let contents = keyPair.openSSHPrivateKeyFile(comment: "kiln-\(options.runID)")
-        try SecretFile.write(Data(contents.utf8), to: privateKeyPath)
-    }
-
-    private func provisionOffline(_ credentials: BuildCredentials, force: Bool) async throws(KilnError) {
-        events("inspecting the image with libguestfs (one appliance launch)")
-        let result = try await OfflineProvisioner.inspectAndProvision(disk: overlayPath, format: "qcow2", accelerator: options.accelerator,
-                                                                      credentials: credentials, forceOffline: force)
-        inspection = result
-        credentialsInjectedOffline = result.injectedCredentials
-        provisioningFindings = result.configuration?.description
-        if let notice = result.configuration?.notice { events("note: \(notice)") }
-        events("image: \(result.productName) (\(result.osType)), " + (result.configuration?.description ?? "cloud-init \(result.hasCloudInit ? "present" : "absent")")
-               + (result.injectedCredentials ? "; build user \(credentials.username) written offline" : ""))
-    }
-
     /// The domain as Kiln defines it: the same for a fresh boot and for a resume (libvirt requires the resumed
     /// domain's guest-visible hardware to match the saved one; paths, name and port forward may differ).
     var domainSpec: DomainSpec {
         // Windows images carry no virtio drivers (Azure's have Hyper-V ones): SATA and an e1000e NIC work inbox.
         let windows = options.windows != nil
-        var disks = [DomainSpec.Disk(path: overlayPath, format: "qcow2", readOnly: false, device: windows ? .sataDisk(target: "sda") : .virtioDisk(target: "vda"))]
+        var disks = [DomainSpec.Disk(path: remoteDisks?.overlay.path ?? overlayPath, format: "qcow2", readOnly: false, device: windows ? .sataDisk(target: "sda") : .virtioDisk(target: "vda"))]
         if let attachedSeedPath {
             // A virtio disk, not a CD-ROM: cloud-init's ds-identify runs before udev loads CD-ROM drivers, and
             // the reference images' initramfs carries virtio only.
@@ -312,8 +214,9 @@ public final class BuildMachine: @unchecked Sendable {
         let vCPUs = options.accelerator == .tcg ? min(options.size.vCPUs, hostCores) : options.size.vCPUs
         var spec = DomainSpec(name: domainName, uuid: domainUUID, accelerator: options.accelerator, vCPUs: vCPUs,
                               memoryMiB: options.size.memoryMiB, firmware: options.source.firmware,
-                              nvramPath: options.source.firmware == .uefi ? nvramPath : nil, disks: disks, serialLogPath: consolePath,
-                              portForwards: [DomainSpec.PortForward(hostPort: sshPort, guestPort: windows ? 5986 : 22)],
+                              nvramPath: options.source.firmware == .uefi ? (remoteDisks?.nvramPath ?? nvramPath) : nil, disks: disks,
+                              serialLogPath: remoteDisks?.consolePath ?? consolePath,
+                              portForwards: [DomainSpec.PortForward(hostPort: forwardedPort, guestPort: windows ? 5986 : 22)],
                               windowsHardware: windows)
         if let fabric {
             spec.chassisAssetTag = Self.azureChassisAssetTag
@@ -328,17 +231,18 @@ public final class BuildMachine: @unchecked Sendable {
         return spec
     }
 
-    private func startDomain(withSeed: Bool) async throws(KilnError) {
+    func startDomain(withSeed: Bool) async throws(KilnError) {
         guard let connection else { throw KilnError(.internalError, "no libvirt connection") }
-        attachedSeedPath = withSeed ? seedPath : nil
+        attachedSeedPath = withSeed ? (remoteDisks?.seed?.path ?? seedPath) : nil
         let spec = domainSpec
         try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
-        events("booting \(domainName): \(options.size.name) (\(spec.vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), \(options.windows == nil ? "ssh" : "winrm https") 127.0.0.1:\(sshPort)")
+        let on = options.remote.map { " on \($0.host)" } ?? ""
+        events("booting \(domainName)\(on): \(options.size.name) (\(spec.vCPUs) vCPU, \(options.size.memoryMiB) MiB), \(options.source.firmware == .uefi ? "UEFI" : "BIOS"), \(options.accelerator.rawValue.uppercased()), \(options.windows == nil ? "ssh" : "winrm https") 127.0.0.1:\(forwardedPort)\(on)")
         do {
             try await started(with: connection.createTransientDomain(xml: spec.xml, autodestroy: options.libvirtURI != nil))
             EmbeddedDriver.keepCapabilities(uri: connection.uri)
         } catch {
-            if error.code == .portUnavailable {
+            if error.code == .portUnavailable, options.remote == nil {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)
             }
             throw error
@@ -366,15 +270,18 @@ public final class BuildMachine: @unchecked Sendable {
         case .tornDown:
             return
         case .starting(let starting):
+            await remoteDisks?.delete()
             await starting.connection?.close()
             starting.fabric?.stop()
         case .started(let started):
+            tunnel?.close()
             await started.domain.destroy()
+            await remoteDisks?.delete()
             await started.connection.close()
             started.fabric?.stop()
         }
         if !keepFiles {
-            for path in [overlayPath, seedPath, nvramPath, privateKeyPath, options.runDirectory + "/domain.xml"] {
+            for path in [overlayPath, seedPath, nvramPath, privateKeyPath, options.runDirectory + "/domain.xml", options.runDirectory + "/ssh-tunnel.log"] {
                 try? FileManager.default.removeItem(atPath: path)
             }
         }

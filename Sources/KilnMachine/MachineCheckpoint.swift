@@ -110,6 +110,7 @@ extension BuildMachine {
     private func startResumed(_ checkpoint: MachineCheckpoint) async throws(KilnError) {
         try PrivateDirectory.createPath(options.runDirectory)
         sshPort = try PortAllocator.reserve(options.sshPort)
+        forwardedPort = sshPort
         domainUUID = checkpoint.domainUUID
         domainName = checkpoint.domainName
         attachedSeedPath = checkpoint.hasSeed ? checkpoint.seedPath : nil

@@ -54,6 +54,8 @@ public struct MachineOptions: Sendable {
     /// (through the host address, as Packer's 10.0.2.2), not the network — only what Kiln forwards (SSH in, the
     /// Azure wireserver and IMDS out). User-mode networking cannot block the host alone.
     public var isolateNetwork = false
+    /// The VM runs on another libvirt host (`RemoteHost`): disks in its pool, the guest reached through SSH.
+    public var remote: RemoteHost?
 
     public init(runID: String, source: SourceImage, size: VMSize, osDiskSizeGB: Int = 0, accelerator: Accelerator, runDirectory: String,
                 libvirtURI: String? = nil, stateDirectory: StateDirectory, sshPort: Int? = nil, injection: CredentialInjection = .auto,

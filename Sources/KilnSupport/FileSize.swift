@@ -7,4 +7,11 @@ public enum FileSize {
         guard stat(path, &info) == 0 else { return 0 }
         return UInt64(info.st_blocks) * 512
     }
+
+    /// The file's length in bytes (0 if it cannot be read).
+    public static func bytes(_ path: String) -> UInt64 {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return 0 }
+        return UInt64(info.st_size)
+    }
 }

@@ -1,15 +1,16 @@
 import Foundation
 import KilnLibvirt
+import KilnMachine
 import KilnSupport
 
-/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild`, `upload`, `validate` (README, "Benchmarks").
+/// Benchmarks print figures; they are not tests: `kiln-bench boot`, `build-vs-packer`, `vhd`, `rebuild`, `upload`, `remote`, `validate` (README, "Benchmarks").
 @main
 enum KilnBench {
     static func main() async {
         EmbeddedDriver.routeLogging(reexec: true)
         var arguments = Array(CommandLine.arguments.dropFirst())
         guard let command = arguments.first else {
-            print("usage: kiln-bench boot [URN | --provisioning] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N] | validate [--resources N] [--rounds N]")
+            print("usage: kiln-bench boot [URN | --provisioning] [--runs N] [--size SIZE] | build-vs-packer [--rounds N] [--mode cold|warm|both] | vhd [--sizes 2,8] [--rounds N] [--data-mib M] | rebuild [--rounds N] [--size SIZE] | upload [--mib M] [--rounds N] | remote --connect URI [--pool NAME] [--rounds N] [--accel kvm|tcg] | validate [--resources N] [--rounds N]")
             exit(2)
         }
         arguments.removeFirst()
@@ -42,10 +43,17 @@ enum KilnBench {
                 try await RebuildBenchmark(rounds: Int(option("--rounds") ?? "2") ?? 2, size: option("--size") ?? "Standard_D2s_v3").run()
             case "upload":
                 try await UploadBenchmark(mib: Int(option("--mib") ?? "20") ?? 20, rounds: Int(option("--rounds") ?? "3") ?? 3).run()
+            case "remote":
+                guard let uri = option("--connect") else {
+                    print("usage: kiln-bench remote --connect qemu+ssh://user@host/system [--pool NAME] [--rounds N]")
+                    exit(2)
+                }
+                try await RemoteBenchmark(uri: uri, pool: option("--pool") ?? "kiln", rounds: Int(option("--rounds") ?? "2") ?? 2,
+                                          accelerator: option("--accel").flatMap { Accelerator(rawValue: $0) }).run()
             case "validate":
                 ValidateBenchmark(resources: Int(option("--resources") ?? "2000") ?? 2000, rounds: Int(option("--rounds") ?? "5") ?? 5).run()
             default:
-                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild, upload, validate")
+                print("unknown benchmark \(command); known: boot, build-vs-packer, vhd, rebuild, upload, remote, validate")
                 exit(2)
             }
         } catch {

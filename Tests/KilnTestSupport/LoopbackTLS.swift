@@ -41,25 +41,13 @@ public final class LoopbackTLS: @unchecked Sendable {
             // Generous: the VM tests load the machine while this runs.
             let deadline = Date().addingTimeInterval(30)
             while process.isRunning && Date() < deadline {
-                if Self.isListening(port) { return }
+                if PortAllocator.isListening(port) { return }
                 Thread.sleep(forTimeInterval: 0.1)
             }
             if process.isRunning { break }
         }
         stop()
         throw KilnError(.timeout, "socat did not listen on 127.0.0.1:\(port)")
-    }
-
-    static func isListening(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
     }
 
     public func stop() {

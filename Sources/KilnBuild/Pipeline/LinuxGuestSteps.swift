@@ -22,8 +22,13 @@ struct LinuxBootStep: BuildStep {
                                      stateDirectory: request.state, username: plan.username)
         options.isolateNetwork = request.isolateNetwork
         options.instanceMetadata = plan.instanceMetadata
+        options.remote = request.remote
         let cache = CheckpointCache(state: request.state)
-        build.checkpointsEnabled = request.writeCheckpoints
+        // The build cache is on this machine: a VM on a remote host takes no checkpoints (the plan says so).
+        build.checkpointsEnabled = request.writeCheckpoints && request.remote == nil
+        if let remote = request.remote, let run = request.resumeRun {
+            throw KilnError(.unsupported, "--resume \(run): a build on a remote host (\(remote.host)) keeps no checkpoints to resume from; build without --resume")
+        }
 
         var within: Set<String>?
         if let run = request.resumeRun {
@@ -31,7 +36,7 @@ struct LinuxBootStep: BuildStep {
             within = Set(folders)
             events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
         }
-        if request.useCache || within != nil,
+        if (request.useCache && request.remote == nil) || within != nil,
            let resumed = await build.resumeFromCache(cache, keys: keys, within: within, options: options, steps: plan.customize, log: log) {
             build.machine = resumed.machine
             state.session = resumed.session

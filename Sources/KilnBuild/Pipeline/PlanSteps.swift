@@ -31,7 +31,12 @@ struct ResolveStep: BuildStep {
         build.record.source = source.displayName
         log.write("kiln", "source: \(source.displayName) (\(source.path), \(source.format), \(source.firmware.rawValue))")
         var plan = try BuildPlanner.plan(state.loaded, request: request, source: source)
-        let decision = await AcceleratorProbe.decide(request.accelerator, cacheDirectory: request.state.path)
+        let decision: AcceleratorDecision
+        if let remote = request.remote, request.accelerator == .auto {
+            decision = try await remote.acceleratorDecision()
+        } else {
+            decision = await AcceleratorProbe.decide(request.accelerator, cacheDirectory: request.state.path)
+        }
         log.write("kiln", "accelerator \(decision.accelerator.rawValue): \(decision.evidence)")
         events(.message("accelerator \(decision.accelerator.rawValue): \(decision.evidence)"))
         plan.accelerator = decision

@@ -45,6 +45,7 @@ struct TemplateRunCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
                                    useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
+        do { request.remote = try machine.remoteHost() } catch { throw fail(error) }
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -55,7 +56,7 @@ struct TemplateRunCommand: AsyncParsableCommand {
         let logPath = runDirectory + "/worker.log"
         var arguments = ["template", "run", row.name, "--run-id", runID, "--state-dir", state.path, "--accel", machine.accel.rawValue]
             + runOptions.forwardedArguments
-        if let uri = machine.libvirtURI { arguments += ["--connect", uri] }
+        if let uri = machine.libvirtURI { arguments += ["--connect", uri, "--pool", machine.pool] }
         let pid: pid_t
         do {
             try PrivateDirectory.createPath(runDirectory)

@@ -1,0 +1,32 @@
+import KilnMachine
+import KilnSupport
+import Testing
+
+/// What a remote `--connect` URI gives a build: the host, and the ssh options its guest tunnel logs in with.
+struct RemoteHostTests {
+    @Test func theURIsSSHOptionsAreTheTunnels() throws {
+        let remote = try RemoteHost(uri: "qemu+ssh://root@10.0.0.5:2222/system?keyfile=/keys/id&command=/opt/lab/ssh&known_hosts=/keys/known", pool: "images")
+        #expect(remote.host == "10.0.0.5")
+        #expect(remote.destination == "root@10.0.0.5")
+        #expect(remote.pool == "images")
+        #expect(remote.sshCommand == "/opt/lab/ssh")
+        #expect(remote.sshOptions == ["-o", "BatchMode=yes", "-p", "2222", "-i", "/keys/id", "-o", "UserKnownHostsFile=/keys/known"])
+
+        let plain = try RemoteHost(uri: "qemu+ssh://lab1/system?no_verify=1", pool: "kiln")
+        #expect(plain.destination == "lab1")
+        #expect(plain.sshCommand == "ssh")
+        #expect(plain.sshOptions == ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+    }
+
+    @Test func otherURIsAreRefusedWithTheReason() {
+        for (uri, words) in [("qemu+tls://lab1/system", "qemu+ssh://"), ("qemu+ssh://lab1/session", "/system"),
+                             ("qemu:///system", "remote libvirt URI")] {
+            do {
+                _ = try RemoteHost(uri: uri, pool: "kiln")
+                Issue.record("\(uri) was accepted")
+            } catch {
+                #expect(error.message.contains(words) && error.message.contains(uri), "\(error)")
+            }
+        }
+    }
+}

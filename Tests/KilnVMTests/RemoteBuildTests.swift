@@ -1,0 +1,83 @@
+import Foundation
+import KilnDigest
+import KilnSupport
+import KilnTestSupport
+import Testing
+
+/// `kiln build --connect qemu+ssh://…`: the VM on a second libvirt host (scripts/lab-host: its own network namespace
+/// and address, its own sshd, its pool on a file system only it sees), Kiln and its state on this machine. Needs root
+/// (KILN_LAB_TESTS=1) and a VM (KILN_VM_TESTS=1).
+@Suite("qemu+ssh://: builds on a second libvirt host (real VMs)", .serialized, .vmSlot,
+       .enabled(if: VMTestEnvironment.enabled && LabHost.enabled))
+struct RemoteBuildTests {
+    /// Runs `command` on the lab host (in its namespaces, where qemu:///system is its daemon).
+    static func onHost(_ lab: LabHost, _ command: String) async throws -> String {
+        let enter = try lab.enter
+        let result = try await Subprocess.run(enter[0], Array(enter.dropFirst()) + ["/bin/sh", "-c", command], timeout: .seconds(60))
+        #expect(result.succeeded, "\(command): \(result.stderrText)")
+        return result.stdoutText
+    }
+
+    @Test("""
+    a build through qemu+ssh:// runs its VM on the second host: the source is uploaded once into the host's pool \
+    and found by its sha256 afterwards, the disks are volumes there, the guest is reached through SSH, the VHD is \
+    made here from the overlay that comes back; a failing build leaves no domain and no volume of its own there
+    """)
+    func buildOnASecondHost() async throws {
+        try await LabHost.with(poolSize: "6g") { lab in
+            let work = try BuildTests.Workspace()
+            defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+            let poolPath = lab.poolDirectory + "/kiln"
+            _ = try await Self.onHost(lab, "virsh -q pool-define-as kiln dir --target \(poolPath) && virsh -q pool-build kiln && virsh -q pool-start kiln")
+            let image = try await VMTestEnvironment.catalog(work.state).resolve(reference: "Debian:debian-12:12")
+            let sumBefore = try SHA256Digest.hex(ofFile: image.path)
+            let remote = ["--connect", lab.uri, "--pool", "kiln", "--accel", "tcg"]
+
+            // 1. A build with a Shell and a File step: everything but the controller's state happens on the host.
+            let payload = try work.write("payload.txt", "carried to the second host\n")
+            let template = try work.template("""
+            [{"type": "Shell", "name": "mark", "inline": ["hostname | sudo tee /etc/kiln-remote-guest", "echo remote | sudo tee -a /etc/kiln-remote-guest"]},
+             {"type": "File", "name": "payload", "sourceUri": "file://\(payload)", "destination": "/tmp/payload.txt"},
+             {"type": "Shell", "name": "keep", "inline": ["sudo mv /tmp/payload.txt /etc/kiln-remote-payload"]}]
+            """)
+            let built = try await work.build(template, remote)
+            let events = work.events(built)
+            let final = events.last { $0["event"] as? String == "result" }
+            #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])\n\(built.stderr.suffix(3000))")
+            work.expectNothingLeftBehind(final)
+            let messages = events.compactMap { $0["message"] as? String }
+            #expect(messages.contains { $0.hasPrefix("uploaded the source to \(lab.address) as kiln-source-\(sumBefore).qcow2") }, "\(messages)")
+            #expect(messages.contains { $0.contains("through ssh root@\(lab.address)") }, "\(messages)")
+            #expect(messages.contains { $0.hasPrefix("fetched the build's overlay from the host") }, "\(messages)")
+            #expect(!messages.contains { $0.hasPrefix("checkpoint ") }, "no checkpoints on a remote host: \(messages)")
+            let runID = try #require(final?["runID"] as? String)
+            let vhd = work.state.runsPath + "/\(runID)/debianVhd.vhd"
+            let handle = try await VMTestEnvironment.openVHD(vhd)
+            defer { handle.close() }
+            #expect(String(decoding: try handle.readFile("/etc/kiln-remote-guest"), as: UTF8.self) == "kiln-\(runID)\nremote\n")
+            #expect(String(decoding: try handle.readFile("/etc/kiln-remote-payload"), as: UTF8.self) == "carried to the second host\n")
+            #expect(try !handle.exists("/home/packer"), "deprovisioned as on the embedded driver")
+            // The run's files on this machine: no overlay, key or seed left; on the host: the source and its marker.
+            let left = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
+            #expect(left == ["kiln-source-\(sumBefore).complete", "kiln-source-\(sumBefore).qcow2"], "\(left)")
+            #expect(!FileManager.default.fileExists(atPath: poolPath + "/kiln-source-\(sumBefore).qcow2"), "the pool is the host's alone")
+
+            // 2. A build that fails in its step: the source is found by its sha256 (no upload), and the failure
+            //    takes the domain and the build's volumes with it.
+            let failing = try work.template(#"[{"type": "Shell", "name": "fails", "inline": ["echo about to fail", "exit 3"]}]"#)
+            let failed = try await work.build(failing, remote)
+            let failedEvents = work.events(failed)
+            let failedFinal = failedEvents.last { $0["event"] as? String == "result" }
+            #expect(failedFinal?["runState"] as? String == "Failed", "\(failedFinal ?? [:])")
+            work.expectNothingLeftBehind(failedFinal)
+            let failedMessages = failedEvents.compactMap { $0["message"] as? String }
+            #expect(failedMessages.contains { $0 == "source volume kiln-source-\(sumBefore).qcow2 is on \(lab.address) already" }, "\(failedMessages)")
+            #expect(!failedMessages.contains { $0.hasPrefix("uploaded the source") })
+            let domains = try await Self.onHost(lab, "virsh -q list --all --name").trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(domains.isEmpty, "\(domains)")
+            let after = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
+            #expect(after == left, "\(after)")
+            #expect(try SHA256Digest.hex(ofFile: image.path) == sumBefore)
+        }
+    }
+}
