@@ -39,6 +39,7 @@ public enum BuildEvent: Sendable {
                 return item
             }
             object["phases"] = record.phases.map { ["name": $0.name, "seconds": $0.seconds] }
+            if let host = record.host { object["host"] = host }
             return object
         }
     }

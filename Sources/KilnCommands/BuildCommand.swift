@@ -60,7 +60,8 @@ struct BuildCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
                                    writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
-        do { request.remote = try machine.remoteHost() } catch { throw fail(error) }
+        do { request.remote = try await machine.remoteHost { printError("kiln: \($0)") } } catch { throw fail(error) }
+        if let remote = request.remote { request.libvirtURI = remote.uri }
         if plan {
             do {
                 Swift.print(try await BuildPlanner.plan(request).text)
@@ -175,6 +176,6 @@ final class BuildPrinter: Sendable {
         for output in record.runOutputs {
             Swift.print("  output \(output.runOutputName) (\(output.type)): \(output.provisioningState) \(output.path ?? output.error ?? "")")
         }
-        Swift.print("run: \(record.runID)")
+        Swift.print("run: \(record.runID)" + (record.host.map { " (on \($0))" } ?? ""))
     }
 }

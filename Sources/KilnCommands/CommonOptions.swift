@@ -15,14 +15,34 @@ struct MachineFlags: ParsableArguments {
     @Option(help: "Accelerator: auto probes KVM by booting a kernel and falls back to TCG.")
     var accel: AcceleratorChoice = .auto
 
-    @Option(name: .customLong("connect"), help: "A libvirt URI (qemu:///system, qemu+ssh://user@host/system). Default: the embedded QEMU driver, no daemon.")
-    var libvirtURI: String?
+    @Option(name: .customLong("connect"), help: ArgumentHelp("A libvirt URI (qemu:///system, qemu+ssh://user@host/system). Default: the embedded QEMU driver, no daemon. kiln build and template run take several qemu+ssh:// hosts and choose one.", valueName: "uri"))
+    var connectURIs: [String] = []
 
     @Option(help: "With a remote --connect: the storage pool on that host that keeps the sources and the builds' disks.")
     var pool = "kiln"
 
-    /// The remote host `--connect` names, with `--pool`; nil for a libvirt on this machine.
-    func remoteHost() throws(KilnError) -> RemoteHost? {
+    /// The one libvirt URI of a command that runs on one host (`--connect` given once), nil for the embedded driver.
+    var libvirtURI: String? { connectURIs.first }
+
+    mutating func validate() throws {
+        if connectURIs.count > 1, let local = connectURIs.first(where: { LibvirtURI.remoteHost($0) == nil }) {
+            throw ValidationError("--connect \(local): several --connect name remote hosts (qemu+ssh://…) to choose from, and \(local) is on this machine")
+        }
+    }
+
+    /// Refuses several `--connect` for a command that does not choose between hosts.
+    func requireOneHost(_ command: String) throws(KilnError) {
+        if connectURIs.count > 1 {
+            throw KilnError(.invalidArgument, "\(command) runs on one host: give --connect once (kiln build and kiln template run choose among several)")
+        }
+    }
+
+    /// The remote host a build runs on: the one `--connect` names, or the one chosen among several
+    /// (`HostChoice`: fewest Kiln builds running, then most free memory); nil for a libvirt on this machine.
+    func remoteHost(notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> RemoteHost? {
+        if connectURIs.count > 1 {
+            return try await HostChoice.choose(connectURIs, pool: pool, memoryBytes: 2 << 30, notice: notice)
+        }
         guard let uri = libvirtURI, LibvirtURI.remoteHost(uri) != nil else { return nil }
         return try RemoteHost(uri: uri, pool: pool)
     }

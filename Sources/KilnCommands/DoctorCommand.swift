@@ -32,6 +32,7 @@ struct DoctorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        do { try machine.requireOneHost("kiln doctor") } catch { throw fail(error) }
         let state = machine.state
         var checks: [Check] = []
         func add(_ check: Check) {

@@ -57,6 +57,8 @@ public struct RunRecord: Codable, Sendable {
     /// The build cache's checkpoint the run resumed from, and the customizers it did not run again.
     public var resumedFrom: String?
     public var reusedSteps: [String]?
+    /// The libvirt host the build VM ran on, for a build on another host (`--connect qemu+ssh://…`); nil: this machine.
+    public var host: String?
     /// The build cache's checkpoint folders this run resumed from or wrote, oldest first (`kiln build --resume`).
     public var checkpoints: [String]?
 

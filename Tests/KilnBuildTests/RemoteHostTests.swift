@@ -30,3 +30,19 @@ struct RemoteHostTests {
         }
     }
 }
+
+/// Which of several hosts a build goes to (`HostChoice.pick`): fewest Kiln builds running, then most free memory,
+/// then the order given.
+struct HostChoiceTests {
+    @Test func fewestBuildsThenMostMemoryThenOrder() {
+        let gib: UInt64 = 1 << 30
+        let busyBig = HostChoice.Candidate(uri: "qemu+ssh://a/system", freeMemoryBytes: 60 * gib, runningBuilds: 2)
+        let idleSmall = HostChoice.Candidate(uri: "qemu+ssh://b/system", freeMemoryBytes: 8 * gib, runningBuilds: 0)
+        let idleBig = HostChoice.Candidate(uri: "qemu+ssh://c/system", freeMemoryBytes: 30 * gib, runningBuilds: 0)
+        let idleBigToo = HostChoice.Candidate(uri: "qemu+ssh://d/system", freeMemoryBytes: 30 * gib, runningBuilds: 0)
+        #expect(HostChoice.pick([busyBig, idleSmall]) == idleSmall)
+        #expect(HostChoice.pick([busyBig, idleSmall, idleBig]) == idleBig)
+        #expect(HostChoice.pick([idleBigToo, idleBig]) == idleBigToo)
+        #expect(HostChoice.pick([]) == nil)
+    }
+}

@@ -44,6 +44,7 @@ struct RemoteBuildTests {
             let events = work.events(built)
             let final = events.last { $0["event"] as? String == "result" }
             #expect(final?["runState"] as? String == "Succeeded", "\(final ?? [:])\n\(built.stderr.suffix(3000))")
+            #expect(final?["host"] as? String == lab.address)
             work.expectNothingLeftBehind(final)
             let messages = events.compactMap { $0["message"] as? String }
             #expect(messages.contains { $0.hasPrefix("uploaded the source to \(lab.address) as kiln-source-\(sumBefore).qcow2") }, "\(messages)")
@@ -62,13 +63,18 @@ struct RemoteBuildTests {
             #expect(left == ["kiln-source-\(sumBefore).complete", "kiln-source-\(sumBefore).qcow2"], "\(left)")
             #expect(!FileManager.default.fileExists(atPath: poolPath + "/kiln-source-\(sumBefore).qcow2"), "the pool is the host's alone")
 
-            // 2. A build that fails in its step: the source is found by its sha256 (no upload), and the failure
-            //    takes the domain and the build's volumes with it.
+            // 2. A build that fails in its step, given two hosts to choose from, one of which nobody answers at
+            //    (the next address on the lab's veth): that one is skipped with a notice; the source is found by its
+            //    sha256 (no upload), and the failure takes the domain and the build's volumes with it.
+            let nobody = lab.uri.replacingOccurrences(of: "@\(lab.address)/", with: "@\(lab.address.dropLast())3/")
             let failing = try work.template(#"[{"type": "Shell", "name": "fails", "inline": ["echo about to fail", "exit 3"]}]"#)
-            let failed = try await work.build(failing, remote)
+            let failed = try await work.build(failing, ["--connect", nobody] + remote)
+            #expect(failed.stderr.contains("kiln: host \(lab.address.dropLast())3 skipped: "), "\(failed.stderr.prefix(2000))")
+            #expect(failed.stderr.contains("kiln: host \(lab.address) chosen: 0 Kiln build(s) running there"), "\(failed.stderr.prefix(2000))")
             let failedEvents = work.events(failed)
             let failedFinal = failedEvents.last { $0["event"] as? String == "result" }
             #expect(failedFinal?["runState"] as? String == "Failed", "\(failedFinal ?? [:])")
+            #expect(failedFinal?["host"] as? String == lab.address, "the run names the host it ran on")
             work.expectNothingLeftBehind(failedFinal)
             let failedMessages = failedEvents.compactMap { $0["message"] as? String }
             #expect(failedMessages.contains { $0 == "source volume kiln-source-\(sumBefore).qcow2 is on \(lab.address) already" }, "\(failedMessages)")

@@ -23,6 +23,7 @@ struct LinuxBootStep: BuildStep {
         options.isolateNetwork = request.isolateNetwork
         options.instanceMetadata = plan.instanceMetadata
         options.remote = request.remote
+        build.record.host = request.remote?.host
         let cache = CheckpointCache(state: request.state)
         // The build cache is on this machine: a VM on a remote host takes no checkpoints (the plan says so).
         build.checkpointsEnabled = request.writeCheckpoints && request.remote == nil

@@ -26,6 +26,7 @@ struct ImageImportCommand: AsyncParsableCommand {
     @OptionGroup var machine: MachineFlags
 
     func run() async throws {
+        do { try machine.requireOneHost("kiln image import") } catch { throw fail(error) }
         let state = machine.state
         let file = self.file, urn = self.urn, inspect = !noInspect, accel = machine.accel
         var leaseLayer: LeaseLayer?

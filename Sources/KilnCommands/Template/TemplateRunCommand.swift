@@ -45,7 +45,8 @@ struct TemplateRunCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
                                    useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
-        do { request.remote = try machine.remoteHost() } catch { throw fail(error) }
+        do { request.remote = try await machine.remoteHost { printError("kiln: \($0)") } } catch { throw fail(error) }
+        if let remote = request.remote { request.libvirtURI = remote.uri }
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
@@ -56,7 +57,8 @@ struct TemplateRunCommand: AsyncParsableCommand {
         let logPath = runDirectory + "/worker.log"
         var arguments = ["template", "run", row.name, "--run-id", runID, "--state-dir", state.path, "--accel", machine.accel.rawValue]
             + runOptions.forwardedArguments
-        if let uri = machine.libvirtURI { arguments += ["--connect", uri, "--pool", machine.pool] }
+        for uri in machine.connectURIs { arguments += ["--connect", uri] }
+        if !machine.connectURIs.isEmpty { arguments += ["--pool", machine.pool] }
         let pid: pid_t
         do {
             try PrivateDirectory.createPath(runDirectory)

@@ -35,6 +35,7 @@ struct TemplateShowCommand: ParsableCommand {
         if let last {
             print("lastRunStatus: \(last.record.runState.rawValue) (\(last.record.runSubState.rawValue)), run \(last.record.runID)")
             print("  started:     \(last.record.startTime)" + (last.record.endTime.map { ", ended \($0)" } ?? ""))
+            if let host = last.record.host { print("  host:        \(host) (the build VM ran there)") }
             if !last.record.message.isEmpty { print("  message:     \(last.record.message)") }
             for output in last.record.runOutputs {
                 print("  runOutput \(output.runOutputName) (\(output.type)): \(output.provisioningState) \(output.artifactId ?? output.artifactUri ?? output.error ?? "")")

@@ -47,6 +47,7 @@ struct VMExecCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        do { try machine.requireOneHost("kiln vm exec") } catch { throw fail(error) }
         let events = ConsoleEvents(quiet: quiet)
         let state = machine.state
         let reference = source
