@@ -140,14 +140,14 @@ final class BuildPrinter: Sendable {
     enum Mode { case human, quiet, json }
     let mode: Mode
     let start = ContinuousClock.now
-
     init(mode: Mode) { self.mode = mode }
 
     func print(_ event: BuildEvent) {
         switch mode {
         case .json:
             if let data = try? JSONSerialization.data(withJSONObject: event.json, options: [.sortedKeys]) {
-                FileHandle.standardOutput.write(data + Data("\n".utf8))
+                // Events come from several threads: LineWriter keeps each JSON line whole.
+                LineWriter.standardOutput.write(bytes: Array(data) + [0x0A])
             }
         case .quiet:
             if case .finished(let record) = event { summary(record) }

@@ -4,15 +4,9 @@ import KilnSupport
 import Glibc
 #endif
 
-/// Writes a line to standard error (file descriptor 2, unbuffered).
+/// Writes a line to standard error (file descriptor 2, unbuffered), never cut into by another thread's line.
 func printError(_ line: String) {
-    let text = line + "\n"
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let written = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-        if written < 0 { if errno == EINTR { continue }; return }
-        bytes = bytes.dropFirst(written)
-    }
+    LineWriter.standardError.write(line)
 }
 
 /// Prints `value` as pretty, key-sorted JSON with ISO 8601 dates (the `--json` of list commands).
