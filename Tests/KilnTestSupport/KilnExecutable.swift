@@ -1,4 +1,6 @@
 import Foundation
+import KilnMachine
+import KilnSupport
 
 /// Runs the built `kiln` executable, as a user would.
 public enum KilnExecutable {
@@ -100,19 +102,22 @@ public final class LoopbackHTTPServer: @unchecked Sendable {
     public let port: Int
     private let process: Process
 
+    /// Serves on a port the kernel reports free (a random one could be a VM's forward of another test), and fails
+    /// if the server never answers (it could not bind, or did not start in 30 s on a loaded machine).
     public init(directory: String) throws {
-        port = Int.random(in: 20000...40000)
+        port = try PortAllocator.reserve(nil)
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = ["-m", "http.server", String(port), "--bind", "127.0.0.1", "--directory", directory]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        // Wait until it answers.
-        for _ in 0..<50 {
-            if let url = URL(string: "http://127.0.0.1:\(port)/"), (try? Data(contentsOf: url)) != nil { return }
+        for _ in 0..<300 where process.isRunning {
+            if PortAllocator.isListening(port) { return }
             Thread.sleep(forTimeInterval: 0.1)
         }
+        stop()
+        throw KilnError(.external, "python3 -m http.server did not listen on 127.0.0.1:\(port)")
     }
 
     public func url(_ name: String) -> String { "http://127.0.0.1:\(port)/\(name)" }
