@@ -115,6 +115,19 @@ public final class LibvirtConnection: @unchecked Sendable {
         }
     }
 
+    /// Opens `uri`, runs `body` with the connection, and closes it whether `body` returns or throws.
+    public static func with<T: Sendable>(_ uri: String, _ body: (LibvirtConnection) async throws(KilnError) -> T) async throws(KilnError) -> T {
+        let connection = try await open(uri)
+        do {
+            let value = try await body(connection)
+            await connection.close()
+            return value
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
     /// Closes the connection. Idempotent. Autodestroy domains die with it.
     public func close() async {
         await LibvirtConnection.onQueue(queue) { [self] in

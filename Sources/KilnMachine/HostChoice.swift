@@ -62,16 +62,11 @@ public enum HostChoice {
     }
 
     static func ask(_ remote: RemoteHost) async throws(KilnError) -> Candidate {
-        let connection = try await LibvirtConnection.open(remote.uri)
-        do {
+        try await LibvirtConnection.with(remote.uri) { connection throws(KilnError) in
             let facts = try await connection.hostFacts()
             let running = try await connection.runningDomainNames().filter { $0.hasPrefix("kiln-") }.count
             _ = try await connection.storagePool(named: remote.pool)
-            await connection.close()
             return Candidate(uri: remote.uri, freeMemoryBytes: facts.freeMemoryBytes, runningBuilds: running)
-        } catch {
-            await connection.close()
-            throw error
         }
     }
 }

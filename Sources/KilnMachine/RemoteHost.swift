@@ -51,9 +51,7 @@ public struct RemoteHost: Sendable, Equatable {
     /// TCG or KVM as the host's libvirt offers it (its QEMU runs there, so this machine's probe says nothing of it).
     /// libvirt's word is trusted here: the boot probe Kiln runs locally (`AcceleratorProbe`) needs the host's kernel.
     public func acceleratorDecision() async throws(KilnError) -> AcceleratorDecision {
-        let connection = try await LibvirtConnection.open(uri)
-        let kvm = await connection.offersKVM()
-        await connection.close()
+        let kvm = try await LibvirtConnection.with(uri) { connection async in await connection.offersKVM() }
         return AcceleratorDecision(accelerator: kvm ? .kvm : .tcg,
                                    evidence: kvm ? "\(host)'s libvirt offers KVM domains (--accel tcg if its guests hang)" : "\(host)'s libvirt offers no KVM domains",
                                    bootID: "", decidedAt: Date())
@@ -61,15 +59,10 @@ public struct RemoteHost: Sendable, Equatable {
 
     /// The source in the host's pool, uploaded unless it is there already (what a build does first).
     public func uploadSource(_ image: SourceImage, events: @escaping @Sendable (String) -> Void) async throws(KilnError) {
-        let connection = try await LibvirtConnection.open(uri)
-        do {
-            let storagePool = try await connection.storagePool(named: pool)
-            _ = try await RemoteDisks.uploadedSource(image, format: try RemoteDisks.volumeFormat(image.format), into: storagePool, host: host, events: events)
-        } catch {
-            await connection.close()
-            throw error
+        let format = try RemoteDisks.volumeFormat(image.format)
+        try await LibvirtConnection.with(uri) { connection throws(KilnError) in
+            _ = try await RemoteDisks.uploadedSource(image, format: format, into: try await connection.storagePool(named: pool), host: host, events: events)
         }
-        await connection.close()
     }
 
     /// `user@host`, or `host`.
