@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "KilnSSHTests", dependencies: ["KilnSSH", "KilnGuest", "KilnSupport",
                                                    .product(name: "NIOCore", package: "swift-nio"),
                                                    .product(name: "NIOPosix", package: "swift-nio")]),
-        .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnSupport", "KilnTestSupport"]),
+        .testTarget(name: "KilnSystemTests", dependencies: ["KilnDigest", "KilnLibvirt", "KilnGuestfs", "KilnMachine", "KilnSupport", "KilnTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -155,7 +155,11 @@ struct DoctorCommand: AsyncParsableCommand {
             checks.append(Check(name: "host", ok: false, detail: error.message, fix: "check that libvirt's QEMU driver runs on the host"))
         }
         do {
-            let space = try await connection.storagePool(named: machine.pool).space()
+            let pool = try await connection.storagePool(named: machine.pool)
+            // Measured now, not when libvirt last looked (files come and go behind its back). A refresh is refused
+            // while a volume is being built there; the last measure then still answers.
+            try? await pool.refresh()
+            let space = try await pool.space()
             checks.append(Check(name: "pool \(machine.pool)", ok: space.availableBytes >= Self.minimumPoolBytes,
                                 detail: String(format: "%.1f GiB free of %.1f GiB", Double(space.availableBytes) / Double(1 << 30),
                                                Double(space.capacityBytes) / Double(1 << 30)),

@@ -23,10 +23,10 @@ public enum Libvirt {
     public static func lastError(_ what: String) -> KilnError {
         let message = lastErrorMessage()
         let errorCode = virGetLastError().map { UInt32(bitPattern: $0.pointee.code) }
-        let domainExists = errorCode == VIR_ERR_DOM_EXIST.rawValue
+        let exists = [VIR_ERR_DOM_EXIST.rawValue, VIR_ERR_STORAGE_VOL_EXIST.rawValue].contains(errorCode)
         let missing = [VIR_ERR_NO_STORAGE_POOL.rawValue, VIR_ERR_NO_STORAGE_VOL.rawValue].contains(errorCode)
         let code: KilnError.Code
-        if domainExists || message.contains("already exists") || message.contains("already defined") {
+        if exists || message.contains("already exists") || message.contains("already defined") {
             code = .alreadyExists
         } else if missing {
             code = .notFound

@@ -66,6 +66,30 @@ public struct StorageVolumeSize: Sendable, Equatable {
     public var physicalBytes: UInt64
 }
 
+/// What a volume's file looks like on its host now: its allocation and its modification and change times as the
+/// host's file system reports them (libvirt's `<timestamps>`, seconds with nanoseconds; nil where it gives none).
+/// Two readings are equal only if nothing wrote to the file between them and it is the same file: one removed and
+/// made again under the same name has another change time.
+public struct StorageVolumeStamp: Sendable, Equatable {
+    public var allocationBytes: UInt64
+    public var modified: String?
+    public var changed: String?
+
+    /// Read from libvirt's volume XML.
+    public init(xml: String) {
+        func element(_ name: String) -> String? {
+            // `<name>` or `<name unit='bytes'>`: the first element of that name, attributes skipped.
+            guard let tag = xml.range(of: "<\(name)[ >]", options: .regularExpression),
+                  let open = xml.range(of: ">", range: tag.lowerBound..<xml.endIndex),
+                  let close = xml.range(of: "</\(name)>", range: open.upperBound..<xml.endIndex) else { return nil }
+            return String(xml[open.upperBound..<close.lowerBound]).trimmingCharacters(in: .whitespaces)
+        }
+        allocationBytes = element("allocation").flatMap { UInt64($0) } ?? 0
+        modified = element("mtime")
+        changed = element("ctime")
+    }
+}
+
 /// How far a volume upload or download is.
 public struct TransferProgress: Sendable, Equatable {
     public var bytesDone: UInt64
@@ -122,7 +146,10 @@ public final class LibvirtStoragePool: @unchecked Sendable {
 
     private var raw: UnsafeSendablePointer { UnsafeSendablePointer(pointer: pointer) }
 
-    /// Capacity, allocation and free space, as the pool's host sees its file system.
+    /// Capacity, allocation and free space of the pool's file system on its host, as libvirt last measured them: when
+    /// the pool started or was last refreshed, adjusted by the volumes libvirt itself created or deleted since. An
+    /// upload changes neither at once: libvirt refreshes the pool on a thread of its own after the stream closes, which
+    /// may come after this call. For the space now, `refresh()` first.
     public func space() async throws(KilnError) -> StoragePoolSpace {
         let raw = self.raw
         return try await connection.call("storage pool \(name) info") { _ -> StoragePoolSpace? in
@@ -210,6 +237,17 @@ public final class LibvirtStorageVolume: @unchecked Sendable {
             guard virStorageVolGetInfoFlags(raw.pointer, &physical, UInt32(VIR_STORAGE_VOL_GET_PHYSICAL.rawValue)) == 0 else { return nil }
             return StorageVolumeSize(capacityBytes: info.capacity, allocationBytes: info.allocation, physicalBytes: physical.allocation)
         }
+    }
+
+    /// The volume's file as its host sees it now (libvirt reads it again for this).
+    public func stamp() async throws(KilnError) -> StorageVolumeStamp {
+        let raw = self.raw
+        let xml = try await connection.call("storage volume \(name) description") { _ -> String? in
+            guard let text = virStorageVolGetXMLDesc(raw.pointer, 0) else { return nil }
+            defer { free(text) }
+            return String(cString: text)
+        }
+        return StorageVolumeStamp(xml: xml)
     }
 
     /// Deletes the volume's file on the host.

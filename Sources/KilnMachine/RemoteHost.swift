@@ -125,9 +125,13 @@ final class RemoteDisks: @unchecked Sendable {
     }
 
     /// The source's volume, named by the file's sha256: uploaded the first time, found afterwards. A marker
-    /// volume (`….complete`) is made once the upload finished: a source volume without it (an upload cut off) is
-    /// uploaded again.
+    /// volume (`….complete`) is made once the upload finished. Several builds may want the same source on one host at
+    /// once: only the one that creates the volume uploads; the others wait for its marker while the volume grows. A
+    /// volume without its marker whose file does not change for `stalledAfter` (an upload cut off, its build gone) is
+    /// uploaded again by the one build that creates the `….reclaim` volume first, and only if the volume is still that
+    /// same unchanged file: no build deletes another's upload.
     static func uploadedSource(_ image: SourceImage, format: StorageVolumeSpec.Format, into pool: LibvirtStoragePool, host: String,
+                               stalledAfter: Duration = .seconds(60),
                                events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> LibvirtStorageVolume {
         let clock = ContinuousClock()
         let hashingStart = clock.now
@@ -135,31 +139,97 @@ final class RemoteDisks: @unchecked Sendable {
         let sha256 = try await Blocking.run { () throws(KilnError) -> String in try SHA256Digest.hex(ofFile: path) }
         let fileBytes = FileSize.bytes(path)
         events("source \(image.displayName): sha256 \(sha256.prefix(16))… (\(DurationText.format(clock.now - hashingStart)))")
-        let name = "kiln-source-\(sha256).\(format.rawValue)", marker = "kiln-source-\(sha256).complete"
-        try await pool.refresh()
-        let existing = try? await pool.volume(named: name)
-        if let existing, (try? await pool.volume(named: marker)) != nil {
-            events("source volume \(name) is on \(host) already")
-            return existing
+        let name = "kiln-source-\(sha256).\(format.rawValue)"
+        let marker = "kiln-source-\(sha256).complete", reclaimName = "kiln-source-\(sha256).reclaim"
+        // Volumes libvirt did not make itself (a daemon restarted since) are seen after a refresh; one is refused while
+        // another build creates a volume there, and libvirt's own list is then current.
+        try? await pool.refresh()
+        for _ in 0..<6 {
+            var reclaim: LibvirtStorageVolume?
+            if let existing = try? await pool.volume(named: name) {
+                if (try? await pool.volume(named: marker)) != nil {
+                    events("source volume \(name) is on \(host) already")
+                    return existing
+                }
+                events("source volume \(name) on \(host) is not complete: waiting while another build uploads it")
+                switch try await awaitUpload(of: existing, marker: marker, in: pool, stalledAfter: stalledAfter) {
+                case .completed:
+                    events("source volume \(name) on \(host) was completed by another build")
+                    return existing
+                case .gone:
+                    continue  // removed by the build that uploads it again: look again
+                case .stalled(let stamp):
+                    do {
+                        reclaim = try await pool.createVolume(StorageVolumeSpec(name: reclaimName, capacityBytes: 0, format: .raw))
+                    } catch where error.code == .alreadyExists {
+                        continue  // another build is uploading it again: wait for that one
+                    }
+                    // Still the same untouched file? Another build may have replaced it since the last look.
+                    guard let now = try? await pool.volume(named: name).stamp(), now == stamp else {
+                        try? await reclaim?.delete()
+                        continue
+                    }
+                    events("source volume \(name) on \(host) stopped growing without being completed: uploading it again")
+                    try? await existing.delete()
+                }
+            }
+            // A marker whose volume is gone would vouch for this upload before it ends: removed first.
+            if let staleMarker = try? await pool.volume(named: marker) { try? await staleMarker.delete() }
+            // The file's bytes as they are (a qcow2 file stays a qcow2 file): QEMU and the overlay name its format.
+            let volume: LibvirtStorageVolume
+            do {
+                volume = try await pool.createVolume(StorageVolumeSpec(name: name, capacityBytes: fileBytes, format: .raw))
+                try? await reclaim?.delete()
+            } catch where error.code == .alreadyExists {
+                try? await reclaim?.delete()
+                continue  // another build created it a moment ago: wait for that one's upload
+            } catch {
+                try? await reclaim?.delete()
+                throw error
+            }
+            let uploadStart = clock.now
+            do {
+                try await volume.upload(from: path)
+                _ = try await pool.createVolume(StorageVolumeSpec(name: marker, capacityBytes: 0, format: .raw))
+            } catch {
+                try? await volume.delete()
+                throw error
+            }
+            let seconds = (clock.now - uploadStart).inSeconds
+            events("uploaded the source to \(host) as \(name): \(ByteSize.format(fileBytes)) in \(DurationText.format(clock.now - uploadStart))"
+                   + (seconds > 0 ? String(format: " (%.1f MiB/s)", Double(fileBytes) / 1_048_576 / seconds) : ""))
+            return volume
         }
-        if let existing {
-            events("source volume \(name) on \(host) was not completed: uploading it again")
-            try await existing.delete()
+        throw KilnError(.external, "the source volume \(name) on \(host) was neither completed nor uploaded again after six looks; "
+                        + "if no other build uses it, remove it and \(reclaimName) (virsh vol-delete --pool \(pool.name) NAME) and build again")
+    }
+
+    enum UploadWait: Equatable {
+        case completed
+        case gone
+        /// Unchanged for the whole wait, as last read.
+        case stalled(StorageVolumeStamp)
+    }
+
+    /// Waits while another build uploads `volume`: until its `marker` exists, the volume is gone, or its file has not
+    /// changed for `stalledAfter`.
+    static func awaitUpload(of volume: LibvirtStorageVolume, marker: String, in pool: LibvirtStoragePool,
+                            stalledAfter: Duration) async throws(KilnError) -> UploadWait {
+        let clock = ContinuousClock()
+        var last: StorageVolumeStamp?
+        var lastChange = clock.now
+        while true {
+            if (try? await pool.volume(named: marker)) != nil { return .completed }
+            // A deleted volume cannot be described: its uploader gave up and removed it, or another build reclaimed it.
+            guard let stamp = try? await volume.stamp() else { return .gone }
+            if stamp != last {
+                last = stamp
+                lastChange = clock.now
+            } else if clock.now - lastChange >= stalledAfter {
+                return .stalled(stamp)
+            }
+            do { try await Task.sleep(for: .milliseconds(500)) } catch { throw KilnError(.cancelled, "cancelled while waiting for another build's upload") }
         }
-        // The file's bytes as they are (a qcow2 file stays a qcow2 file): QEMU and the overlay name its format.
-        let volume = try await pool.createVolume(StorageVolumeSpec(name: name, capacityBytes: fileBytes, format: .raw))
-        let uploadStart = clock.now
-        do {
-            try await volume.upload(from: path)
-            _ = try await pool.createVolume(StorageVolumeSpec(name: marker, capacityBytes: 0, format: .raw))
-        } catch {
-            try? await volume.delete()
-            throw error
-        }
-        let seconds = (clock.now - uploadStart).inSeconds
-        events("uploaded the source to \(host) as \(name): \(ByteSize.format(fileBytes)) in \(DurationText.format(clock.now - uploadStart))"
-               + (seconds > 0 ? String(format: " (%.1f MiB/s)", Double(fileBytes) / 1_048_576 / seconds) : ""))
-        return volume
     }
 
     /// The NoCloud seed, made here, as a volume of its own.

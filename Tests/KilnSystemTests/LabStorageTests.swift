@@ -4,6 +4,7 @@ import KilnSupport
 import KilnTestSupport
 import Testing
 @testable import KilnLibvirt
+@testable import KilnMachine
 
 /// libvirt's storage API and host facts against a real libvirtd reached through `qemu+ssh://` (scripts/lab-host),
 /// whose pool directory is a tmpfs the test process cannot see: whatever arrives there came through libvirt's stream.
@@ -95,6 +96,7 @@ struct LabStorageTests {
 
         try await withConnection { connection in
             let pool = try await connection.directoryPool(named: "kiln", path: try lab.poolDirectory)
+            try await pool.refresh()
             let before = try await pool.space()
 
             let base = try await pool.createVolume(StorageVolumeSpec(name: "base.qcow2", capacityBytes: sourceBytes, format: .raw))
@@ -104,6 +106,9 @@ struct LabStorageTests {
             #expect(seen.current.last == TransferProgress(bytesDone: sourceBytes, totalBytes: sourceBytes))
             #expect(!FileManager.default.fileExists(atPath: base.path), "the volume lives on the lab host's tmpfs, not on a disk this process sees")
             #expect(try await base.size().physicalBytes == sourceBytes)
+            // libvirt refreshes the pool after an upload on a thread of its own, which may not have run yet (CI, under
+            // load, saw the space from before): measured now, the upload's blocks are there.
+            try await pool.refresh()
             let after = try await pool.space()
             #expect(after.allocationBytes >= before.allocationBytes + sourceBytes / 2)
 
@@ -166,6 +171,71 @@ struct LabStorageTests {
             #expect((error as? KilnError)?.code == .cancelled, "\(error)")
             // The connection still works after an aborted stream.
             try await volume.delete()
+        }
+    }
+
+    @Test("builds wanting the same source on one host at once upload it once; a source volume cut off mid-upload is uploaded again by one of them, never deleted under another's upload")
+    func sharedSourceUpload() async throws {
+        let scratch = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let file = scratch + "/source.raw"
+        try Self.randomFile(file, megabytes: 24)
+        let sha256 = try SHA256Digest.hex(ofFile: file)
+        let image = SourceImage(path: file, format: "raw", virtualSizeBytes: 24 << 20, firmware: .bios, osType: "Linux",
+                                hasCloudInit: true, urn: nil)
+        let name = "kiln-source-\(sha256).raw"
+        let uri = try lab.uri, poolDirectory = try lab.poolDirectory
+
+        try await withConnection { connection in
+            let pool = try await connection.directoryPool(named: "kiln", path: poolDirectory)
+            // What a controller that died mid-upload leaves: the volume, part written, and no marker.
+            let cutOff = try await pool.createVolume(StorageVolumeSpec(name: name, capacityBytes: 24 << 20, format: .raw))
+            let cutOffStamp = try await cutOff.stamp()
+            #expect(cutOffStamp.modified != nil && cutOffStamp.changed != nil, "the host's file times, from libvirt's volume XML")
+
+            // Two builds, each with its own connection as two kiln processes have.
+            let events = Locked<[String]>([])
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for build in 1...2 {
+                    group.addTask {
+                        let own = try await LibvirtConnection.open(uri)
+                        do {
+                            let pool = try await own.storagePool(named: "kiln")
+                            _ = try await RemoteDisks.uploadedSource(image, format: .raw, into: pool, host: "lab", stalledAfter: .seconds(2)) { line in
+                                events.withLock { $0.append("\(build): \(line)") }
+                            }
+                        } catch {
+                            await own.close()
+                            throw error
+                        }
+                        await own.close()
+                    }
+                }
+                do {
+                    try await group.waitForAll()
+                } catch {
+                    Issue.record("\(error); what the builds said: \(events.current)")
+                    throw error
+                }
+            }
+            let lines = events.current
+            #expect(lines.filter { $0.contains("uploaded the source to lab") }.count == 1, "\(lines)")
+            #expect(lines.filter { $0.contains("stopped growing without being completed") }.count == 1, "\(lines)")
+            #expect(lines.contains { $0.contains("completed by another build") || $0.contains("is on lab already") }, "\(lines)")
+
+            let back = scratch + "/back.raw"
+            try await pool.volume(named: name).download(to: back)
+            #expect(try SHA256Digest.hex(ofFile: back) == sha256)
+            await Self.expectFailure(.notFound) { _ = try await pool.volume(named: "kiln-source-\(sha256).reclaim") }
+            #expect(try await pool.volume(named: name).stamp().changed != cutOffStamp.changed, "a new file under the same name")
+
+            // A third build finds it complete.
+            let third = Locked<[String]>([])
+            _ = try await RemoteDisks.uploadedSource(image, format: .raw, into: pool, host: "lab") { line in third.withLock { $0.append(line) } }
+            #expect(third.current.contains { $0.contains("is on lab already") }, "\(third.current)")
+
+            try await pool.volume(named: name).delete()
+            try await pool.volume(named: "kiln-source-\(sha256).complete").delete()
         }
     }
 }
