@@ -41,6 +41,9 @@ public struct BuildRequest: Sendable {
     public var isolateNetwork = false
     /// A remote libvirt host (`--connect qemu+ssh://…`, `--pool`): the VM runs there, Kiln's state stays here.
     public var remote: RemoteHost?
+    /// The other hosts that could take the build (several `--connect`, ranked): the build goes to the next one when
+    /// `remote` cannot start it.
+    public var fallbackHosts: [RemoteHost] = []
 
     public init(templatePath: String, name: String? = nil, parameters: [String: String] = [:], inputs: DeploymentInputs? = nil, state: StateDirectory,
                 accelerator: AcceleratorChoice = .auto, libvirtURI: String? = nil, onError: ErrorAction? = nil,

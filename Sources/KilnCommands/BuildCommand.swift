@@ -60,8 +60,7 @@ struct BuildCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, useCache: !runOptions.noCache,
                                    writeCheckpoints: !runOptions.noCheckpoints, resumeRun: resume, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
-        do { request.remote = try await machine.remoteHost { printError("kiln: \($0)") } } catch { throw fail(error) }
-        if let remote = request.remote { request.libvirtURI = remote.uri }
+        do { try await machine.placeRemotely(&request) { printError("kiln: \($0)") } } catch { throw fail(error) }
         if plan {
             do {
                 Swift.print(try await BuildPlanner.plan(request).text)

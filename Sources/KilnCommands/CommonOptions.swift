@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KilnBuild
 import KilnLibvirt
 import KilnMachine
 import KilnSupport
@@ -37,14 +38,21 @@ struct MachineFlags: ParsableArguments {
         }
     }
 
-    /// The remote host a build runs on: the one `--connect` names, or the one chosen among several
-    /// (`HostChoice`: fewest Kiln builds running, then most free memory); nil for a libvirt on this machine.
-    func remoteHost(notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> RemoteHost? {
+    /// Puts a build on its remote host: the one `--connect` names, or the first of several ranked by `HostChoice`
+    /// (fewest Kiln builds running, then most free memory), the others kept for when it cannot start the build.
+    /// Leaves the request alone for a libvirt on this machine.
+    func placeRemotely(_ request: inout BuildRequest, notice: @escaping @Sendable (String) -> Void) async throws(KilnError) {
+        let hosts: [RemoteHost]
         if connectURIs.count > 1 {
-            return try await HostChoice.choose(connectURIs, pool: pool, memoryBytes: 2 << 30, notice: notice)
+            hosts = try await HostChoice.choose(connectURIs, pool: pool, memoryBytes: 2 << 30, notice: notice)
+        } else if let uri = libvirtURI, LibvirtURI.remoteHost(uri) != nil {
+            hosts = [try RemoteHost(uri: uri, pool: pool)]
+        } else {
+            return
         }
-        guard let uri = libvirtURI, LibvirtURI.remoteHost(uri) != nil else { return nil }
-        return try RemoteHost(uri: uri, pool: pool)
+        request.remote = hosts.first
+        request.fallbackHosts = Array(hosts.dropFirst())
+        request.libvirtURI = hosts.first?.uri
     }
 
     var state: StateDirectory { StateDirectory(explicit: stateDir) }

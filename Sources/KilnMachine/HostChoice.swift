@@ -6,7 +6,8 @@ import KilnSupport
 /// its free memory and the Kiln builds running on it (domains named `kiln-…`); the build goes to the one with the
 /// fewest builds running, then the most free memory. A host that does not answer, has no pool of that name, or has
 /// less free memory than the build VM needs is skipped with a notice; only when every host is skipped does the
-/// build fail, naming each host and why.
+/// build fail, naming each host and why. A host chosen that then cannot start the build (its pool too full for the
+/// source, its QEMU refusing the domain) passes the build to the next one (`LinuxBootStep`).
 public enum HostChoice {
     public struct Candidate: Sendable, Equatable {
         public var uri: String
@@ -20,17 +21,22 @@ public enum HostChoice {
         }
     }
 
-    /// The candidate a build goes to: fewest running builds, then most free memory, then the order given.
-    public static func pick(_ candidates: [Candidate]) -> Candidate? {
-        candidates.enumerated().min { a, b in
+    /// The candidates in the order a build tries them: fewest running builds, then most free memory, then the order
+    /// given.
+    public static func rank(_ candidates: [Candidate]) -> [Candidate] {
+        candidates.enumerated().sorted { a, b in
             (a.element.runningBuilds, UInt64.max - a.element.freeMemoryBytes, a.offset)
                 < (b.element.runningBuilds, UInt64.max - b.element.freeMemoryBytes, b.offset)
-        }?.element
+        }.map(\.element)
     }
 
-    /// Asks each host and picks one; `notice` hears every host skipped and the choice.
+    /// The candidate a build goes to first.
+    public static func pick(_ candidates: [Candidate]) -> Candidate? { rank(candidates).first }
+
+    /// Asks each host and ranks those that can take the build: the first is the build's host, the others are where
+    /// it goes if that one cannot start it. `notice` hears every host skipped and the choice.
     public static func choose(_ uris: [String], pool: String, memoryBytes: UInt64,
-                              notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> RemoteHost {
+                              notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> [RemoteHost] {
         var candidates: [Candidate] = []
         var skipped: [String] = []
         for uri in uris {
@@ -52,13 +58,14 @@ public enum HostChoice {
                 notice("host \(remote.host) skipped: \(reason)")
             }
         }
-        guard let chosen = pick(candidates) else {
+        let ranked = rank(candidates)
+        guard let chosen = ranked.first else {
             throw KilnError(.external, "no build host could take the build: " + skipped.joined(separator: "; "))
         }
-        let remote = try RemoteHost(uri: chosen.uri, pool: pool)
-        notice("host \(remote.host) chosen: \(chosen.runningBuilds) Kiln build(s) running there, \(ByteSize.format(chosen.freeMemoryBytes)) free"
-               + (candidates.count > 1 ? " (of \(candidates.count) that could take it)" : ""))
-        return remote
+        let hosts = try ranked.map { candidate throws(KilnError) in try RemoteHost(uri: candidate.uri, pool: pool) }
+        notice("host \(hosts[0].host) chosen: \(chosen.runningBuilds) Kiln build(s) running there, \(ByteSize.format(chosen.freeMemoryBytes)) free"
+               + (candidates.count > 1 ? " (of \(candidates.count) that could take it; then " + hosts.dropFirst().map(\.host).joined(separator: ", ") + ")" : ""))
+        return hosts
     }
 
     static func ask(_ remote: RemoteHost) async throws(KilnError) -> Candidate {

@@ -173,6 +173,13 @@ final class RemoteDisks: @unchecked Sendable {
                     try? await existing.delete()
                 }
             }
+            // Room for the source and the build's first writes, or the upload would end in "no space left" minutes later.
+            if let space = try? await pool.space(), space.availableBytes < fileBytes + minimumBuildBytes {
+                try? await reclaim?.delete()
+                throw KilnError(.io, "the storage pool \(pool.name) on \(host) has \(ByteSize.format(space.availableBytes)) free: "
+                                + "the source needs \(ByteSize.format(fileBytes)) and the build's disk \(ByteSize.format(minimumBuildBytes)) more; "
+                                + "free space in the pool's directory there, or name another pool with --pool")
+            }
             // A marker whose volume is gone would vouch for this upload before it ends: removed first.
             if let staleMarker = try? await pool.volume(named: marker) { try? await staleMarker.delete() }
             // The file's bytes as they are (a qcow2 file stays a qcow2 file): QEMU and the overlay name its format.
@@ -203,6 +210,9 @@ final class RemoteDisks: @unchecked Sendable {
         throw KilnError(.external, "the source volume \(name) on \(host) was neither completed nor uploaded again after six looks; "
                         + "if no other build uses it, remove it and \(reclaimName) (virsh vol-delete --pool \(pool.name) NAME) and build again")
     }
+
+    /// What a build's overlay is given room for, beyond the source, before the upload starts.
+    static let minimumBuildBytes: UInt64 = 1 << 30
 
     enum UploadWait: Equatable {
         case completed

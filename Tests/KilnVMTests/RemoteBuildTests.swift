@@ -63,26 +63,43 @@ struct RemoteBuildTests {
             #expect(left == ["kiln-source-\(sumBefore).complete", "kiln-source-\(sumBefore).qcow2"], "\(left)")
             #expect(!FileManager.default.fileExists(atPath: poolPath + "/kiln-source-\(sumBefore).qcow2"), "the pool is the host's alone")
 
-            // 2. A build that fails in its step, given two hosts to choose from, one of which nobody answers at
-            //    (the next address on the lab's veth): that one is skipped with a notice; the source is found by its
-            //    sha256 (no upload), and the failure takes the domain and the build's volumes with it.
-            let nobody = lab.uri.replacingOccurrences(of: "@\(lab.address)/", with: "@\(lab.address.dropLast())3/")
-            let failing = try work.template(#"[{"type": "Shell", "name": "fails", "inline": ["echo about to fail", "exit 3"]}]"#)
-            let failed = try await work.build(failing, ["--connect", nobody] + remote)
-            #expect(failed.stderr.contains("kiln: host \(lab.address.dropLast())3 skipped: "), "\(failed.stderr.prefix(2000))")
-            #expect(failed.stderr.contains("kiln: host \(lab.address) chosen: 0 Kiln build(s) running there"), "\(failed.stderr.prefix(2000))")
-            let failedEvents = work.events(failed)
-            let failedFinal = failedEvents.last { $0["event"] as? String == "result" }
-            #expect(failedFinal?["runState"] as? String == "Failed", "\(failedFinal ?? [:])")
-            #expect(failedFinal?["host"] as? String == lab.address, "the run names the host it ran on")
-            work.expectNothingLeftBehind(failedFinal)
-            let failedMessages = failedEvents.compactMap { $0["message"] as? String }
-            #expect(failedMessages.contains { $0 == "source volume kiln-source-\(sumBefore).qcow2 is on \(lab.address) already" }, "\(failedMessages)")
-            #expect(!failedMessages.contains { $0.hasPrefix("uploaded the source") })
-            let domains = try await Self.onHost(lab, "virsh -q list --all --name").trimmingCharacters(in: .whitespacesAndNewlines)
-            #expect(domains.isEmpty, "\(domains)")
-            let after = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
-            #expect(after == left, "\(after)")
+            // 2. A build that fails in its step, given three hosts: one nobody answers at (the next address on the
+            //    lab's veth) is skipped with a notice; a second lab host whose pool is too small for the source is
+            //    chosen first (no Kiln build runs there, while a paused placeholder `kiln-…` domain runs on the first
+            //    lab host) and cannot start the build, which goes on to the first lab host. There the source is found
+            //    by its sha256 (no upload), and the failure takes the domain and the build's volumes with it.
+            try await LabHost.with(poolSize: "64m") { small in
+                let smallPool = small.poolDirectory + "/kiln"
+                _ = try await Self.onHost(small, "virsh -q pool-define-as kiln dir --target \(smallPool) && virsh -q pool-build kiln && virsh -q pool-start kiln")
+                _ = try await Self.onHost(lab, """
+                    printf '%s' "<domain type='qemu'><name>kiln-placeholder</name><memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>" > /tmp/placeholder.xml && virsh -q create /tmp/placeholder.xml --paused
+                    """)
+                let nobody = lab.uri.replacingOccurrences(of: "@\(lab.address)/", with: "@\(lab.address.dropLast())3/")
+                let failing = try work.template(#"[{"type": "Shell", "name": "fails", "inline": ["echo about to fail", "exit 3"]}]"#)
+                let failed = try await work.build(failing, ["--connect", nobody, "--connect", small.uri] + remote)
+                #expect(failed.stderr.contains("kiln: host \(lab.address.dropLast())3 skipped: "), "\(failed.stderr.prefix(2000))")
+                #expect(failed.stderr.contains("kiln: host \(small.address) chosen: 0 Kiln build(s) running there"), "\(failed.stderr.prefix(2000))")
+                let moved = work.events(failed).compactMap { $0["message"] as? String }.first { $0.hasPrefix("host \(small.address) could not start the build") }
+                #expect(moved?.contains("the storage pool kiln on \(small.address) has") == true, "\(failed.stderr.prefix(3000))")
+                #expect(moved?.hasSuffix("trying host \(lab.address)") == true, "\(moved ?? "")")
+                let smallLeft = try await Self.onHost(small, "ls -A \(smallPool)").trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(smallLeft.isEmpty, "nothing of the build stays on the host that could not start it: \(smallLeft)")
+                let smallDomains = try await Self.onHost(small, "virsh -q list --all --name").trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(smallDomains.isEmpty, "\(smallDomains)")
+                _ = try await Self.onHost(lab, "virsh -q destroy kiln-placeholder")
+                let failedEvents = work.events(failed)
+                let failedFinal = failedEvents.last { $0["event"] as? String == "result" }
+                #expect(failedFinal?["runState"] as? String == "Failed", "\(failedFinal ?? [:])")
+                #expect(failedFinal?["host"] as? String == lab.address, "the run names the host it ran on")
+                work.expectNothingLeftBehind(failedFinal)
+                let failedMessages = failedEvents.compactMap { $0["message"] as? String }
+                #expect(failedMessages.contains { $0 == "source volume kiln-source-\(sumBefore).qcow2 is on \(lab.address) already" }, "\(failedMessages)")
+                #expect(!failedMessages.contains { $0.hasPrefix("uploaded the source") })
+                let domains = try await Self.onHost(lab, "virsh -q list --all --name").trimmingCharacters(in: .whitespacesAndNewlines)
+                #expect(domains.isEmpty, "\(domains)")
+                let after = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
+                #expect(after == left, "\(after)")
+            }
             #expect(try SHA256Digest.hex(ofFile: image.path) == sumBefore)
         }
     }

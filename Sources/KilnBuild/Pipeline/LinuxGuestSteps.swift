@@ -51,13 +51,45 @@ struct LinuxBootStep: BuildStep {
         options.overlayPath = build.beginCheckpoint(cache, key: keys[0])
         state.checkpoints = CheckpointChain(cache: cache, keys: keys, parent: nil, firstStep: 0, resumed: false)
         build.enterPhase(.building, "boot")
-        let machine = try await BuildMachine.boot(options) { message in
-            log.write("kiln", message)
-            events(.message(message))
-        }
+        let machine = try await Self.boot(options, fallbackHosts: request.fallbackHosts, autoAccelerator: request.accelerator == .auto,
+                                          build: build, log: log)
         build.machine = machine
         state.session = try await machine.waitForGuest(timeout: request.sshTimeout)
         return .proceed
+    }
+
+    /// Boots the build VM; on a remote host that cannot start it (its pool too full for the source, its libvirt or
+    /// QEMU refusing the domain, the host gone), on the next of `fallbackHosts`, with a notice. What the failed
+    /// start made there is gone with it (`BuildMachine.boot` tears down on failure). A guest that then does not
+    /// answer is the image's matter, not the host's: that is not retried elsewhere.
+    static func boot(_ options: MachineOptions, fallbackHosts: [RemoteHost], autoAccelerator: Bool, build: BuildEngine,
+                     log: CustomizationLog) async throws -> BuildMachine {
+        let events = build.events
+        let say: @Sendable (String) -> Void = { message in
+            log.write("kiln", message)
+            events(.message(message))
+        }
+        var options = options
+        var next = fallbackHosts[...]
+        while true {
+            do {
+                return try await BuildMachine.boot(options, events: say)
+            } catch {
+                guard let failed = options.remote, let host = next.popFirst(), error.code != .cancelled, !Task.isCancelled else { throw error }
+                let notice = "host \(failed.host) could not start the build: \(error.message); trying host \(host.host)"
+                log.write("kiln", notice)
+                events(.warning(notice))
+                options.remote = host
+                options.libvirtURI = host.uri
+                if autoAccelerator {
+                    let decision = try await host.acceleratorDecision()
+                    options.accelerator = decision.accelerator
+                    say("accelerator on \(host.host) \(decision.accelerator.rawValue): \(decision.evidence)")
+                }
+                build.record.host = host.host
+                build.persist()
+            }
+        }
     }
 
     func cleanup(_ build: BuildEngine) async {

@@ -45,8 +45,7 @@ struct TemplateRunCommand: AsyncParsableCommand {
                                    sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
                                    useCache: !runOptions.noCache, writeCheckpoints: !runOptions.noCheckpoints, offline: runOptions.offline, force: runOptions.force)
         request.isolateNetwork = runOptions.isolateNetwork
-        do { request.remote = try await machine.remoteHost { printError("kiln: \($0)") } } catch { throw fail(error) }
-        if let remote = request.remote { request.libvirtURI = remote.uri }
+        do { try await machine.placeRemotely(&request) { printError("kiln: \($0)") } } catch { throw fail(error) }
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
     }
