@@ -18,7 +18,8 @@ extension BuildEngine {
             guard let entry = cache.lookup(keys[position], within: within) else { continue }
             let chain = cache.chain(of: entry)
             var chainHolds = chain.compactMap { cache.hold($0) }
-            guard chainHolds.count == chain.count, FileManager.default.fileExists(atPath: entry.machine.memoryPath) else { continue }
+            // A remote checkpoint's memory image is on its host: looked for when it resumes.
+            guard chainHolds.count == chain.count, entry.machine.remote != nil || FileManager.default.fileExists(atPath: entry.machine.memoryPath) else { continue }
             enterPhase(.building, "resume")
             let note = "resuming from checkpoint \(entry.shortKey) (\(entry.stepDescription), run \(entry.runID), \(entry.createdAt.formatted(.iso8601)))"
             log.write("kiln", note)
@@ -68,12 +69,21 @@ extension BuildEngine {
                 log.write("kiln", notice)
                 events(.warning(notice))
                 chainHolds.removeAll()
-                _ = cache.remove(entry)
+                await forgetRemoteVolumes(of: cache.remove(entry).removed)
             }
         }
         return nil
     }
 
+
+    /// Deletes the volumes on their hosts of checkpoints the cache removed (notices go to the build's log).
+    func forgetRemoteVolumes(of removed: [CheckpointEntry]) async {
+        let log = self.log, events = self.events
+        await RemoteCheckpointFiles.delete(removed.map(\.machine)) { notice in
+            log?.write("kiln", notice)
+            events(.warning(notice))
+        }
+    }
 
     /// Creates the folder for checkpoint `key` and returns the overlay path in it; nil (the run directory) when
     /// checkpoints are off or the folder cannot be made.

@@ -335,6 +335,7 @@ public final class BuildEngine: @unchecked Sendable {
             ProcessWatchdog.shared?.forgetProcesses(naming: runDirectory)
             holds.removeAll()
             let pruned = CheckpointCache(state: request.state).prune(maxBytes: request.cacheLimitBytes)
+            await forgetRemoteVolumes(of: pruned.removed)
             if !pruned.removed.isEmpty {
                 events(.message("build cache over \(ByteSize.format(request.cacheLimitBytes)): removed \(pruned.removed.count) least recently used checkpoint(s), \(ByteSize.format(pruned.freedBytes))"))
             }

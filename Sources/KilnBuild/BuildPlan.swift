@@ -46,6 +46,8 @@ public struct BuildPlan: Sendable {
     public var bootKey: String?
     /// Why the build reads and writes no checkpoints; nil when it does.
     public var noCheckpointsReason: String?
+    /// The remote host and pool that keep the checkpoints' volumes (part of their keys); nil on this machine.
+    public var checkpointHost: String?
     public var distribute: [Distributor]
     /// Secure parameter values: the printed plan masks them (a SAS token in a scriptUri, say).
     var secrets: [String] = []

@@ -100,15 +100,16 @@ public enum BuildPlanner {
         var noCheckpoints: String?
         if guestOS == .windows {
             noCheckpoints = "the build cache does not cover Windows guests: no checkpoints are read or written"
-        } else if let remote = request.remote {
-            noCheckpoints = "a build on a remote host (\(remote.host)) reads and writes no checkpoints: the build cache is on this machine"
         } else if !request.useCache && !request.writeCheckpoints && request.resumeRun == nil {
             noCheckpoints = "--no-cache and --no-checkpoints"
         }
-        return BuildPlan(templateName: template.name, templatePath: request.templatePath, source: source, guestOS: guestOS, size: size,
-                         osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB, accelerator: nil, username: "packer",
-                         instanceMetadata: metadata, customize: customize, validations: validations, sourceValidationOnly: sourceOnly,
-                         bootKey: nil, noCheckpointsReason: noCheckpoints, distribute: template.properties.distribute)
+        var plan = BuildPlan(templateName: template.name, templatePath: request.templatePath, source: source, guestOS: guestOS, size: size,
+                             osDiskSizeGB: template.properties.vmProfile.osDiskSizeGB, accelerator: nil, username: "packer",
+                             instanceMetadata: metadata, customize: customize, validations: validations, sourceValidationOnly: sourceOnly,
+                             bootKey: nil, noCheckpointsReason: noCheckpoints, distribute: template.properties.distribute)
+        // A remote host keeps its checkpoints' volumes in its pool: the keys are that host's.
+        plan.checkpointHost = request.remote.map { "\($0.uri) pool \($0.pool)" }
+        return plan
     }
 
     /// Completes the checkpoint keys of a Linux plan: the booted source, then each customizer on top of the one
@@ -120,7 +121,7 @@ public enum BuildPlanner {
         guard plan.guestOS == .linux, let accelerator else { return plan }
         var parent = try CheckpointKeys.boot(source: plan.source, size: plan.size, osDiskSizeGB: plan.osDiskSizeGB,
                                              accelerator: accelerator.accelerator, username: plan.username,
-                                             instanceMetadata: plan.instanceMetadata)
+                                             instanceMetadata: plan.instanceMetadata, host: plan.checkpointHost)
         plan.bootKey = parent
         for index in plan.customize.indices {
             let step = plan.customize[index]

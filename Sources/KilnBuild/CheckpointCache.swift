@@ -129,8 +129,9 @@ public struct CheckpointCache: Sendable {
     }
 
     /// Bytes the checkpoint's own files take on disk (allocated blocks: layers and memory images are sparse).
+    /// A remote checkpoint's volumes on its host count too (as measured when it was taken).
     public func sizeBytes(_ entry: CheckpointEntry) -> UInt64 {
-        CheckpointCache.folderBytes(entry.machine.directory)
+        CheckpointCache.folderBytes(entry.machine.directory) + (entry.machine.remote?.bytes ?? 0)
     }
 
     static func folderBytes(_ folder: String) -> UInt64 {
@@ -304,9 +305,10 @@ public struct CheckpointKeys: Sendable {
 
     /// The booted source: the image file (path, size, modification time), the VM's profile, how the build user
     /// got in, and what the guest's instance metadata says (a step may have read it). Memory images resume only
-    /// on the same CPU model and machine, hence the accelerator.
+    /// on the same CPU model and machine, hence the accelerator; a remote `host` (its URI and pool) keeps the
+    /// volumes, so its checkpoints are its own.
     public static func boot(source: SourceImage, size: VMSize, osDiskSizeGB: Int, accelerator: Accelerator, username: String,
-                            instanceMetadata: InstanceMetadata? = nil) throws(KilnError) -> String {
+                            instanceMetadata: InstanceMetadata? = nil, host: String? = nil) throws(KilnError) -> String {
         let attributes = (try? FileManager.default.attributesOfItem(atPath: source.path)) ?? [:]
         let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
         let fileSize = (attributes[.size] as? NSNumber)?.uint64Value ?? 0
@@ -315,7 +317,7 @@ public struct CheckpointKeys: Sendable {
             "vm", size.name.lowercased(), String(size.vCPUs), String(size.memoryMiB), String(osDiskSizeGB), accelerator.rawValue,
             "user", username, "provisioning", source.provisioning?.rawValue ?? "-",
             "metadata", instanceMetadata?.canonicalText ?? "-",
-        ])
+        ] + (host.map { ["host", $0] } ?? []))
     }
 
     /// A customizer on top of `parent`: its whole definition, its position, and the sha256 of what it downloaded

@@ -180,6 +180,17 @@ public final class LibvirtStoragePool: @unchecked Sendable {
         try await createVolume(xml: spec.xml)
     }
 
+    /// A new volume `name` holding a copy of `original`'s bytes, made on the pool's host (nothing crosses the
+    /// connection). `original` must be in this pool.
+    public func cloneVolume(_ original: LibvirtStorageVolume, as name: String, capacityBytes: UInt64) async throws(KilnError) -> LibvirtStorageVolume {
+        let raw = self.raw, from = UnsafeSendablePointer(pointer: original.pointer)
+        let xml = StorageVolumeSpec(name: name, capacityBytes: capacityBytes, format: .raw).xml
+        let volume = try await connection.call("storage volume copy of \(original.name) as \(name) in pool \(self.name)") { _ -> UnsafeSendablePointer? in
+            virStorageVolCreateXMLFrom(raw.pointer, xml, from.pointer, 0).map(UnsafeSendablePointer.init)
+        }
+        return try await LibvirtStorageVolume.wrap(volume, connection: connection)
+    }
+
     /// Creates a volume from libvirt's `<volume>` XML.
     public func createVolume(xml: String) async throws(KilnError) -> LibvirtStorageVolume {
         let raw = self.raw
@@ -191,7 +202,7 @@ public final class LibvirtStoragePool: @unchecked Sendable {
 }
 
 public final class LibvirtStorageVolume: @unchecked Sendable {
-    private let pointer: OpaquePointer
+    fileprivate let pointer: OpaquePointer
     private let connection: LibvirtConnection
     public let name: String
     /// The volume's path on the pool's host (not on this machine, for a remote host): what a domain or an

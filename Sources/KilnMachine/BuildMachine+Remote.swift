@@ -1,3 +1,4 @@
+import Foundation
 import KilnLibvirt
 import KilnSupport
 
@@ -15,12 +16,40 @@ extension BuildMachine {
         }
         _ = try await connectLibvirt { () async throws(KilnError) -> Bool in true }
         let useSeed = try await prepareDisks()
+        try await launchRemote(remote) { () async throws(KilnError) in try await self.startDomain(withSeed: useSeed) }
+    }
+
+    /// Resumes a checkpoint taken on this remote host: this run's overlay on its layer there, its seed uploaded
+    /// again from here, the guest restored from the memory image in the pool.
+    func startResumedRemote(_ checkpoint: MachineCheckpoint, files: RemoteCheckpointFiles, remote: RemoteHost) async throws(KilnError) {
+        _ = try await connectLibvirt { () async throws(KilnError) -> Bool in true }
+        try writePrivateKey()
+        guard let connection else { throw KilnError(.internalError, "no libvirt connection to \(remote.host)") }
+        let capacity = max(options.osDiskSizeGB > 0 ? UInt64(options.osDiskSizeGB) << 30 : 0, options.source.virtualSizeBytes)
+        let disks = try await RemoteDisks.prepareResumed(remote, connection: connection, files: files, capacityBytes: capacity,
+                                                         runID: options.runID, overlayName: remoteVolumeName(forOverlay: overlayPath), events: events)
+        remoteDisks = disks
+        if checkpoint.hasSeed {
+            try await disks.uploadSeed(from: checkpoint.seedPath)
+            attachedSeedPath = disks.seed?.path
+        }
+        try await launchRemote(remote) { () async throws(KilnError) in
+            let spec = self.domainSpec
+            try? spec.xml.write(toFile: self.options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
+            try await self.started(with: connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name))
+            self.events("resumed \(self.domainName) on \(remote.host) from \(checkpoint.memoryPath) there")
+        }
+    }
+
+    /// Starts the domain (`start`) with its guest port on a free port of the host's loopback (another one if QEMU
+    /// finds it taken), then the tunnel to it.
+    private func launchRemote(_ remote: RemoteHost, start: () async throws(KilnError) -> Void) async throws(KilnError) {
         var attempt = 0
         while true {
             attempt += 1
             forwardedPort = Int.random(in: 40000...59999)
             do {
-                try await startDomain(withSeed: useSeed)
+                try await start()
                 break
             } catch where error.code == .portUnavailable && attempt < 5 {
                 events("port \(forwardedPort) on \(remote.host)'s loopback is taken; another one")
@@ -30,6 +59,14 @@ extension BuildMachine {
         tunnel = opened
         sshPort = opened.localPort
         events("the guest's port \(forwardedPort) on \(remote.host)'s loopback is 127.0.0.1:\(sshPort) here, through ssh \(remote.destination)")
+    }
+
+    /// The volume on the remote host for an overlay path here: a checkpoint folder's `disk.qcow2` is
+    /// `kiln-ckpt-<folder>.qcow2`, the run directory's is `kiln-<runID>-disk.qcow2`.
+    func remoteVolumeName(forOverlay path: String) -> String {
+        let folder = (path as NSString).deletingLastPathComponent
+        guard (path as NSString).lastPathComponent == "disk.qcow2", folder != options.runDirectory else { return "kiln-\(options.runID)-disk.qcow2" }
+        return RemoteCheckpointFiles.volumeName(folder: (folder as NSString).lastPathComponent, kind: "qcow2")
     }
 
     /// On a remote host, brings the powered-off guest's disk here: its overlay downloaded to `overlayPath` and put on

@@ -18,9 +18,12 @@ public struct MachineCheckpoint: Sendable, Codable, Equatable {
     public var domainUUID: String
     public var domainName: String
     public var hasSeed: Bool
+    /// A guest that ran on a remote host: its memory image, disk layer and UEFI variables are volumes there, and
+    /// this folder keeps the rest (and a copy of the layer once a build fetched it).
+    public var remote: RemoteCheckpointFiles?
 
     public init(directory: String, rootDirectory: String, username: String, hostKey: String, domainUUID: String, domainName: String,
-                hasSeed: Bool) {
+                hasSeed: Bool, remote: RemoteCheckpointFiles? = nil) {
         self.directory = directory
         self.rootDirectory = rootDirectory
         self.username = username
@@ -28,13 +31,85 @@ public struct MachineCheckpoint: Sendable, Codable, Equatable {
         self.domainUUID = domainUUID
         self.domainName = domainName
         self.hasSeed = hasSeed
+        self.remote = remote
     }
 
-    public var memoryPath: String { directory + "/memory.save" }
+    /// The folder's name in the cache (`<key>-<runID>`).
+    public var folderName: String { (directory as NSString).lastPathComponent }
+    /// The memory image: in the folder, or on the remote host (a path there).
+    public var memoryPath: String { remote.map { $0.poolDirectory + "/" + $0.memoryVolume } ?? directory + "/memory.save" }
+    /// The disk layer; for a remote checkpoint, the copy of its volume a build fetched here (if one did).
     public var diskPath: String { directory + "/disk.qcow2" }
     public var nvramPath: String { directory + "/nvram.fd" }
     public var keyPath: String { rootDirectory + "/key.raw" }
     public var seedPath: String { rootDirectory + "/seed.img" }
+}
+
+/// The files of a checkpoint taken on a remote host (`MachineCheckpoint.remote`): volumes in the host's pool, named
+/// after the checkpoint's folder here (`kiln-ckpt-<folder>.<kind>`).
+public struct RemoteCheckpointFiles: Sendable, Codable, Equatable {
+    public var uri: String
+    public var pool: String
+    /// The pool's directory on the host.
+    public var poolDirectory: String
+    public var memoryVolume: String
+    public var diskVolume: String
+    public var nvramVolume: String?
+    /// The disk layers the guest stands on, the chain's first checkpoint's first and this one's last, over the source
+    /// volume.
+    public var layers: [RemoteLayer]
+    /// What the volumes take on the host.
+    public var bytes: UInt64
+
+    public init(uri: String, pool: String, poolDirectory: String, memoryVolume: String, diskVolume: String, nvramVolume: String?,
+                layers: [RemoteLayer], bytes: UInt64) {
+        self.uri = uri
+        self.pool = pool
+        self.poolDirectory = poolDirectory
+        self.memoryVolume = memoryVolume
+        self.diskVolume = diskVolume
+        self.nvramVolume = nvramVolume
+        self.layers = layers
+        self.bytes = bytes
+    }
+
+    /// The volumes of a checkpoint in `folder`: `kiln-ckpt-<folder>.memory`, `.qcow2`, `.nvram`.
+    public static func volumeName(folder: String, kind: String) -> String { "kiln-ckpt-\(folder).\(kind)" }
+
+    /// The checkpoint's own volumes (the layers below belong to its ancestors).
+    public var volumes: [String] { [memoryVolume, diskVolume] + (nvramVolume.map { [$0] } ?? []) }
+
+    /// Deletes the volumes of checkpoints the cache removed, one connection per host; `notice` hears a host that
+    /// could not be reached (its volumes stay there: `virsh vol-delete` removes them).
+    public static func delete(_ removed: [MachineCheckpoint], notice: @escaping @Sendable (String) -> Void) async {
+        let byHost = Dictionary(grouping: removed.compactMap(\.remote), by: { "\($0.uri)\n\($0.pool)" })
+        for files in byHost.values {
+            guard let first = files.first else { continue }
+            do {
+                try await LibvirtConnection.with(first.uri) { connection throws(KilnError) in
+                    let pool = try await connection.storagePool(named: first.pool)
+                    try? await pool.refresh()
+                    for name in files.flatMap(\.volumes) {
+                        if let volume = try? await pool.volume(named: name) { try? await volume.delete() }
+                    }
+                }
+            } catch {
+                notice("the removed checkpoints' volumes stay in pool \(first.pool) on \(first.uri): \(error.message)")
+            }
+        }
+    }
+}
+
+/// A checkpoint's disk layer on a remote host, and where a build fetching the guest's disk keeps a copy of it here
+/// (in the checkpoint's folder, so later builds fetch only newer layers).
+public struct RemoteLayer: Sendable, Codable, Equatable {
+    public var volume: String
+    public var localCopy: String
+
+    public init(volume: String, localCopy: String) {
+        self.volume = volume
+        self.localCopy = localCopy
+    }
 }
 
 extension BuildMachine {
@@ -53,30 +128,42 @@ extension BuildMachine {
         domainUUID = uuid
         let directory = (overlayPath as NSString).deletingLastPathComponent
         let uefi = options.source.firmware == .uefi
-        let checkpoint = MachineCheckpoint(directory: directory, rootDirectory: root?.rootDirectory ?? directory, username: options.username,
+        var checkpoint = MachineCheckpoint(directory: directory, rootDirectory: root?.rootDirectory ?? directory, username: options.username,
                                            hostKey: hostKey, domainUUID: uuid, domainName: domainName, hasSeed: attachedSeedPath != nil)
         guard (overlayPath as NSString).lastPathComponent == "disk.qcow2", overlayPath != options.runDirectory + "/disk.qcow2" else {
             throw KilnError(.internalError, "the build VM's overlay \(overlayPath) is not in a checkpoint folder")
         }
+        // On a remote host the memory image and the next overlay are files in its pool (named after the folders here).
+        let memoryTarget = remoteDisks.map { $0.directory + "/" + RemoteCheckpointFiles.volumeName(folder: checkpoint.folderName, kind: "memory") }
+            ?? checkpoint.memoryPath
+        let nextOverlayName = remoteDisks.map { _ in remoteVolumeName(forOverlay: nextOverlay) }
+        let nextTarget = remoteDisks.map { $0.directory + "/" + (nextOverlayName ?? "") } ?? nextOverlay
         var disks = ["    <disk name='vda' snapshot='external' type='file'>",
                      "      <driver type='qcow2'/>",
-                     "      <source file='\(XMLText.escape(nextOverlay))'/>",
+                     "      <source file='\(XMLText.escape(nextTarget))'/>",
                      "    </disk>"]
         if attachedSeedPath != nil { disks.append("    <disk name='vdb' snapshot='no'/>") }
         let xml = (["<domainsnapshot>",
-                    "  <memory snapshot='external' file='\(XMLText.escape(checkpoint.memoryPath))'/>",
+                    "  <memory snapshot='external' file='\(XMLText.escape(memoryTarget))'/>",
                     "  <disks>"] + disks + ["  </disks>", "</domainsnapshot>"]).joined(separator: "\n")
         try await domain.createExternalSnapshot(xml: xml)
         let layer = overlayPath
         overlayPath = nextOverlay
+        if let remoteDisks, let nextOverlayName {
+            checkpoint.remote = try await remoteDisks.checkpointTaken(folder: checkpoint.folderName, nextOverlay: nextOverlayName,
+                                                                    localLayerCopy: layer, uefi: uefi)
+        }
         let fileManager = FileManager.default
         do {
-            try fileManager.setAttributes([.posixPermissions: 0o444], ofItemAtPath: layer)
-            // The UEFI variables change only when the guest writes them (boot entries): a copy taken now matches.
-            if uefi { try fileManager.copyItem(atPath: nvramPath, toPath: checkpoint.nvramPath) }
+            if remoteDisks == nil {
+                try fileManager.setAttributes([.posixPermissions: 0o444], ofItemAtPath: layer)
+                // The UEFI variables change only when the guest writes them (boot entries): a copy taken now matches.
+                if uefi { try fileManager.copyItem(atPath: nvramPath, toPath: checkpoint.nvramPath) }
+            }
             if root == nil {
                 try SecretFile.write(Data(keyPair.rawRepresentation), to: checkpoint.keyPath)
-                if let attachedSeedPath { try fileManager.copyItem(atPath: attachedSeedPath, toPath: checkpoint.seedPath) }
+                // The seed made here (on a remote host, the one uploaded from here).
+                if attachedSeedPath != nil { try fileManager.copyItem(atPath: remoteDisks == nil ? attachedSeedPath ?? seedPath : seedPath, toPath: checkpoint.seedPath) }
             }
         } catch let error as KilnError {
             throw error
@@ -109,6 +196,18 @@ extension BuildMachine {
 
     private func startResumed(_ checkpoint: MachineCheckpoint) async throws(KilnError) {
         try PrivateDirectory.createPath(options.runDirectory)
+        domainUUID = checkpoint.domainUUID
+        domainName = checkpoint.domainName
+        if let remote = options.remote {
+            guard let files = checkpoint.remote else {
+                throw KilnError(.notFound, "checkpoint \(checkpoint.folderName) was taken on this machine, not on \(remote.host)")
+            }
+            try await startResumedRemote(checkpoint, files: files, remote: remote)
+            return
+        }
+        guard checkpoint.remote == nil else {
+            throw KilnError(.notFound, "checkpoint \(checkpoint.folderName) was taken on \(checkpoint.remote?.uri ?? "a remote host")")
+        }
         sshPort = try PortAllocator.reserve(options.sshPort)
         forwardedPort = sshPort
         domainUUID = checkpoint.domainUUID

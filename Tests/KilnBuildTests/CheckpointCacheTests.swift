@@ -48,6 +48,13 @@ struct CheckpointCacheTests {
         #expect(boot != (try CheckpointKeys.boot(source: Self.source, size: size, osDiskSizeGB: 0, accelerator: .kvm, username: "packer")))
         #expect(boot != (try CheckpointKeys.boot(source: Self.source, size: try VMSize.named("Standard_D4s_v3"), osDiskSizeGB: 0, accelerator: .tcg, username: "packer")))
         #expect(boot != (try CheckpointKeys.boot(source: Self.source, size: size, osDiskSizeGB: 30, accelerator: .tcg, username: "packer")))
+        // A remote host's checkpoints are its own (their volumes are in its pool); this machine's keys are unchanged.
+        let lab1 = try CheckpointKeys.boot(source: Self.source, size: size, osDiskSizeGB: 0, accelerator: .tcg, username: "packer",
+                                           host: "qemu+ssh://root@lab1/system pool kiln")
+        #expect(boot == (try CheckpointKeys.boot(source: Self.source, size: size, osDiskSizeGB: 0, accelerator: .tcg, username: "packer", host: nil)))
+        #expect(lab1 != boot)
+        #expect(lab1 != (try CheckpointKeys.boot(source: Self.source, size: size, osDiskSizeGB: 0, accelerator: .tcg, username: "packer",
+                                                 host: "qemu+ssh://root@lab2/system pool kiln")))
         func chain(_ steps: [Customizer], downloads: [String?]) throws -> [String] {
             var keys = [boot]
             for (index, step) in steps.enumerated() {
@@ -168,5 +175,34 @@ struct CheckpointCacheTests {
         #expect(AgeText.parse("soon") == nil)
         #expect(CheckpointCache.defaultLimitBytes(environment: [:]) == 20 << 30)
         #expect(CheckpointCache.defaultLimitBytes(environment: ["KILN_CACHE_MAX_SIZE": "5G"]) == 5 << 30)
+    }
+
+    @Test("a remote checkpoint counts its volumes on the host with its folder here; an older meta.json without them still reads")
+    func remoteCheckpoint() throws {
+        let fixture = try Fixture()
+        defer { fixture.remove() }
+        let local = try fixture.make("k1", bytes: 0)
+        let localBytes = fixture.cache.sizeBytes(local)
+        var remote = local
+        remote.machine.remote = RemoteCheckpointFiles(uri: "qemu+ssh://root@lab1/system", pool: "kiln", poolDirectory: "/var/lib/kiln",
+                                                      memoryVolume: "kiln-ckpt-\(local.folder).memory", diskVolume: "kiln-ckpt-\(local.folder).qcow2",
+                                                      nvramVolume: nil, layers: [RemoteLayer(volume: "kiln-ckpt-\(local.folder).qcow2", localCopy: local.machine.diskPath)],
+                                                      bytes: 300 << 20)
+        try fixture.cache.commit(remote)
+        let read = try #require(fixture.cache.lookup("k1"))
+        #expect(read.machine.remote == remote.machine.remote)
+        #expect(read.machine.memoryPath == "/var/lib/kiln/kiln-ckpt-\(local.folder).memory", "the memory image is a path on the host")
+        #expect(fixture.cache.sizeBytes(read) == localBytes + (300 << 20))
+        #expect(read.machine.remote?.volumes == ["kiln-ckpt-\(local.folder).memory", "kiln-ckpt-\(local.folder).qcow2"])
+
+        // What Kiln wrote before remote checkpoints existed: no "remote" key.
+        let meta = local.machine.directory + "/meta.json"
+        var json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: meta))) as? [String: Any])
+        var machine = try #require(json["machine"] as? [String: Any])
+        machine.removeValue(forKey: "remote")
+        json["machine"] = machine
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: meta))
+        #expect(fixture.cache.lookup("k1")?.machine.remote == nil)
+        #expect(fixture.cache.lookup("k1")?.machine.memoryPath == local.machine.directory + "/memory.save")
     }
 }

@@ -1,3 +1,4 @@
+import KilnLibvirt
 import KilnMachine
 import KilnSupport
 import Testing
@@ -28,6 +29,35 @@ struct RemoteHostTests {
                 #expect(error.message.contains(words) && error.message.contains(uri), "\(error)")
             }
         }
+    }
+
+    @Test("a volume's stamp is its allocation and its file's times from libvirt's XML: a file made again under the same name differs")
+    func volumeStamps() {
+        func xml(allocation: Int, mtime: String, ctime: String) -> String {
+            """
+            <volume type='file'>
+              <name>kiln-source-ab.qcow2</name>
+              <capacity unit='bytes'>25165824</capacity>
+              <allocation unit='bytes'>\(allocation)</allocation>
+              <physical unit='bytes'>25165824</physical>
+              <target>
+                <path>/pool/kiln-source-ab.qcow2</path>
+                <format type='raw'/>
+                <timestamps>
+                  <atime>1764770000.100000000</atime>
+                  <mtime>\(mtime)</mtime>
+                  <ctime>\(ctime)</ctime>
+                </timestamps>
+              </target>
+            </volume>
+            """
+        }
+        let cutOff = StorageVolumeStamp(xml: xml(allocation: 4096, mtime: "1764770001.5", ctime: "1764770001.5"))
+        #expect(cutOff.allocationBytes == 4096 && cutOff.modified == "1764770001.5" && cutOff.changed == "1764770001.5")
+        #expect(cutOff == StorageVolumeStamp(xml: xml(allocation: 4096, mtime: "1764770001.5", ctime: "1764770001.5")))
+        #expect(cutOff != StorageVolumeStamp(xml: xml(allocation: 8192, mtime: "1764770001.5", ctime: "1764770001.5")), "written to")
+        #expect(cutOff != StorageVolumeStamp(xml: xml(allocation: 4096, mtime: "1764770001.5", ctime: "1764770009.25")), "made again")
+        #expect(StorageVolumeStamp(xml: "<volume/>") == StorageVolumeStamp(xml: "<volume></volume>"))
     }
 }
 

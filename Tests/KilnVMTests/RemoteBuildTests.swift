@@ -20,8 +20,10 @@ struct RemoteBuildTests {
 
     @Test("""
     a build through qemu+ssh:// runs its VM on the second host: the source is uploaded once into the host's pool \
-    and found by its sha256 afterwards, the disks are volumes there, the guest is reached through SSH, the VHD is \
-    made here from the overlay that comes back; a failing build leaves no domain and no volume of its own there
+    and found by its sha256 afterwards, the disks and checkpoints are volumes there, the guest is reached through \
+    SSH, the VHD is made here from the layers and overlay that come back; a second build resumes there from the \
+    last checkpoint; a failing build moves off a host that cannot start it and leaves no domain and no volume of its \
+    own there; pruning the cache here removes the checkpoints' volumes there
     """)
     func buildOnASecondHost() async throws {
         try await LabHost.with(poolSize: "6g") { lab in
@@ -50,7 +52,8 @@ struct RemoteBuildTests {
             #expect(messages.contains { $0.hasPrefix("uploaded the source to \(lab.address) as kiln-source-\(sumBefore).qcow2") }, "\(messages)")
             #expect(messages.contains { $0.contains("through ssh root@\(lab.address)") }, "\(messages)")
             #expect(messages.contains { $0.hasPrefix("fetched the build's overlay from the host") }, "\(messages)")
-            #expect(!messages.contains { $0.hasPrefix("checkpoint ") }, "no checkpoints on a remote host: \(messages)")
+            #expect(messages.filter { $0.hasPrefix("checkpoint ") }.count == 4, "after boot and each step: \(messages)")
+            #expect(messages.contains { $0.contains("through 4 checkpoint layer(s) (4 fetched, 0 already here)") }, "\(messages)")
             let runID = try #require(final?["runID"] as? String)
             let vhd = work.state.runsPath + "/\(runID)/debianVhd.vhd"
             let handle = try await VMTestEnvironment.openVHD(vhd)
@@ -58,10 +61,35 @@ struct RemoteBuildTests {
             #expect(String(decoding: try handle.readFile("/etc/kiln-remote-guest"), as: UTF8.self) == "kiln-\(runID)\nremote\n")
             #expect(String(decoding: try handle.readFile("/etc/kiln-remote-payload"), as: UTF8.self) == "carried to the second host\n")
             #expect(try !handle.exists("/home/packer"), "deprovisioned as on the embedded driver")
-            // The run's files on this machine: no overlay, key or seed left; on the host: the source and its marker.
+            // The run's files on this machine: no overlay, key or seed left; on the host: the source and its marker,
+            // and the four checkpoints' memory images and disk layers (named after their folders here).
+            let sourceFiles = ["kiln-source-\(sumBefore).complete", "kiln-source-\(sumBefore).qcow2"]
             let left = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
-            #expect(left == ["kiln-source-\(sumBefore).complete", "kiln-source-\(sumBefore).qcow2"], "\(left)")
+            #expect(left.filter { !$0.hasPrefix("kiln-ckpt-") } == sourceFiles, "\(left)")
+            #expect(left.filter { $0.hasPrefix("kiln-ckpt-") && $0.hasSuffix(".memory") }.count == 4, "\(left)")
+            #expect(left.filter { $0.hasPrefix("kiln-ckpt-") && $0.hasSuffix(".qcow2") }.count == 4, "\(left)")
             #expect(!FileManager.default.fileExists(atPath: poolPath + "/kiln-source-\(sumBefore).qcow2"), "the pool is the host's alone")
+
+            // 1b. The same template again: the guest resumes on the host from the checkpoint after the last step
+            //     (its memory image there, this run's overlay on its layer), every step is reused, and the disk comes
+            //     back as this run's overlay alone on the layers the first build fetched.
+            let again = try await work.build(template, remote)
+            let againEvents = work.events(again)
+            let againFinal = againEvents.last { $0["event"] as? String == "result" }
+            #expect(againFinal?["runState"] as? String == "Succeeded", "\(againFinal ?? [:])\n\(again.stderr.suffix(3000))")
+            work.expectNothingLeftBehind(againFinal)
+            let againMessages = againEvents.compactMap { $0["message"] as? String }
+            #expect(againMessages.contains { $0.hasPrefix("resuming from checkpoint") && $0.contains("after customize[2] keep") }, "\(againMessages)")
+            #expect(againMessages.contains { $0.hasPrefix("resumed kiln-\(runID) on \(lab.address) from \(poolPath)/kiln-ckpt-") }, "\(againMessages)")
+            #expect(againEvents.filter { $0["event"] as? String == "customizerEnd" && $0["outcome"] as? String == "reused" }.count == 3)
+            #expect(againMessages.contains { $0.contains("through 4 checkpoint layer(s) (0 fetched, 4 already here)") }, "\(againMessages)")
+            let againRunID = try #require(againFinal?["runID"] as? String)
+            let againVHD = try await VMTestEnvironment.openVHD(work.state.runsPath + "/\(againRunID)/debianVhd.vhd")
+            defer { againVHD.close() }
+            #expect(String(decoding: try againVHD.readFile("/etc/kiln-remote-payload"), as: UTF8.self) == "carried to the second host\n")
+            #expect(try !againVHD.exists("/home/packer"))
+            let leftAgain = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
+            #expect(leftAgain == left, "the resumed build took no new checkpoint and left nothing of its own: \(leftAgain)")
 
             // 2. A build that fails in its step, given three hosts: one nobody answers at (the next address on the
             //    lab's veth) is skipped with a notice; a second lab host whose pool is too small for the source is
@@ -100,6 +128,13 @@ struct RemoteBuildTests {
                 let after = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
                 #expect(after == left, "\(after)")
             }
+
+            // 3. Pruning the cache here removes the checkpoints' volumes there.
+            let pruned = try await work.kiln(["cache", "prune", "--all"])
+            #expect(pruned.status == 0, "\(pruned.stderr)")
+            #expect(pruned.stdout.contains("(and its volumes in pool kiln of \(lab.uri))"), "\(pruned.stdout)")
+            let afterPrune = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
+            #expect(afterPrune == sourceFiles, "\(afterPrune)")
             #expect(try SHA256Digest.hex(ofFile: image.path) == sumBefore)
         }
     }

@@ -25,11 +25,8 @@ struct LinuxBootStep: BuildStep {
         options.remote = request.remote
         build.record.host = request.remote?.host
         let cache = CheckpointCache(state: request.state)
-        // The build cache is on this machine: a VM on a remote host takes no checkpoints (the plan says so).
-        build.checkpointsEnabled = request.writeCheckpoints && request.remote == nil
-        if let remote = request.remote, let run = request.resumeRun {
-            throw KilnError(.unsupported, "--resume \(run): a build on a remote host (\(remote.host)) keeps no checkpoints to resume from; build without --resume")
-        }
+        // On a remote host the checkpoints' volumes stay in its pool and their folders here (keyed by that host).
+        build.checkpointsEnabled = request.writeCheckpoints
 
         var within: Set<String>?
         if let run = request.resumeRun {
@@ -37,7 +34,7 @@ struct LinuxBootStep: BuildStep {
             within = Set(folders)
             events(.message("resuming run \(run): \(folders.count) checkpoint(s) of it are candidates"))
         }
-        if (request.useCache && request.remote == nil) || within != nil,
+        if request.useCache || within != nil,
            let resumed = await build.resumeFromCache(cache, keys: keys, within: within, options: options, steps: plan.customize, log: log) {
             build.machine = resumed.machine
             state.session = resumed.session
@@ -81,6 +78,10 @@ struct LinuxBootStep: BuildStep {
                 events(.warning(notice))
                 options.remote = host
                 options.libvirtURI = host.uri
+                // The checkpoint keys name the first host, whose pool would keep the volumes: none on this one.
+                options.overlayPath = nil
+                build.abandonPending()
+                build.disableCheckpoints(after: KilnError(.invalidState, "the build moved to \(host.host), and its checkpoint keys name \(failed.host)"))
                 if autoAccelerator {
                     let decision = try await host.acceleratorDecision()
                     options.accelerator = decision.accelerator

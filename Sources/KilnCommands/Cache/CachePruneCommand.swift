@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KilnBuild
+import KilnMachine
 import KilnSupport
 
 struct CachePruneCommand: AsyncParsableCommand {
@@ -35,8 +36,9 @@ struct CachePruneCommand: AsyncParsableCommand {
         let limit: UInt64? = all ? 0 : (maxSize.flatMap(ByteSize.parse) ?? (olderThan == nil ? CheckpointCache.defaultLimitBytes() : nil))
         let removal = cache.prune(olderThan: olderThan.flatMap(AgeText.parse), maxBytes: limit)
         for entry in removal.removed {
-            print("removed \(entry.shortKey) \(entry.templateName) \(entry.stepDescription)")
+            print("removed \(entry.shortKey) \(entry.templateName) \(entry.stepDescription)" + (entry.machine.remote.map { " (and its volumes in pool \($0.pool) of \($0.uri))" } ?? ""))
         }
+        await RemoteCheckpointFiles.delete(removal.removed.map(\.machine)) { printError("kiln: \($0)") }
         for entry in removal.inUse {
             print("kept \(entry.shortKey) \(entry.templateName) \(entry.stepDescription): a running build uses it")
         }
