@@ -19,6 +19,9 @@ struct MachineFlags: ParsableArguments {
     @Option(name: .customLong("connect"), help: ArgumentHelp("A libvirt URI (qemu:///system, qemu+ssh://user@host/system). Default: the embedded QEMU driver, no daemon. kiln build and template run take several qemu+ssh:// hosts and choose one.", valueName: "uri"))
     var connectURIs: [String] = []
 
+    @Option(help: ArgumentHelp("A file of libvirt URIs, one per line (blank lines and # comments skipped): the hosts kiln build and template run choose from, as if each were given with --connect.", valueName: "file"))
+    var hosts: String?
+
     @Option(help: "With a remote --connect: the storage pool on that host that keeps the sources and the builds' disks.")
     var pool = "kiln"
 
@@ -26,9 +29,37 @@ struct MachineFlags: ParsableArguments {
     var libvirtURI: String? { connectURIs.first }
 
     mutating func validate() throws {
+        if let hosts {
+            connectURIs += try Self.readHostsFile(hosts)
+            self.hosts = nil  // now in connectURIs, which a background worker is given
+        }
         if connectURIs.count > 1, let local = connectURIs.first(where: { LibvirtURI.remoteHost($0) == nil }) {
             throw ValidationError("--connect \(local): several --connect name remote hosts (qemu+ssh://…) to choose from, and \(local) is on this machine")
         }
+    }
+
+    /// The URIs of a `--hosts` file: one per line, blank lines and `#` comments skipped.
+    static func readHostsFile(_ path: String) throws -> [String] {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ValidationError("--hosts \(path): cannot read it: \(error.localizedDescription)")
+        }
+        var uris: [String] = []
+        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?
+                .trimmingCharacters(in: .whitespaces) ?? ""
+            guard !line.isEmpty else { continue }
+            guard line.contains("://"), !line.contains(where: \.isWhitespace) else {
+                throw ValidationError("--hosts \(path) line \(number + 1): expected a libvirt URI such as qemu+ssh://root@lab1/system, found \"\(line)\"")
+            }
+            uris.append(line)
+        }
+        guard !uris.isEmpty else {
+            throw ValidationError("--hosts \(path): expected at least one libvirt URI, found none")
+        }
+        return uris
     }
 
     /// Refuses several `--connect` for a command that does not choose between hosts.

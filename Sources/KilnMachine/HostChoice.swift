@@ -54,8 +54,8 @@ public enum HostChoice {
                 reason = error.message
             }
             if let reason {
-                skipped.append("\(remote.host): \(reason)")
-                notice("host \(remote.host) skipped: \(reason)")
+                skipped.append("\(remote.label): \(reason)")
+                notice("host \(remote.label) skipped: \(reason)")
             }
         }
         let ranked = rank(candidates)
@@ -63,8 +63,8 @@ public enum HostChoice {
             throw KilnError(.external, "no build host could take the build: " + skipped.joined(separator: "; "))
         }
         let hosts = try ranked.map { candidate throws(KilnError) in try RemoteHost(uri: candidate.uri, pool: pool) }
-        notice("host \(hosts[0].host) chosen: \(chosen.runningBuilds) Kiln build(s) running there, \(ByteSize.format(chosen.freeMemoryBytes)) free"
-               + (candidates.count > 1 ? " (of \(candidates.count) that could take it; then " + hosts.dropFirst().map(\.host).joined(separator: ", ") + ")" : ""))
+        notice("host \(hosts[0].label) chosen: \(chosen.runningBuilds) Kiln build(s) running there, \(ByteSize.format(chosen.freeMemoryBytes)) free"
+               + (candidates.count > 1 ? " (of \(candidates.count) that could take it; then " + hosts.dropFirst().map(\.label).joined(separator: ", ") + ")" : ""))
         return hosts
     }
 

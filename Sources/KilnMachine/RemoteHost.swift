@@ -65,6 +65,9 @@ public struct RemoteHost: Sendable, Equatable {
         }
     }
 
+    /// `host`, or `host:port` when the URI names a port: how notices tell hosts apart.
+    public var label: String { port.map { "\(host):\($0)" } ?? host }
+
     /// `user@host`, or `host`.
     public var destination: String { user.map { "\($0)@\(host)" } ?? host }
 

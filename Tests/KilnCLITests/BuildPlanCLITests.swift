@@ -68,4 +68,42 @@ struct BuildPlanCLITests {
         #expect(result.status != 0)
         #expect(result.stderr.contains("properties.source.imageId: expected a managed image"), "\(result.stderr)")
     }
+
+    @Test("--hosts FILE names the hosts to choose from, one URI a line with comments; a line that is not a URI is refused naming the file and line")
+    func hostsFile() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-hosts-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let environment = ["KILN_STATE_DIR": folder + "/state"]
+        let template = try TemplateFiles.write("""
+        {"type": "Microsoft.VirtualMachineImages/imageTemplates", "apiVersion": "2022-02-14", "location": "westeurope",
+         "properties": {
+           "source": {"type": "PlatformImage", "publisher": "Debian", "offer": "debian-12", "sku": "12", "version": "latest"},
+           "customize": [{"type": "Shell", "name": "one", "inline": ["echo one"]}],
+           "distribute": [{"type": "VHD", "runOutputName": "disk", "uri": "\(folder)/out.vhd"}]}}
+        """)
+        defer { try? FileManager.default.removeItem(atPath: template) }
+
+        // Two hosts nobody listens for (ports 1 and 2 on the loopback): both are asked, both skipped.
+        let hosts = folder + "/hosts"
+        try """
+        # the lab
+        qemu+ssh://root@127.0.0.1:1/system   # rack 1
+
+        qemu+ssh://root@127.0.0.1:2/system
+        """.write(toFile: hosts, atomically: true, encoding: .utf8)
+        let chosen = try await KilnExecutable.run(["build", template, "--plan", "--hosts", hosts], environment: environment)
+        #expect(chosen.status != 0)
+        #expect(chosen.stderr.contains("kiln: host 127.0.0.1:1 skipped: "), "\(chosen.stderr)")
+        #expect(chosen.stderr.contains("kiln: host 127.0.0.1:2 skipped: "), "\(chosen.stderr)")
+        #expect(chosen.stderr.contains("no build host could take the build"), "\(chosen.stderr)")
+
+        let bad = folder + "/bad-hosts"
+        try "qemu+ssh://root@lab1/system\nlab2\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        let refused = try await KilnExecutable.run(["build", template, "--plan", "--hosts", bad], environment: environment)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("--hosts \(bad) line 2: expected a libvirt URI such as qemu+ssh://root@lab1/system, found \"lab2\""), "\(refused.stderr)")
+        let missing = try await KilnExecutable.run(["build", template, "--plan", "--hosts", folder + "/none"], environment: environment)
+        #expect(missing.stderr.contains("--hosts \(folder)/none: cannot read it"), "\(missing.stderr)")
+    }
 }
