@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(name: "KilnCLITests", dependencies: ["kiln", "KilnTestSupport", "KilnSupport"]),
         .testTarget(name: "KilnVMTests", dependencies: ["kiln", "KilnTestSupport", "KilnBuild", "KilnMachine", "KilnGuest", "KilnSSH", "KilnDigest", "KilnSupport", "KilnGuestfs",
                                                     .product(name: "NIOSSH", package: "swift-nio-ssh")]),
-        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnCustomizers", "KilnDistribution", "KilnFetch", "KilnGuest", "KilnLibvirt", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
+        .testTarget(name: "KilnBuildTests", dependencies: ["KilnBuild", "KilnCustomizers", "KilnDigest", "KilnDistribution", "KilnFetch", "KilnGuest", "KilnLibvirt", "KilnSupport", "KilnMachine", "KilnTemplate", "KilnWinRM", "KilnTestSupport",
                                                      .product(name: "NIOHTTP1", package: "swift-nio")]),
         .testTarget(name: "KilnStoreTests", dependencies: ["KilnStore", "KilnSupport", "KilnTemplate"]),
         .testTarget(name: "KilnWinRMTests", dependencies: ["kiln", "KilnWinRM", "KilnDigest", "KilnGuest", "KilnSupport", "KilnTestSupport", "KilnMachine"]),

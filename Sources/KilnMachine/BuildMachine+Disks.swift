@@ -92,7 +92,8 @@ extension BuildMachine {
                 throw KilnError(.invalidArgument, "expected osDiskSizeGB of at least the source's size (\(String(format: "%.1f", Double(source.virtualSizeBytes) / Double(1 << 30))) GiB), found \(options.osDiskSizeGB): a disk can only grow")
             }
             remoteDisks = try await RemoteDisks.prepare(remote, connection: connection, source: source, capacityBytes: capacity,
-                                                        runID: options.runID, overlayName: remoteVolumeName(forOverlay: overlayPath), events: events)
+                                                        runID: options.runID, overlayName: remoteVolumeName(forOverlay: overlayPath),
+                                                        digests: SourceDigests(state: options.stateDirectory), events: events)
             return
         }
         var arguments = ["create", "-q", "-f", "qcow2", "-F", source.format, "-b", source.path, overlayPath]

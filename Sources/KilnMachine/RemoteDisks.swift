@@ -30,10 +30,10 @@ final class RemoteDisks: @unchecked Sendable {
 
     /// The source in the pool (uploaded unless a complete copy is there) and the overlay `overlayName` on it.
     static func prepare(_ remote: RemoteHost, connection: LibvirtConnection, source image: SourceImage, capacityBytes: UInt64, runID: String,
-                        overlayName: String, events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> RemoteDisks {
+                        overlayName: String, digests: SourceDigests, events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> RemoteDisks {
         let pool = try await storagePool(remote, connection: connection)
         let format = try volumeFormat(image.format)
-        let source = try await uploadedSource(image, format: format, into: pool, host: remote.host, events: events)
+        let source = try await uploadedSource(image, format: format, into: pool, host: remote.host, digests: digests, events: events)
         let overlay = try await pool.createVolume(.overlay(name: overlayName, on: source, backingFormat: format,
                                                            capacityBytes: max(capacityBytes, image.virtualSizeBytes)))
         events("overlay \(overlay.path) on \(remote.host), on \(source.name) (the source volume is opened read-only)")
@@ -127,15 +127,20 @@ final class RemoteDisks: @unchecked Sendable {
     /// volume without its marker whose file does not change for `stalledAfter` (an upload cut off, its build gone) is
     /// uploaded again by the one build that creates the `….reclaim` volume first, and only if the volume is still that
     /// same unchanged file: no build deletes another's upload.
+    /// `digests` remembers the file's sha256 until the file changes (nil: read it every time).
     static func uploadedSource(_ image: SourceImage, format: StorageVolumeSpec.Format, into pool: LibvirtStoragePool, host: String,
-                               stalledAfter: Duration = .seconds(60),
+                               digests: SourceDigests? = nil, stalledAfter: Duration = .seconds(60),
                                events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> LibvirtStorageVolume {
         let clock = ContinuousClock()
         let hashingStart = clock.now
         let path = image.path
-        let sha256 = try await Blocking.run { () throws(KilnError) -> String in try SHA256Digest.hex(ofFile: path) }
+        let (sha256, remembered) = try await Blocking.run { () throws(KilnError) -> (String, Bool) in
+            if let digests { return try digests.sha256(ofFile: path) }
+            return (try SHA256Digest.hex(ofFile: path), false)
+        }
         let fileBytes = FileSize.bytes(path)
-        events("source \(image.displayName): sha256 \(sha256.prefix(16))… (\(DurationText.format(clock.now - hashingStart)))")
+        events("source \(image.displayName): sha256 \(sha256.prefix(16))… "
+               + (remembered ? "(remembered: the file is unchanged since it was read)" : "(\(DurationText.format(clock.now - hashingStart)))"))
         let name = "kiln-source-\(sha256).\(format.rawValue)"
         let marker = "kiln-source-\(sha256).complete", reclaimName = "kiln-source-\(sha256).reclaim"
         // Volumes libvirt did not make itself (a daemon restarted since) are seen after a refresh; one is refused while

@@ -1,3 +1,5 @@
+import Foundation
+import KilnDigest
 import KilnLibvirt
 import KilnMachine
 import KilnSupport
@@ -58,6 +60,41 @@ struct RemoteHostTests {
         #expect(cutOff != StorageVolumeStamp(xml: xml(allocation: 8192, mtime: "1764770001.5", ctime: "1764770001.5")), "written to")
         #expect(cutOff != StorageVolumeStamp(xml: xml(allocation: 4096, mtime: "1764770001.5", ctime: "1764770009.25")), "made again")
         #expect(StorageVolumeStamp(xml: "<volume/>") == StorageVolumeStamp(xml: "<volume></volume>"))
+    }
+
+    @Test("a source's sha256 is read once and remembered until the file changes (content, or another file under its name)")
+    func sourceDigests() throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-digests-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let digests = SourceDigests(path: folder + "/cache/source-sha256.json")
+        let image = folder + "/source.qcow2"
+        try Data("first image".utf8).write(to: URL(fileURLWithPath: image))
+        let first = try digests.sha256(ofFile: image)
+        let firstHex = try SHA256Digest.hex(ofFile: image)
+        #expect(first.hex == firstHex && !first.remembered)
+        let again = try digests.sha256(ofFile: image)
+        #expect(again.hex == first.hex && again.remembered)
+        let respelled = try digests.sha256(ofFile: folder + "/./source.qcow2")
+        #expect(respelled.hex == first.hex && respelled.remembered, "the same file by another spelling")
+
+        // Same size, new bytes: the modification time differs.
+        Thread.sleep(forTimeInterval: 0.01)
+        try Data("other image".utf8).write(to: URL(fileURLWithPath: image))
+        let changed = try digests.sha256(ofFile: image)
+        #expect(changed.hex != first.hex && !changed.remembered)
+        #expect(changed.hex == (try SHA256Digest.hex(ofFile: image)))
+
+        // Another file moved over it, with the old file's times: a new inode.
+        let other = folder + "/other.qcow2"
+        try Data("third image".utf8).write(to: URL(fileURLWithPath: other))
+        let times = try FileManager.default.attributesOfItem(atPath: image)[.modificationDate] as? Date
+        try FileManager.default.setAttributes([.modificationDate: times as Any], ofItemAtPath: other)
+        try FileManager.default.removeItem(atPath: image)
+        try FileManager.default.moveItem(atPath: other, toPath: image)
+        let replaced = try digests.sha256(ofFile: image)
+        let replacedHex = try SHA256Digest.hex(ofFile: image)
+        #expect(!replaced.remembered && replaced.hex == replacedHex)
     }
 }
 

@@ -123,6 +123,8 @@ struct RemoteBuildTests {
                 let failedMessages = failedEvents.compactMap { $0["message"] as? String }
                 #expect(failedMessages.contains { $0 == "source volume kiln-source-\(sumBefore).qcow2 is on \(lab.address) already" }, "\(failedMessages)")
                 #expect(!failedMessages.contains { $0.hasPrefix("uploaded the source") })
+                #expect(failedMessages.contains { $0.hasSuffix("… (remembered: the file is unchanged since it was read)") },
+                        "the source's sha256 is not read again: \(failedMessages)")
                 let domains = try await Self.onHost(lab, "virsh -q list --all --name").trimmingCharacters(in: .whitespacesAndNewlines)
                 #expect(domains.isEmpty, "\(domains)")
                 let after = try await Self.onHost(lab, "ls \(poolPath)").split(separator: "\n").map(String.init).sorted()
