@@ -62,6 +62,8 @@ struct BuildCommand: AsyncParsableCommand {
         request.isolateNetwork = runOptions.isolateNetwork
         do { try await machine.placeRemotely(&request) { printError("kiln: \($0)") } } catch { throw fail(error) }
         if plan {
+            // Printing a plan runs nothing: the host it names is not taken.
+            if request.remote != nil, let runID = request.runID { HostPlacements(state: request.state).remove(runID: runID) }
             do {
                 Swift.print(try await BuildPlanner.plan(request).text)
             } catch {
@@ -77,7 +79,16 @@ struct BuildCommand: AsyncParsableCommand {
     /// driver's VM) alive while an errorHandling-abort VM is kept.
     static func execute(_ request: BuildRequest, printer: BuildPrinter) async throws -> RunRecord {
         let engine = BuildEngine(request) { printer.print($0) }
-        let result = try await Interruptible.run { await engine.run() }
+        // Once the build ended, it no longer counts for its host (HostPlacements).
+        let placed = request.remote == nil ? nil : request.runID
+        let result: BuildResult
+        do {
+            result = try await Interruptible.run { await engine.run() }
+        } catch {
+            if let placed { HostPlacements(state: request.state).remove(runID: placed) }
+            throw error
+        }
+        if let placed { HostPlacements(state: request.state).remove(runID: placed) }
         if let kept = result.keptVM {
             printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  kiln vm ssh \(kept.runID)\n  \(kept.sshCommand)\nPress Ctrl-C (or run kiln vm stop \(kept.runID)) to tear it down; kiln build --resume \(kept.runID) continues from its last checkpoint.")
             // The embedded driver lives in this process: keep it alive until the user is done.

@@ -72,15 +72,21 @@ struct MachineFlags: ParsableArguments {
     /// Puts a build on its remote host: the one `--connect` names, or the first of several ranked by `HostChoice`
     /// (fewest Kiln builds running, then most free memory), the others kept for when it cannot start the build.
     /// Leaves the request alone for a libvirt on this machine.
+    /// The build is recorded in `HostPlacements` (so builds starting meanwhile count it for its host) until
+    /// `BuildCommand.execute` ends.
     func placeRemotely(_ request: inout BuildRequest, notice: @escaping @Sendable (String) -> Void) async throws(KilnError) {
         let hosts: [RemoteHost]
+        let runID = request.runID ?? RunID.make()
+        let placements = HostPlacements(state: request.state)
         if connectURIs.count > 1 {
-            hosts = try await HostChoice.choose(connectURIs, pool: pool, memoryBytes: 2 << 30, notice: notice)
+            hosts = try await HostChoice.choose(connectURIs, pool: pool, memoryBytes: 2 << 30, placements: placements, runID: runID, notice: notice)
         } else if let uri = libvirtURI, LibvirtURI.remoteHost(uri) != nil {
             hosts = [try RemoteHost(uri: uri, pool: pool)]
+            try placements.record(runID: runID, uri: uri)
         } else {
             return
         }
+        request.runID = runID
         request.remote = hosts.first
         request.fallbackHosts = Array(hosts.dropFirst())
         request.libvirtURI = hosts.first?.uri

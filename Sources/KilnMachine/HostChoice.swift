@@ -34,16 +34,31 @@ public enum HostChoice {
     public static func pick(_ candidates: [Candidate]) -> Candidate? { rank(candidates).first }
 
     /// Asks each host and ranks those that can take the build: the first is the build's host, the others are where
-    /// it goes if that one cannot start it. `notice` hears every host skipped and the choice.
-    public static func choose(_ uris: [String], pool: String, memoryBytes: UInt64,
+    /// it goes if that one cannot start it. With `placements`, the builds this controller placed and that have not
+    /// ended count for their host even before their domain runs there, and this build (`runID`) is recorded on the
+    /// first host, all under the placements' lock. `notice` hears every host skipped and the choice.
+    public static func choose(_ uris: [String], pool: String, memoryBytes: UInt64, placements: HostPlacements? = nil, runID: String? = nil,
                               notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> [RemoteHost] {
+        guard let placements, let runID else {
+            return try await rankHosts(uris, pool: pool, memoryBytes: memoryBytes, placed: [:], notice: notice)
+        }
+        return try await placements.locked { () throws(KilnError) -> [RemoteHost] in
+            let placed = placements.live().mapValues { $0.filter { $0 != runID } }
+            let hosts = try await rankHosts(uris, pool: pool, memoryBytes: memoryBytes, placed: placed, notice: notice)
+            try placements.record(runID: runID, uri: hosts[0].uri)
+            return hosts
+        }
+    }
+
+    private static func rankHosts(_ uris: [String], pool: String, memoryBytes: UInt64, placed: [String: [String]],
+                                  notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> [RemoteHost] {
         var candidates: [Candidate] = []
         var skipped: [String] = []
         for uri in uris {
             let remote = try RemoteHost(uri: uri, pool: pool)
             let reason: String?
             do {
-                let candidate = try await ask(remote)
+                let candidate = try await ask(remote, placedRuns: placed[uri] ?? [])
                 if candidate.freeMemoryBytes < memoryBytes {
                     reason = "\(ByteSize.format(candidate.freeMemoryBytes)) free, the build VM needs \(ByteSize.format(memoryBytes))"
                 } else {
@@ -63,15 +78,25 @@ public enum HostChoice {
             throw KilnError(.external, "no build host could take the build: " + skipped.joined(separator: "; "))
         }
         let hosts = try ranked.map { candidate throws(KilnError) in try RemoteHost(uri: candidate.uri, pool: pool) }
+        let others = zip(hosts, ranked).dropFirst().map { host, candidate in
+            "\(host.label) with \(candidate.runningBuilds) build(s), \(ByteSize.format(candidate.freeMemoryBytes)) free"
+        }
         notice("host \(hosts[0].label) chosen: \(chosen.runningBuilds) Kiln build(s) running there, \(ByteSize.format(chosen.freeMemoryBytes)) free"
-               + (candidates.count > 1 ? " (of \(candidates.count) that could take it; then " + hosts.dropFirst().map(\.label).joined(separator: ", ") + ")" : ""))
+               + (others.isEmpty ? "" : " (of \(candidates.count) that could take it; then " + others.joined(separator: "; ") + ")"))
         return hosts
     }
 
-    static func ask(_ remote: RemoteHost) async throws(KilnError) -> Candidate {
+    /// The Kiln builds on a host: its running `kiln-…` domains, and the runs this controller placed there whose
+    /// domains are not running yet (a placed run's domain is `kiln-<runID>`; a guest resumed from a checkpoint
+    /// keeps the name of the run that booted it, and then counts twice).
+    public static func runningBuilds(domains: [String], placedRuns: [String]) -> Int {
+        Set(domains.filter { $0.hasPrefix("kiln-") }).union(placedRuns.map { "kiln-\($0)" }).count
+    }
+
+    static func ask(_ remote: RemoteHost, placedRuns: [String]) async throws(KilnError) -> Candidate {
         try await LibvirtConnection.with(remote.uri) { connection throws(KilnError) in
             let facts = try await connection.hostFacts()
-            let running = try await connection.runningDomainNames().filter { $0.hasPrefix("kiln-") }.count
+            let running = runningBuilds(domains: try await connection.runningDomainNames(), placedRuns: placedRuns)
             _ = try await connection.storagePool(named: remote.pool)
             return Candidate(uri: remote.uri, freeMemoryBytes: facts.freeMemoryBytes, runningBuilds: running)
         }

@@ -111,5 +111,37 @@ struct HostChoiceTests {
         #expect(HostChoice.pick([busyBig, idleSmall, idleBig]) == idleBig)
         #expect(HostChoice.pick([idleBigToo, idleBig]) == idleBigToo)
         #expect(HostChoice.pick([]) == nil)
+        #expect(HostChoice.rank([busyBig, idleSmall, idleBig]) == [idleBig, idleSmall, busyBig], "the order a build tries them in")
+    }
+
+    @Test("a host's builds: its running kiln- domains and this controller's placed runs, each once")
+    func buildsCountedOnce() {
+        #expect(HostChoice.runningBuilds(domains: ["kiln-a", "other-vm", "kiln-b"], placedRuns: []) == 2)
+        #expect(HostChoice.runningBuilds(domains: ["kiln-a"], placedRuns: ["a", "c"]) == 2, "run a runs already; run c is placed, not yet running")
+        #expect(HostChoice.runningBuilds(domains: [], placedRuns: ["c"]) == 1)
+    }
+
+    @Test("placements: recorded per run, counted while the placing process lives, gone when removed or when it died")
+    func placements() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("kiln-placements-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let placements = HostPlacements(directory: folder)
+        try await placements.locked { () throws(KilnError) in
+            try placements.record(runID: "r1", uri: "qemu+ssh://a/system")
+            try placements.record(runID: "r2", uri: "qemu+ssh://a/system")
+            try placements.record(runID: "r3", uri: "qemu+ssh://b/system")
+        }
+        var live = placements.live()
+        #expect(live["qemu+ssh://a/system"]?.sorted() == ["r1", "r2"] && live["qemu+ssh://b/system"] == ["r3"])
+        // Moved to another host (a build whose first host could not start it).
+        try placements.record(runID: "r2", uri: "qemu+ssh://b/system")
+        placements.remove(runID: "r1")
+        live = placements.live()
+        #expect(live["qemu+ssh://a/system"] == nil && live["qemu+ssh://b/system"]?.sorted() == ["r2", "r3"])
+        // A placement whose process is gone (a worker killed outright) no longer counts, and its file goes.
+        let dead = ProcessIdentity(bootID: ProcessIdentity.current.bootID, pid: Int32.max - 1, startTicks: 1)
+        try #"{"uri": "qemu+ssh://a/system", "process": "\#(dead.description)"}"#.write(toFile: folder + "/r9.json", atomically: true, encoding: .utf8)
+        #expect(placements.live()["qemu+ssh://a/system"] == nil)
+        #expect(!FileManager.default.fileExists(atPath: folder + "/r9.json"))
     }
 }

@@ -140,4 +140,91 @@ struct RemoteBuildTests {
             #expect(try SHA256Digest.hex(ofFile: image.path) == sumBefore)
         }
     }
+
+    @Test("""
+    kiln template run A B --no-wait given two hosts puts one build on each (the first counts for its host as soon as \
+    it is placed, before its VM runs), and kiln template cancel ends each build on its own host, leaving no domain \
+    and no volume of the runs there
+    """)
+    func batchSpreadAndCancel() async throws {
+        try await LabHost.with(poolSize: "6g") { first in
+            try await LabHost.with(poolSize: "6g") { second in
+                let work = try BuildTests.Workspace()
+                defer { try? FileManager.default.removeItem(atPath: work.state.path) }
+                let labs = [first, second]
+                for lab in labs {
+                    let pool = lab.poolDirectory + "/kiln"
+                    _ = try await Self.onHost(lab, "virsh -q pool-define-as kiln dir --target \(pool) && virsh -q pool-build kiln && virsh -q pool-start kiln")
+                }
+                let template = try work.template(#"[{"type": "Shell", "name": "long", "inline": ["echo long-step-started", "sleep 900"]}]"#)
+
+                // A build this controller placed on the first host counts there before any VM runs (this test
+                // process stands for it): a build choosing now takes the second.
+                try FileManager.default.createDirectory(atPath: work.state.path + "/placements", withIntermediateDirectories: true)
+                try #"{"uri": "\#(first.uri)", "process": "\#(ProcessIdentity.current.description)"}"#
+                    .write(toFile: work.state.path + "/placements/standin.json", atomically: true, encoding: .utf8)
+                let planned = try await work.kiln(["build", template, "--plan", "--connect", first.uri, "--connect", second.uri, "--pool", "kiln", "--accel", "tcg"])
+                #expect(planned.status == 0, "\(planned.stderr)")
+                #expect(planned.stderr.contains("kiln: host \(second.address) chosen: 0 Kiln build(s) running there"), "\(planned.stderr)")
+                #expect(planned.stderr.contains("then \(first.address) with 1 build(s), "), "\(planned.stderr)")
+                #expect(HostPlacementsProbe.live(work.state.path) == ["standin.json"], "a printed plan takes no host")
+                try FileManager.default.removeItem(atPath: work.state.path + "/placements/standin.json")
+
+                for name in ["alpha", "beta"] {
+                    let created = try await work.kiln(["template", "create", name, template])
+                    #expect(created.status == 0, "\(created.stderr)")
+                }
+                let started = try await work.kiln(["template", "run", "alpha", "beta", "--no-wait", "--connect", first.uri, "--connect", second.uri,
+                                                   "--pool", "kiln", "--accel", "tcg"])
+                #expect(started.status == 0, "\(started.stderr)")
+                // "started run ID of template NAME in the background (pid N)"
+                var runs: [String: String] = [:]
+                for line in started.stdout.split(separator: "\n") where line.hasPrefix("started run ") {
+                    let words = line.split(separator: " ")
+                    if words.count > 5 { runs[String(words[5])] = String(words[2]) }
+                }
+                let alpha = try #require(runs["alpha"], "\(started.stdout)"), beta = try #require(runs["beta"], "\(started.stdout)")
+
+                // Each build's domain comes up on a host of its own (bounded wait: the source goes to both hosts first).
+                let clock = ContinuousClock()
+                let waitStart = clock.now
+                var placed: [String: LabHost] = [:]
+                while placed.count < 2 && clock.now - waitStart < .seconds(300) {
+                    for lab in labs {
+                        let names = try await Self.onHost(lab, "virsh -q list --name").split(separator: "\n").map { String($0).trimmingCharacters(in: .whitespaces) }
+                        for run in [alpha, beta] where names.contains("kiln-\(run)") { placed[run] = lab }
+                    }
+                    if placed.count < 2 { try await Task.sleep(for: .seconds(2)) }
+                }
+                #expect(placed.count == 2, "both domains running: \(placed.mapValues(\.address))")
+                #expect(placed[alpha]?.address != placed[beta]?.address, "one build on each host: \(placed.mapValues(\.address))")
+
+                for (name, run) in [("alpha", alpha), ("beta", beta)] {
+                    let cancel = try await work.kiln(["template", "cancel", name])
+                    #expect(cancel.status == 0, "\(cancel.stdout)\(cancel.stderr)")
+                    let show = try await work.kiln(["template", "show", name])
+                    #expect(show.stdout.contains("lastRunStatus: Canceled"), "\(show.stdout)")
+                    if let lab = placed[run] {
+                        #expect(show.stdout.contains("host:        \(lab.address) (the build VM ran there)"), "\(show.stdout)")
+                    }
+                }
+                for lab in labs {
+                    let domains = try await Self.onHost(lab, "virsh -q list --all --name").trimmingCharacters(in: .whitespacesAndNewlines)
+                    #expect(domains.isEmpty, "\(lab.address): \(domains)")
+                    let files = try await Self.onHost(lab, "ls \(lab.poolDirectory)/kiln").split(separator: "\n").map(String.init)
+                    #expect(files.allSatisfy { $0.hasPrefix("kiln-source-") || $0.hasPrefix("kiln-ckpt-") }, "\(lab.address): \(files)")
+                    // The boot checkpoints stay in the cache (named after their folders, which name the runs); nothing else.
+                    #expect(!files.contains { !$0.hasPrefix("kiln-ckpt-") && ($0.contains(alpha) || $0.contains(beta)) }, "\(lab.address): \(files)")
+                }
+                #expect(HostPlacementsProbe.live(work.state.path).isEmpty, "the ended builds no longer count for their hosts")
+            }
+        }
+    }
+}
+
+/// The controller's placements (KilnMachine's HostPlacements), read as files.
+enum HostPlacementsProbe {
+    static func live(_ state: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: state + "/placements")) ?? []).filter { $0.hasSuffix(".json") }
+    }
 }

@@ -89,6 +89,7 @@ struct LinuxBootStep: BuildStep {
                 }
                 build.record.host = host.host
                 build.persist()
+                try? HostPlacements(state: build.request.state).record(runID: build.record.runID, uri: host.uri)
             }
         }
     }

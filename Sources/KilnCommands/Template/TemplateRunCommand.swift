@@ -12,12 +12,14 @@ struct TemplateRunCommand: AsyncParsableCommand {
         abstract: "Build a created template.",
         discussion: """
         In the foreground like kiln build, or with --no-wait in a background process that outlives the terminal: \
-        follow it with `kiln template logs NAME --follow`, stop it with `kiln template cancel NAME`.
+        follow it with `kiln template logs NAME --follow`, stop it with `kiln template cancel NAME`. Several names \
+        with --no-wait start one background build each, one after the other; with several hosts (--connect, \
+        --hosts) each goes to the host with the fewest Kiln builds, counting the ones just started.
         """
     )
 
-    @Argument(help: "The template's name.")
-    var name: String
+    @Argument(help: "The template's name (several with --no-wait).")
+    var names: [String]
 
     @Flag(help: "Start the build in the background and return once it is running.")
     var noWait = false
@@ -28,18 +30,35 @@ struct TemplateRunCommand: AsyncParsableCommand {
     @OptionGroup var machine: MachineFlags
     @OptionGroup var runOptions: BuildRunOptions
 
+    func validate() throws {
+        if names.isEmpty { throw ValidationError("expected the name of a created template (kiln template list shows them)") }
+        if names.count > 1 && !noWait {
+            throw ValidationError("several templates (\(names.joined(separator: ", "))) run in the background only: add --no-wait")
+        }
+        if names.count > 1 && runID != nil { throw ValidationError("--run-id names the run of one template") }
+    }
+
     func run() async throws {
         let state = machine.state
         let store: StateStore
         do { store = try StateStore.open(state) } catch { throw fail(error) }
-        let row = try requireTemplate(name, in: store)
-        if let active = (try? store.runs(template: row.name))?.first(where: \.isActive), active.record.runID != runID {
-            throw fail(KilnError(.invalidState, "template \(row.name) already has a run in progress (\(active.record.runID), \(active.record.runSubState.rawValue)); wait for it or cancel it with kiln template cancel \(row.name)"))
-        }
         if noWait {
-            try startInBackground(row, state: state, store: store)
+            // One after the other: each background build is placed on its host before the next one chooses.
+            var failed = 0
+            for name in names {
+                do {
+                    let row = try requireTemplate(name, in: store)
+                    try refuseSecondRun(row, store: store)
+                    try startInBackground(row, state: state, store: store)
+                } catch {
+                    failed += 1
+                }
+            }
+            if failed > 0 { throw ExitCode.failure }
             return
         }
+        let row = try requireTemplate(names[0], in: store)
+        try refuseSecondRun(row, store: store)
         var request = BuildRequest(templatePath: row.storedPath, name: row.resourceName, parameters: row.parameterValues, state: state,
                                    accelerator: machine.accel, libvirtURI: machine.libvirtURI, onError: runOptions.onError,
                                    sshTimeout: runOptions.sshTimeoutDuration, createdTemplateName: row.name, runID: runID,
@@ -48,6 +67,12 @@ struct TemplateRunCommand: AsyncParsableCommand {
         do { try await machine.placeRemotely(&request) { printError("kiln: \($0)") } } catch { throw fail(error) }
         let record = try await BuildCommand.execute(request, printer: runOptions.printer)
         if record.runState != .succeeded { throw ExitCode.failure }
+    }
+
+    private func refuseSecondRun(_ row: TemplateRow, store: StateStore) throws {
+        if let active = (try? store.runs(template: row.name))?.first(where: \.isActive), active.record.runID != runID {
+            throw fail(KilnError(.invalidState, "template \(row.name) already has a run in progress (\(active.record.runID), \(active.record.runSubState.rawValue)); wait for it or cancel it with kiln template cancel \(row.name)"))
+        }
     }
 
     private func startInBackground(_ row: TemplateRow, state: StateDirectory, store: StateStore) throws {
