@@ -53,11 +53,12 @@ public enum KilnExecutable {
                       stderr: String(decoding: stderr, as: UTF8.self))
     }
 
-    /// Starts `kiln` in the background, its stdout and stderr going to `outputPath`.
-    public static func start(_ arguments: [String], environment: [String: String] = [:], outputPath: String) throws -> Background {
+    /// Starts `kiln` in the background, its stdout and stderr going to `outputPath` (`through`: as for `run`).
+    public static func start(_ arguments: [String], environment: [String: String] = [:], outputPath: String,
+                             through prefix: [String] = []) throws -> Background {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        process.executableURL = URL(fileURLWithPath: prefix.first ?? path)
+        process.arguments = prefix.isEmpty ? arguments : Array(prefix.dropFirst()) + [path] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         FileManager.default.createFile(atPath: outputPath, contents: nil)
         let output = try FileHandle(forWritingTo: URL(fileURLWithPath: outputPath))

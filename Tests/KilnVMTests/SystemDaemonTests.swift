@@ -10,7 +10,7 @@ import Testing
 @Suite("qemu:///system: builds on a system libvirtd (real VMs)", .serialized, .vmSlot,
        .enabled(if: VMTestEnvironment.enabled && LabHost.enabled))
 struct SystemDaemonTests {
-    @Test("a build runs on a system libvirtd as Debian installs it (QEMU as libvirt-qemu, disks relabelled, seccomp on): the VM is the daemon's, QEMU opens Kiln's private run files, a second build resumes from the first's checkpoints, and the source keeps its owner and content")
+    @Test("a build runs on a system libvirtd as Debian installs it (QEMU as libvirt-qemu, disks relabelled, seccomp on): the VM is the daemon's, QEMU opens Kiln's private run files, a second build resumes from the first's checkpoints, a failing one with --on-error abort keeps the daemon's VM for kiln vm ssh until kiln vm stop, and the source keeps its owner and content")
     func buildAndResume() async throws {
         try await LabHost.with(qemu: "debian") { lab in
             let work = try BuildTests.Workspace()
@@ -45,6 +45,38 @@ struct SystemDaemonTests {
             let again = try await build()
             #expect(work.events(again.result).contains { ($0["message"] as? String ?? "").hasPrefix("resuming from checkpoint") }, "\(again.result.stdout.suffix(3000))")
             #expect(!work.events(again.result).contains { $0["event"] as? String == "phase" && $0["detail"] as? String == "boot" })
+
+            // 3. A failing step with --on-error abort keeps the daemon's VM (resumed from the checkpoint after the
+            //    first step): listed, reached with kiln vm ssh, and gone after kiln vm stop.
+            let broken = try work.template(#"""
+            [{"type": "Shell", "name": "mark", "inline": ["echo system-daemon | sudo tee /etc/kiln-system-daemon"]},
+             {"type": "Shell", "name": "breaks", "inline": ["echo broken", "exit 4"]}]
+            """#)
+            let keeper = try KilnExecutable.start(["build", broken, "--json", "--connect", "qemu:///system", "--on-error", "abort", "--state-dir", work.state.path],
+                                                  environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
+                                                  outputPath: work.files + "/keeper.log", through: enter)
+            let clock = ContinuousClock()
+            let waitStart = clock.now
+            var kept: [[String: Any]] = []
+            while clock.now - waitStart < .seconds(300) {
+                let list = try await work.kiln(["vm", "list", "--json"])
+                kept = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]]) ?? []
+                if !kept.isEmpty { break }
+                try await Task.sleep(for: .seconds(2))
+            }
+            let keptRun = try #require(kept.first?["runID"] as? String, "\((try? String(contentsOfFile: work.files + "/keeper.log", encoding: .utf8))?.suffix(3000) ?? "")")
+            #expect((kept.first?["failure"] as? String ?? "").contains("exit status 4"), "\(kept)")
+            let domains = try await Subprocess.run(enter[0], Array(enter.dropFirst()) + ["virsh", "-q", "list", "--name"], timeout: .seconds(30))
+            #expect(domains.stdoutText.contains("kiln-"), "the kept VM is the daemon's: \(domains.stdoutText)")
+            // Everything after -- is the guest's command line, so the state directory goes before it.
+            let inside = try await KilnExecutable.run(["vm", "ssh", "--state-dir", work.state.path, keptRun, "--", "cat", "/etc/kiln-system-daemon"],
+                                                      through: enter)
+            #expect(inside.status == 0 && inside.stdout == "system-daemon\n", "\(inside.stdout)\(inside.stderr)")
+            let stopped = try await work.kiln(["vm", "stop", keptRun], through: enter)
+            #expect(stopped.status == 0, "\(stopped.stderr)")
+            #expect(try await keeper.wait() == 1, "the kept run failed")
+            let after = try await Subprocess.run(enter[0], Array(enter.dropFirst()) + ["virsh", "-q", "list", "--all", "--name"], timeout: .seconds(30))
+            #expect(after.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "the kept VM is gone: \(after.stdoutText)")
 
             #expect(try SHA256Digest.hex(ofFile: image.path) == sumBefore)
             #expect(try FileManager.default.attributesOfItem(atPath: image.path)[.ownerAccountID] as? NSNumber == ownerBefore)
