@@ -45,11 +45,12 @@ enum KilnBench {
                 try await UploadBenchmark(mib: Int(option("--mib") ?? "20") ?? 20, rounds: Int(option("--rounds") ?? "3") ?? 3).run()
             case "remote":
                 guard let uri = option("--connect") else {
-                    print("usage: kiln-bench remote --connect qemu+ssh://user@host/system [--pool NAME] [--rounds N]")
+                    print("usage: kiln-bench remote --connect qemu+ssh://user@host/system [--pool NAME] [--rounds N] [--accel kvm|tcg] [--checkpoints]")
                     exit(2)
                 }
                 try await RemoteBenchmark(uri: uri, pool: option("--pool") ?? "kiln", rounds: Int(option("--rounds") ?? "2") ?? 2,
-                                          accelerator: option("--accel").flatMap { Accelerator(rawValue: $0) }).run()
+                                          accelerator: option("--accel").flatMap { Accelerator(rawValue: $0) },
+                                          checkpoints: CommandLine.arguments.contains("--checkpoints")).run()
             case "validate":
                 ValidateBenchmark(resources: Int(option("--resources") ?? "2000") ?? 2000, rounds: Int(option("--rounds") ?? "5") ?? 5).run()
             default:

@@ -14,6 +14,8 @@ struct RemoteBenchmark {
     var rounds: Int
     /// nil: as a build with --accel auto decides for that host (its libvirt's word).
     var accelerator: Accelerator?
+    /// Also builds with checkpoints, fresh and then resumed, here and there (`--checkpoints`).
+    var checkpoints = false
 
     func run() async throws(KilnError) {
         let remote = try RemoteHost(uri: uri, pool: pool)
@@ -68,6 +70,28 @@ struct RemoteBenchmark {
             let there = try await timeBuild(work: work + "/remote-\(round)", state: state, remote: remote, accelerator: decision.accelerator)
             print(String(format: "%5d  %6.1fs  %6.1fs  %.2f", round, local, there, there / local))
         }
+        guard checkpoints else { return }
+
+        // With checkpoints (after boot and each step): a fresh build, then the same build resumed after its last
+        // step, here and there; each round in a build cache of its own.
+        print("with checkpoints: fresh, then resumed from the last one")
+        print("round  embedded fresh  resumed   remote fresh  resumed   ratios")
+        for round in 1...rounds {
+            var times: [Double] = []
+            for remote in [nil, remote] as [RemoteHost?] {
+                let cacheState = StateDirectory(explicit: work + "/state-checkpoints-\(round)-\(remote == nil ? "here" : "there")")
+                try? FileManager.default.createDirectory(atPath: cacheState.path, withIntermediateDirectories: true)
+                for pass in ["fresh", "resumed"] {
+                    times.append(try await timeBuild(work: work + "/ckpt-\(round)-\(pass)", state: cacheState, remote: remote,
+                                                     accelerator: decision.accelerator, checkpoints: true))
+                }
+                // The checkpoints go (there: their volumes in the host's pool).
+                let removed = CheckpointCache(state: cacheState).prune(maxBytes: 0).removed
+                await RemoteCheckpointFiles.delete(removed.map(\.machine)) { print("note: \($0)") }
+            }
+            print(String(format: "%5d  %12.1fs  %6.1fs  %11.1fs  %6.1fs   %.2f %.2f", round, times[0], times[1], times[2], times[3],
+                         times[2] / times[0], times[3] / times[1]))
+        }
     }
 
     /// scp with the URI's ssh program and options (scp spells the port -P).
@@ -86,13 +110,14 @@ struct RemoteBenchmark {
         return options
     }
 
-    func timeBuild(work: String, state: StateDirectory, remote: RemoteHost?, accelerator: Accelerator) async throws(KilnError) -> Double {
+    func timeBuild(work: String, state: StateDirectory, remote: RemoteHost?, accelerator: Accelerator,
+                   checkpoints: Bool = false) async throws(KilnError) -> Double {
         try? FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let template = work + "/template.json"
         try? benchTemplate(steps: PackerBenchmark.steps, size: "Standard_D2s_v3", vhdURI: work + "/out.vhd")
             .write(toFile: template, atomically: true, encoding: .utf8)
         var request = BuildRequest(templatePath: template, state: state, accelerator: accelerator == .kvm ? .kvm : .tcg,
-                                   libvirtURI: remote?.uri, useCache: false, writeCheckpoints: false)
+                                   libvirtURI: remote?.uri, useCache: checkpoints, writeCheckpoints: checkpoints)
         request.remote = remote
         let clock = ContinuousClock()
         let start = clock.now

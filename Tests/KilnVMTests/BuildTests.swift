@@ -56,6 +56,20 @@ struct BuildTests {
                                    through: prefix)
         }
 
+        /// The VM a build kept (`kiln vm list --json`'s first entry), once there is one (bounded: 300 s); `log` is the
+        /// keeping build's output, shown if none comes.
+        func awaitKeptVM(log: String) async throws -> [String: Any] {
+            let clock = ContinuousClock()
+            let waitStart = clock.now
+            while clock.now - waitStart < .seconds(300) {
+                let list = try await kiln(["vm", "list", "--json"])
+                if let first = ((try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8))) as? [[String: Any]])?.first { return first }
+                try await Task.sleep(for: .seconds(2))
+            }
+            Issue.record("no kept VM within 300 s: \((try? String(contentsOfFile: log, encoding: .utf8))?.suffix(3000) ?? "")")
+            throw KilnError(.timeout, "no kept VM")
+        }
+
         /// The JSON events a `--json` build printed.
         func events(_ result: KilnExecutable.Result) -> [[String: Any]] {
             result.stdout.split(separator: "\n").compactMap {
@@ -436,17 +450,9 @@ struct BuildTests {
         let keeper = try KilnExecutable.start(["build", broken, "--json", "--on-error", "abort", "--offline", "--state-dir", work.state.path],
                                               environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
                                               outputPath: work.files + "/keeper.log")
-        let clock = ContinuousClock()
-        let waitStart = clock.now
-        var kept: [[String: Any]] = []
-        while clock.now - waitStart < .seconds(300) {
-            let list = try await work.kiln(["vm", "list", "--json"])
-            kept = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]]) ?? []
-            if !kept.isEmpty { break }
-            try await Task.sleep(for: .seconds(2))
-        }
-        let keptRun = try #require(kept.first?["runID"] as? String, "\((try? String(contentsOfFile: work.files + "/keeper.log", encoding: .utf8))?.suffix(3000) ?? "")")
-        #expect((kept.first?["failure"] as? String ?? "").contains("exit status 3"))
+        let kept = try await work.awaitKeptVM(log: work.files + "/keeper.log")
+        let keptRun = try #require(kept["runID"] as? String)
+        #expect((kept["failure"] as? String ?? "").contains("exit status 3"))
         let table = try await work.kiln(["vm", "list"])
         #expect(table.stdout.contains(keptRun) && table.stdout.contains("127.0.0.1:"), "\(table.stdout)")
         // Everything after -- is the guest's command line, so the state directory goes before it.

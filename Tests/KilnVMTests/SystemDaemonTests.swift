@@ -55,17 +55,9 @@ struct SystemDaemonTests {
             let keeper = try KilnExecutable.start(["build", broken, "--json", "--connect", "qemu:///system", "--on-error", "abort", "--state-dir", work.state.path],
                                                   environment: ["KILN_CATALOG": VMTestEnvironment.repositoryRoot.appendingPathComponent("images/catalog.json").path],
                                                   outputPath: work.files + "/keeper.log", through: enter)
-            let clock = ContinuousClock()
-            let waitStart = clock.now
-            var kept: [[String: Any]] = []
-            while clock.now - waitStart < .seconds(300) {
-                let list = try await work.kiln(["vm", "list", "--json"])
-                kept = (try? JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]]) ?? []
-                if !kept.isEmpty { break }
-                try await Task.sleep(for: .seconds(2))
-            }
-            let keptRun = try #require(kept.first?["runID"] as? String, "\((try? String(contentsOfFile: work.files + "/keeper.log", encoding: .utf8))?.suffix(3000) ?? "")")
-            #expect((kept.first?["failure"] as? String ?? "").contains("exit status 4"), "\(kept)")
+            let kept = try await work.awaitKeptVM(log: work.files + "/keeper.log")
+            let keptRun = try #require(kept["runID"] as? String)
+            #expect((kept["failure"] as? String ?? "").contains("exit status 4"), "\(kept)")
             let domains = try await Subprocess.run(enter[0], Array(enter.dropFirst()) + ["virsh", "-q", "list", "--name"], timeout: .seconds(30))
             #expect(domains.stdoutText.contains("kiln-"), "the kept VM is the daemon's: \(domains.stdoutText)")
             // Everything after -- is the guest's command line, so the state directory goes before it.
