@@ -63,7 +63,7 @@ struct BuildCommand: AsyncParsableCommand {
         do { try await machine.placeRemotely(&request) { printError("kiln: \($0)") } } catch { throw fail(error) }
         if plan {
             // Printing a plan runs nothing: the host it names is not taken.
-            if request.remote != nil, let runID = request.runID { HostPlacements(state: request.state).remove(runID: runID) }
+            Self.releasePlacement(of: request)
             do {
                 Swift.print(try await BuildPlanner.plan(request).text)
             } catch {
@@ -77,18 +77,23 @@ struct BuildCommand: AsyncParsableCommand {
 
     /// Runs one build in this process, Ctrl-C and SIGTERM cancelling it; keeps the process (and so the embedded
     /// driver's VM) alive while an errorHandling-abort VM is kept.
+    /// The build no longer counts for the remote host `MachineFlags.placeRemotely` placed it on.
+    static func releasePlacement(of request: BuildRequest) {
+        if request.remote != nil, let runID = request.runID { HostPlacements(state: request.state).remove(runID: runID) }
+    }
+
     static func execute(_ request: BuildRequest, printer: BuildPrinter) async throws -> RunRecord {
         let engine = BuildEngine(request) { printer.print($0) }
-        // Once the build ended, it no longer counts for its host (HostPlacements).
-        let placed = request.remote == nil ? nil : request.runID
+        // Once the build ended, it no longer counts for its host (HostPlacements); a VM it kept counts as a running
+        // `kiln-` domain there.
         let result: BuildResult
         do {
             result = try await Interruptible.run { await engine.run() }
         } catch {
-            if let placed { HostPlacements(state: request.state).remove(runID: placed) }
+            Self.releasePlacement(of: request)
             throw error
         }
-        if let placed { HostPlacements(state: request.state).remove(runID: placed) }
+        Self.releasePlacement(of: request)
         if let kept = result.keptVM {
             printError("kiln: the build VM is kept for inspection (on-error abort). Reach it with:\n  kiln vm ssh \(kept.runID)\n  \(kept.sshCommand)\nPress Ctrl-C (or run kiln vm stop \(kept.runID)) to tear it down; kiln build --resume \(kept.runID) continues from its last checkpoint.")
             // The embedded driver lives in this process: keep it alive until the user is done.

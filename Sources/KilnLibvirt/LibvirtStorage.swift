@@ -180,11 +180,11 @@ public final class LibvirtStoragePool: @unchecked Sendable {
         try await createVolume(xml: spec.xml)
     }
 
-    /// A new volume `name` holding a copy of `original`'s bytes, made on the pool's host (nothing crosses the
-    /// connection). `original` must be in this pool.
-    public func cloneVolume(_ original: LibvirtStorageVolume, as name: String, capacityBytes: UInt64) async throws(KilnError) -> LibvirtStorageVolume {
+    /// A new volume `name` holding a copy of `original`'s bytes, of its capacity, made on the pool's host (nothing
+    /// crosses the connection). `original` must be in this pool.
+    public func cloneVolume(_ original: LibvirtStorageVolume, as name: String) async throws(KilnError) -> LibvirtStorageVolume {
         let raw = self.raw, from = UnsafeSendablePointer(pointer: original.pointer)
-        let xml = StorageVolumeSpec(name: name, capacityBytes: capacityBytes, format: .raw).xml
+        let xml = StorageVolumeSpec(name: name, capacityBytes: try await original.size().capacityBytes, format: .raw).xml
         let volume = try await connection.call("storage volume copy of \(original.name) as \(name) in pool \(self.name)") { _ -> UnsafeSendablePointer? in
             virStorageVolCreateXMLFrom(raw.pointer, xml, from.pointer, 0).map(UnsafeSendablePointer.init)
         }

@@ -87,11 +87,7 @@ extension BuildMachine {
         let source = options.source
         if let remote = options.remote {
             guard let connection else { throw KilnError(.internalError, "no libvirt connection to \(remote.host)") }
-            let capacity = options.osDiskSizeGB > 0 ? UInt64(options.osDiskSizeGB) << 30 : source.virtualSizeBytes
-            guard capacity >= source.virtualSizeBytes else {
-                throw KilnError(.invalidArgument, "expected osDiskSizeGB of at least the source's size (\(String(format: "%.1f", Double(source.virtualSizeBytes) / Double(1 << 30))) GiB), found \(options.osDiskSizeGB): a disk can only grow")
-            }
-            remoteDisks = try await RemoteDisks.prepare(remote, connection: connection, source: source, capacityBytes: capacity,
+            remoteDisks = try await RemoteDisks.prepare(remote, connection: connection, source: source, capacityBytes: try diskCapacityBytes(),
                                                         runID: options.runID, overlayName: remoteVolumeName(forOverlay: overlayPath),
                                                         digests: SourceDigests(state: options.stateDirectory), events: events)
             return
@@ -106,16 +102,22 @@ extension BuildMachine {
                 events("note: the lease layer \(layer.path) is missing or older than \(source.path); the leases are written for this build instead (kiln image remove and import again to make a new layer)")
             }
         }
-        if options.osDiskSizeGB > 0 {
-            let requested = UInt64(options.osDiskSizeGB) << 30
-            guard requested >= source.virtualSizeBytes else {
-                let sourceGiB = Double(source.virtualSizeBytes) / Double(1 << 30)
-                throw KilnError(.invalidArgument, "expected osDiskSizeGB of at least the source's size (\(String(format: "%.1f", sourceGiB)) GiB), found \(options.osDiskSizeGB): a disk can only grow")
-            }
-            if requested > source.virtualSizeBytes { arguments.append(String(requested)) }
-        }
+        let capacity = try diskCapacityBytes()
+        if capacity > source.virtualSizeBytes { arguments.append(String(capacity)) }
         events("overlay \(overlayPath) on \(source.displayName)" + (leaseLayer.map { " through its lease layer \($0.path)" } ?? "") + " (the source is opened read-only)")
         try await Subprocess.check("qemu-img", arguments, timeout: .seconds(120))
+    }
+
+    /// The guest's disk size: the template's osDiskSizeGB, or the source's size. A disk can only grow.
+    func diskCapacityBytes() throws(KilnError) -> UInt64 {
+        let source = options.source
+        guard options.osDiskSizeGB > 0 else { return source.virtualSizeBytes }
+        let requested = UInt64(options.osDiskSizeGB) << 30
+        guard requested >= source.virtualSizeBytes else {
+            let sourceGiB = Double(source.virtualSizeBytes) / Double(1 << 30)
+            throw KilnError(.invalidArgument, "expected osDiskSizeGB of at least the source's size (\(String(format: "%.1f", sourceGiB)) GiB), found \(options.osDiskSizeGB): a disk can only grow")
+        }
+        return requested
     }
 
     func writePrivateKey() throws(KilnError) {

@@ -25,8 +25,7 @@ extension BuildMachine {
         _ = try await connectLibvirt { () async throws(KilnError) -> Bool in true }
         try writePrivateKey()
         guard let connection else { throw KilnError(.internalError, "no libvirt connection to \(remote.host)") }
-        let capacity = max(options.osDiskSizeGB > 0 ? UInt64(options.osDiskSizeGB) << 30 : 0, options.source.virtualSizeBytes)
-        let disks = try await RemoteDisks.prepareResumed(remote, connection: connection, files: files, capacityBytes: capacity,
+        let disks = try await RemoteDisks.prepareResumed(remote, connection: connection, files: files, capacityBytes: try diskCapacityBytes(),
                                                          runID: options.runID, overlayName: remoteVolumeName(forOverlay: overlayPath), events: events)
         remoteDisks = disks
         if checkpoint.hasSeed {
@@ -34,9 +33,7 @@ extension BuildMachine {
             attachedSeedPath = disks.seed?.path
         }
         try await launchRemote(remote) { () async throws(KilnError) in
-            let spec = self.domainSpec
-            try? spec.xml.write(toFile: self.options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
-            try await self.started(with: connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name))
+            try await self.startRestored(checkpoint, connection: connection)
             self.events("resumed \(self.domainName) on \(remote.host) from \(checkpoint.memoryPath) there")
         }
     }

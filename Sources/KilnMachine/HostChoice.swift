@@ -30,19 +30,13 @@ public enum HostChoice {
         }.map(\.element)
     }
 
-    /// The candidate a build goes to first.
-    public static func pick(_ candidates: [Candidate]) -> Candidate? { rank(candidates).first }
-
     /// Asks each host and ranks those that can take the build: the first is the build's host, the others are where
-    /// it goes if that one cannot start it. With `placements`, the builds this controller placed and that have not
-    /// ended count for their host even before their domain runs there, and this build (`runID`) is recorded on the
-    /// first host, all under the placements' lock. `notice` hears every host skipped and the choice.
-    public static func choose(_ uris: [String], pool: String, memoryBytes: UInt64, placements: HostPlacements? = nil, runID: String? = nil,
+    /// it goes if that one cannot start it. The builds this controller placed (`placements`) and that have not ended
+    /// count for their host even before their domain runs there, and this build (`runID`) is recorded on the first
+    /// host, all under the placements' lock. `notice` hears every host skipped and the choice.
+    public static func choose(_ uris: [String], pool: String, memoryBytes: UInt64, placements: HostPlacements, runID: String,
                               notice: @escaping @Sendable (String) -> Void) async throws(KilnError) -> [RemoteHost] {
-        guard let placements, let runID else {
-            return try await rankHosts(uris, pool: pool, memoryBytes: memoryBytes, placed: [:], notice: notice)
-        }
-        return try await placements.locked { () throws(KilnError) -> [RemoteHost] in
+        try await placements.locked { () throws(KilnError) -> [RemoteHost] in
             let placed = placements.live().mapValues { $0.filter { $0 != runID } }
             let hosts = try await rankHosts(uris, pool: pool, memoryBytes: memoryBytes, placed: placed, notice: notice)
             try placements.record(runID: runID, uri: hosts[0].uri)

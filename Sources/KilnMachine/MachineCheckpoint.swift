@@ -134,10 +134,11 @@ extension BuildMachine {
             throw KilnError(.internalError, "the build VM's overlay \(overlayPath) is not in a checkpoint folder")
         }
         // On a remote host the memory image and the next overlay are files in its pool (named after the folders here).
-        let memoryTarget = remoteDisks.map { $0.directory + "/" + RemoteCheckpointFiles.volumeName(folder: checkpoint.folderName, kind: "memory") }
-            ?? checkpoint.memoryPath
-        let nextOverlayName = remoteDisks.map { _ in remoteVolumeName(forOverlay: nextOverlay) }
-        let nextTarget = remoteDisks.map { $0.directory + "/" + (nextOverlayName ?? "") } ?? nextOverlay
+        var memoryTarget = checkpoint.memoryPath, nextTarget = nextOverlay
+        if let remoteDisks {
+            memoryTarget = remoteDisks.directory + "/" + RemoteCheckpointFiles.volumeName(folder: checkpoint.folderName, kind: "memory")
+            nextTarget = remoteDisks.directory + "/" + remoteVolumeName(forOverlay: nextOverlay)
+        }
         var disks = ["    <disk name='vda' snapshot='external' type='file'>",
                      "      <driver type='qcow2'/>",
                      "      <source file='\(XMLText.escape(nextTarget))'/>",
@@ -149,8 +150,8 @@ extension BuildMachine {
         try await domain.createExternalSnapshot(xml: xml)
         let layer = overlayPath
         overlayPath = nextOverlay
-        if let remoteDisks, let nextOverlayName {
-            checkpoint.remote = try await remoteDisks.checkpointTaken(folder: checkpoint.folderName, nextOverlay: nextOverlayName,
+        if let remoteDisks {
+            checkpoint.remote = try await remoteDisks.checkpointTaken(folder: checkpoint.folderName, nextOverlay: (nextTarget as NSString).lastPathComponent,
                                                                     localLayerCopy: layer, uefi: uefi)
         }
         let fileManager = FileManager.default
@@ -162,8 +163,8 @@ extension BuildMachine {
             }
             if root == nil {
                 try SecretFile.write(Data(keyPair.rawRepresentation), to: checkpoint.keyPath)
-                // The seed made here (on a remote host, the one uploaded from here).
-                if attachedSeedPath != nil { try fileManager.copyItem(atPath: remoteDisks == nil ? attachedSeedPath ?? seedPath : seedPath, toPath: checkpoint.seedPath) }
+                // The seed this run made here (on a remote host, the one it uploaded from here).
+                if attachedSeedPath != nil { try fileManager.copyItem(atPath: seedPath, toPath: checkpoint.seedPath) }
             }
         } catch let error as KilnError {
             throw error
@@ -210,8 +211,6 @@ extension BuildMachine {
         }
         sshPort = try PortAllocator.reserve(options.sshPort)
         forwardedPort = sshPort
-        domainUUID = checkpoint.domainUUID
-        domainName = checkpoint.domainName
         attachedSeedPath = checkpoint.hasSeed ? checkpoint.seedPath : nil
         try startFabric()
         try await connectLibvirt { () async throws(KilnError) -> Void in
@@ -237,10 +236,8 @@ extension BuildMachine {
     }
 
     private func restore(_ checkpoint: MachineCheckpoint, connection: LibvirtConnection) async throws(KilnError) {
-        let spec = domainSpec
-        try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
         do {
-            try await started(with: connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name))
+            try await startRestored(checkpoint, connection: connection)
         } catch {
             if error.code == .portUnavailable {
                 throw KilnError(.invalidArgument, "port \(sshPort) on 127.0.0.1 is already in use; QEMU could not forward it to the guest's SSH port", cause: error)
@@ -248,5 +245,13 @@ extension BuildMachine {
             throw error
         }
         events("resumed \(domainName) from \(checkpoint.directory) (ssh 127.0.0.1:\(sshPort))")
+    }
+
+    /// The domain as `domainSpec` describes it, restored from the checkpoint's memory image (on the connection's
+    /// host), with its XML kept in the run directory.
+    func startRestored(_ checkpoint: MachineCheckpoint, connection: LibvirtConnection) async throws(KilnError) {
+        let spec = domainSpec
+        try? spec.xml.write(toFile: options.runDirectory + "/domain.xml", atomically: true, encoding: .utf8)
+        try await started(with: connection.restoreDomain(from: checkpoint.memoryPath, xml: spec.xml, name: spec.name))
     }
 }

@@ -28,14 +28,14 @@ final class RemoteDisks: @unchecked Sendable {
     var consolePath: String { directory + "/kiln-\(runID)-console.log" }
     var nvramPath: String { directory + "/kiln-\(runID)-nvram.fd" }
 
-    /// The source in the pool (uploaded unless a complete copy is there) and the overlay `overlayName` on it.
+    /// The source in the pool (uploaded unless a complete copy is there) and the overlay `overlayName` on it, of
+    /// `capacityBytes` (the source's size at least).
     static func prepare(_ remote: RemoteHost, connection: LibvirtConnection, source image: SourceImage, capacityBytes: UInt64, runID: String,
                         overlayName: String, digests: SourceDigests, events: @escaping @Sendable (String) -> Void) async throws(KilnError) -> RemoteDisks {
         let pool = try await storagePool(remote, connection: connection)
         let format = try volumeFormat(image.format)
         let source = try await uploadedSource(image, format: format, into: pool, host: remote.host, digests: digests, events: events)
-        let overlay = try await pool.createVolume(.overlay(name: overlayName, on: source, backingFormat: format,
-                                                           capacityBytes: max(capacityBytes, image.virtualSizeBytes)))
+        let overlay = try await pool.createVolume(.overlay(name: overlayName, on: source, backingFormat: format, capacityBytes: capacityBytes))
         events("overlay \(overlay.path) on \(remote.host), on \(source.name) (the source volume is opened read-only)")
         return RemoteDisks(remote: remote, pool: pool, overlay: overlay, layers: [], runID: runID)
     }
@@ -49,21 +49,19 @@ final class RemoteDisks: @unchecked Sendable {
         }
         let pool = try await storagePool(remote, connection: connection)
         try await refreshed(pool)
-        var top: LibvirtStorageVolume?
+        var found: [String: LibvirtStorageVolume] = [:]
         for name in files.layers.map(\.volume) + [files.memoryVolume] + (files.nvramVolume.map { [$0] } ?? []) {
             do {
-                let volume = try await pool.volume(named: name)
-                if name == files.diskVolume { top = volume }
+                found[name] = try await pool.volume(named: name)
             } catch where error.code == .notFound {
                 throw KilnError(.notFound, "the checkpoint's volume \(name) is gone from pool \(remote.pool) on \(remote.host)", cause: error)
             }
         }
-        guard let top else { throw KilnError(.internalError, "the checkpoint's disk \(files.diskVolume) is not among its layers") }
+        guard let top = found[files.diskVolume] else { throw KilnError(.internalError, "the checkpoint's disk \(files.diskVolume) is not among its layers") }
         let overlay = try await pool.createVolume(.overlay(name: overlayName, on: top, backingFormat: .qcow2, capacityBytes: capacityBytes))
         let disks = RemoteDisks(remote: remote, pool: pool, overlay: overlay, layers: files.layers, runID: runID)
-        if let nvram = files.nvramVolume {
-            let saved = try await pool.volume(named: nvram)
-            _ = try await pool.cloneVolume(saved, as: (disks.nvramPath as NSString).lastPathComponent, capacityBytes: try await saved.size().capacityBytes)
+        if let nvram = files.nvramVolume.flatMap({ found[$0] }) {
+            _ = try await pool.cloneVolume(nvram, as: (disks.nvramPath as NSString).lastPathComponent)
         }
         events("overlay \(overlay.path) on \(remote.host), on the checkpoint's layer \(top.name)")
         return disks
@@ -103,8 +101,7 @@ final class RemoteDisks: @unchecked Sendable {
         var nvram: LibvirtStorageVolume?
         if uefi {
             let running = try await pool.volume(named: (nvramPath as NSString).lastPathComponent)
-            nvram = try await pool.cloneVolume(running, as: RemoteCheckpointFiles.volumeName(folder: folder, kind: "nvram"),
-                                               capacityBytes: try await running.size().capacityBytes)
+            nvram = try await pool.cloneVolume(running, as: RemoteCheckpointFiles.volumeName(folder: folder, kind: "nvram"))
         }
         overlay = next
         layers.append(RemoteLayer(volume: layer.name, localCopy: localLayerCopy))
@@ -266,8 +263,7 @@ final class RemoteDisks: @unchecked Sendable {
             if !FileManager.default.fileExists(atPath: layer.localCopy) {
                 let partial = layer.localCopy + ".part"
                 try? FileManager.default.removeItem(atPath: partial)
-                try await pool.volume(named: layer.volume).download(to: partial)
-                try await Subprocess.check("qemu-img", ["rebase", "-u", "-f", "qcow2", "-F", below.format, "-b", below.path, partial], timeout: .seconds(120))
+                try await Self.fetch(pool.volume(named: layer.volume), to: partial, onto: below)
                 do {
                     try FileManager.default.moveItem(atPath: partial, toPath: layer.localCopy)
                 } catch {
@@ -278,12 +274,17 @@ final class RemoteDisks: @unchecked Sendable {
             }
             below = (layer.localCopy, "qcow2")
         }
-        try await overlay.download(to: localPath)
+        try await Self.fetch(overlay, to: localPath, onto: below)
         bytes += FileSize.bytes(localPath)
-        try await Subprocess.check("qemu-img", ["rebase", "-u", "-f", "qcow2", "-F", below.format, "-b", below.path, localPath], timeout: .seconds(120))
         let kept = layers.count - fetchedLayers
         events("fetched the build's overlay from the host: \(ByteSize.format(bytes)) in \(DurationText.format(clock.now - start)), on \(image.displayName) here"
                + (layers.isEmpty ? "" : " through \(layers.count) checkpoint layer(s) (\(fetchedLayers) fetched, \(kept) already here)"))
+    }
+
+    /// A qcow2 volume downloaded to `path` here and put on `below`, a file here (its bytes unchanged: `rebase -u`).
+    private static func fetch(_ volume: LibvirtStorageVolume, to path: String, onto below: (path: String, format: String)) async throws(KilnError) {
+        try await volume.download(to: path)
+        try await Subprocess.check("qemu-img", ["rebase", "-u", "-f", "qcow2", "-F", below.format, "-b", below.path, path], timeout: .seconds(120))
     }
 
     /// Deletes the build's volumes and files in the pool (the source volume stays for later builds).
@@ -291,8 +292,8 @@ final class RemoteDisks: @unchecked Sendable {
         try? await overlay.delete()
         try? await seed?.delete()
         try? await pool.refresh()
-        for name in ["kiln-\(runID)-console.log", "kiln-\(runID)-nvram.fd"] {
-            if let file = try? await pool.volume(named: name) { try? await file.delete() }
+        for path in [consolePath, nvramPath] {
+            if let file = try? await pool.volume(named: (path as NSString).lastPathComponent) { try? await file.delete() }
         }
     }
 }

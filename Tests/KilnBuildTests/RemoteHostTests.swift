@@ -98,7 +98,7 @@ struct RemoteHostTests {
     }
 }
 
-/// Which of several hosts a build goes to (`HostChoice.pick`): fewest Kiln builds running, then most free memory,
+/// Which of several hosts a build goes to (`HostChoice.rank`, first): fewest Kiln builds running, then most free memory,
 /// then the order given.
 struct HostChoiceTests {
     @Test func fewestBuildsThenMostMemoryThenOrder() {
@@ -107,10 +107,10 @@ struct HostChoiceTests {
         let idleSmall = HostChoice.Candidate(uri: "qemu+ssh://b/system", freeMemoryBytes: 8 * gib, runningBuilds: 0)
         let idleBig = HostChoice.Candidate(uri: "qemu+ssh://c/system", freeMemoryBytes: 30 * gib, runningBuilds: 0)
         let idleBigToo = HostChoice.Candidate(uri: "qemu+ssh://d/system", freeMemoryBytes: 30 * gib, runningBuilds: 0)
-        #expect(HostChoice.pick([busyBig, idleSmall]) == idleSmall)
-        #expect(HostChoice.pick([busyBig, idleSmall, idleBig]) == idleBig)
-        #expect(HostChoice.pick([idleBigToo, idleBig]) == idleBigToo)
-        #expect(HostChoice.pick([]) == nil)
+        #expect(HostChoice.rank([busyBig, idleSmall]).first == idleSmall)
+        #expect(HostChoice.rank([busyBig, idleSmall, idleBig]).first == idleBig)
+        #expect(HostChoice.rank([idleBigToo, idleBig]).first == idleBigToo)
+        #expect(HostChoice.rank([]).first == nil)
         #expect(HostChoice.rank([busyBig, idleSmall, idleBig]) == [idleBig, idleSmall, busyBig], "the order a build tries them in")
     }
 
